@@ -1,0 +1,41 @@
+"""Auto-PruMUX (PruMUX, Su et al. 2023, §5): choose the best measured candidate for an accuracy budget and
+predict the (N, s) configuration to train next. Pure Python + numpy.
+
+- :func:`select`, :func:`raise_if_none`, :func:`pareto_front` — measured candidates (:mod:`.auto_prumux`).
+- :func:`predict` — the accuracy / throughput meta-model with leave-one-out errors (:mod:`.meta_model`).
+"""
+from prumux_compile.select.auto_prumux import (
+    ACCURACY_SOURCES,
+    ACCURACY_TOLERANCE,
+    Candidate,
+    Selection,
+    SelectInputError,
+    pareto_front,
+    raise_if_none,
+    select,
+)
+from prumux_compile.select.meta_model import (
+    ACCURACY_TERMS,
+    THROUGHPUT_EPS,
+    THROUGHPUT_TERMS,
+    FitReport,
+    Prediction,
+    predict,
+)
+
+__all__ = [
+    "ACCURACY_SOURCES",
+    "ACCURACY_TERMS",
+    "ACCURACY_TOLERANCE",
+    "THROUGHPUT_EPS",
+    "THROUGHPUT_TERMS",
+    "Candidate",
+    "FitReport",
+    "Prediction",
+    "Selection",
+    "SelectInputError",
+    "pareto_front",
+    "predict",
+    "raise_if_none",
+    "select",
+]

@@ -1,0 +1,518 @@
+"""Checkpoint reader: every upstream family into one :class:`~prumux_compile.ir.ModelIR`.
+
+Two levels:
+
+* :func:`read_raw` reads a checkpoint directory into a :class:`RawCheckpoint` — the config dict, the
+  state dict with canonical key names (legacy ``gamma``/``beta`` renamed, demux aliases resolved,
+  tied word embeddings recovered) and the ``zs.pt`` masks — and detects the family from the state
+  dict (``docs/checkpoint-formats.md`` §1.1). The reference (:mod:`prumux_compile.reference`) works on
+  this level only.
+* :func:`load` turns a ``RawCheckpoint`` into the IR, taking every width from weight shapes (§1.4),
+  never from ``config.json`` (fault classes F4, F5, F7).
+
+Safety: pickled files are read with ``torch.load(..., weights_only=True)``; ``l0_module.pt`` is never
+unpickled (spec Q16). Errors are :class:`~prumux_compile.errors.CheckpointError` with a one-line
+message naming the file and the fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from prumux_compile.errors import CheckpointError
+
+#: Families of docs/checkpoint-formats.md §1.1.
+FAMILIES = (
+    "prumux_compressed",  # A
+    "prumux_masked",  # B: full weights + zs.pt
+    "muxplm",  # C
+    "cofi_compressed",  # D
+    "cofi_masked",  # E: full weights + zs.pt, N = 1
+    "bert",  # F
+)
+MUX_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho")
+DEMUX_VARIANTS = ("index_pos", "index", "mlp")
+MASK_KEYS = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
+
+_WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
+_DEMUX_ALIAS_PREFIXES = ("demultiplexer.demux_module.", "retrieval_head.demux_module.")
+
+
+@dataclass
+class RawCheckpoint:
+    """A checkpoint directory as stored, with canonical key names.
+
+    Attributes:
+        path: the directory.
+        config: ``config.json`` as a dict (original, unpruned sizes).
+        state_dict: name -> float32 CPU tensor. Canonical names: ``LayerNorm.weight/bias`` (never
+            ``gamma``/``beta``); demux-module tensors under ``demux_module.*`` whichever alias the file
+            used; ``bert.embeddings.word_embeddings.weight`` present even when only the tied
+            ``retrieval_head.decoder.weight`` was saved.
+        zs: the masks of ``zs.pt`` (keys of §1.5, float32) or ``None``.
+        family: one of :data:`FAMILIES`.
+        files: file name -> sha256 hex of each file read (provenance).
+    """
+
+    path: Path
+    config: dict
+    state_dict: dict[str, torch.Tensor]
+    zs: dict[str, torch.Tensor] | None
+    family: str
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_instances(self) -> int:
+        """Multiplexing width N (1 for CoFi / plain BERT)."""
+        if "instance_embedding" not in self.state_dict:
+            return 1
+        return int(self.state_dict["instance_embedding"].shape[0])
+
+    @property
+    def is_muxed(self) -> bool:
+        """True for the PruMUX / MUX-PLM families (A, B, C)."""
+        return "instance_embedding" in self.state_dict
+
+    @property
+    def head_size(self) -> int:
+        """Per-head width dh = original hidden_size / original num_attention_heads (stays fixed)."""
+        return int(self.config["hidden_size"]) // int(self.config["num_attention_heads"])
+
+    @property
+    def num_layers(self) -> int:
+        """Encoder depth, from the state dict (any layer with any parameter)."""
+        ids = {int(k.split(".")[3]) for k in self.state_dict if k.startswith("bert.encoder.layer.")}
+        return max(ids) + 1 if ids else 0
+
+    @property
+    def muxing_variant(self) -> str | None:
+        return self.config.get("muxing_variant", "gaussian_hadamard") if self.is_muxed else None
+
+    @property
+    def demuxing_variant(self) -> str | None:
+        return self.config.get("demuxing_variant", "index_pos") if self.is_muxed else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _safe_torch_load(path: Path):
+    """``torch.load`` with ``weights_only=True``; refuses pickles that need arbitrary code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refusing to load: the file needs arbitrary code to unpickle ({str(exc).splitlines()[0][:160]}). "
+            "Re-save it as plain tensors (torch.save of a dict of tensors) or as model.safetensors."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+            "the file is truncated or not a PyTorch checkpoint. Copy it again from its source."
+        ) from None
+
+
+def _read_state_dict(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.Tensor]:
+    for name in _WEIGHT_FILES:
+        p = ckpt_dir / name
+        if p.is_file():
+            break
+    else:
+        raise CheckpointError(
+            f"{ckpt_dir}: no weights file (expected one of {', '.join(_WEIGHT_FILES)}); "
+            "point at the directory that holds the checkpoint (upstream keeps it in best/)."
+        )
+    files[name] = _sha256(p)
+    if name.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"{p}: cannot read safetensors ({str(exc)[:160]}); the file is truncated or corrupt."
+            ) from None
+    else:
+        sd = _safe_torch_load(p)
+        if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+            sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{p}: expected a dict of tensors (a state dict)")
+    return sd
+
+
+def _canonical(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        k = key
+        if k.endswith(".gamma"):
+            k = k[: -len("gamma")] + "weight"
+        elif k.endswith(".beta"):
+            k = k[: -len("beta")] + "bias"
+        for prefix in _DEMUX_ALIAS_PREFIXES:
+            if k.startswith(prefix):
+                k = "demux_module." + k[len(prefix) :]
+        if k in out and k.startswith("demux_module."):
+            continue  # the same shared tensor seen under another alias
+        if value.is_floating_point():
+            value = value.detach().to(torch.float32)
+        out[k] = value
+    we = "bert.embeddings.word_embeddings.weight"
+    if we not in out and "retrieval_head.decoder.weight" in out:
+        out[we] = out["retrieval_head.decoder.weight"]
+    if we not in out:
+        raise CheckpointError(f"{path}: no word embeddings ({we}); not a BERT checkpoint")
+    for k, v in out.items():
+        if v.is_floating_point() and not k.startswith("retrieval_head.") and not torch.isfinite(v).all():
+            raise CheckpointError(
+                f"{path}: tensor {k} holds NaN or Inf values; the checkpoint is corrupt (retrain or re-export it)"
+            )
+    return out
+
+
+def _read_zs(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.Tensor] | None:
+    zs_path = ckpt_dir / "zs.pt"
+    if not zs_path.is_file():
+        if (ckpt_dir / "l0_module.pt").is_file():
+            raise CheckpointError(
+                f"{ckpt_dir}: l0_module.pt found without zs.pt. l0_module.pt is a full pickle that needs the "
+                "upstream code to load and is never unpickled here; write zs.pt from it where the upstream code "
+                "runs (torch.save(l0_module.forward(training=False), 'zs.pt')) and retry."
+            )
+        return None
+    files["zs.pt"] = _sha256(zs_path)
+    zs = _safe_torch_load(zs_path)
+    if zs is None:
+        raise CheckpointError(
+            f"{zs_path}: holds None (upstream then falls back to l0_module.pt, which is never unpickled here); "
+            "write the masks with torch.save(l0_module.forward(training=False), 'zs.pt')."
+        )
+    if not isinstance(zs, dict):
+        raise CheckpointError(f"{zs_path}: expected a dict of mask tensors, got {type(zs).__name__}")
+    out = {}
+    for k, v in zs.items():
+        if k not in MASK_KEYS:
+            continue
+        t = torch.as_tensor(v).detach().to(torch.float32).cpu()
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{zs_path}: mask {k} holds NaN or Inf values")
+        out[k] = t
+    return out
+
+
+def detect_family(sd: dict[str, torch.Tensor], has_zs: bool) -> str:
+    """Family from the state dict (spec §1.1), not from ``config.architectures``."""
+    if "instance_embedding" in sd:
+        if has_zs:
+            return "prumux_masked"
+        return "prumux_compressed" if "bert.pooler.dense.weight" in sd else "muxplm"
+    if has_zs:
+        return "cofi_masked"
+    return "cofi_compressed" if _looks_pruned(sd) else "bert"
+
+
+def _looks_pruned(sd: dict[str, torch.Tensor]) -> bool:
+    """True if any trunk weight is narrower than the widest layer (a physically pruned CoFi model)."""
+    d = sd["bert.embeddings.word_embeddings.weight"].shape[1]
+    pooler = sd.get("bert.pooler.dense.weight")
+    if pooler is not None and pooler.shape[0] != d:
+        return True
+    widths = {v.shape[0] for k, v in sd.items() if k.endswith("attention.self.query.weight")}
+    ffn = {v.shape[0] for k, v in sd.items() if k.endswith("intermediate.dense.weight")}
+    layers = {k.split(".")[3] for k in sd if k.startswith("bert.encoder.layer.")}
+    att_layers = {k.split(".")[3] for k in sd if k.endswith("attention.output.dense.weight")}
+    ffn_layers = {k.split(".")[3] for k in sd if k.endswith("output.dense.weight") and "attention" not in k}
+    return len(widths) > 1 or len(ffn) > 1 or att_layers != layers or ffn_layers != layers
+
+
+def read_raw(path: str | Path) -> RawCheckpoint:
+    """Read a checkpoint directory (spec §1) into a :class:`RawCheckpoint`.
+
+    Args:
+        path: directory holding ``config.json`` and ``pytorch_model.bin`` or ``model.safetensors``
+            (and ``zs.pt`` for the full + masks families B and E).
+
+    Raises:
+        CheckpointError: missing/unreadable files, a pickle needing code, NaN/Inf in weights or
+            masks, an unknown ``muxing_variant``/``demuxing_variant``.
+    """
+    ckpt_dir = Path(path)
+    if not ckpt_dir.exists():
+        raise CheckpointError(f"{ckpt_dir}: no such checkpoint directory")
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"{ckpt_dir}: not a directory; pass the checkpoint directory, not a file")
+    cfg_path = ckpt_dir / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: missing; a checkpoint directory needs its config.json")
+    files: dict[str, str] = {"config.json": _sha256(cfg_path)}
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
+    for key in ("hidden_size", "num_attention_heads"):
+        if key not in config:
+            raise CheckpointError(f"{cfg_path}: missing {key!r} (needed for the per-head width)")
+    sd = _canonical(_read_state_dict(ckpt_dir, files), ckpt_dir)
+    zs = _read_zs(ckpt_dir, files)
+    family = detect_family(sd, zs is not None)
+    raw = RawCheckpoint(ckpt_dir, config, sd, zs, family, files)
+    if raw.is_muxed:
+        if raw.muxing_variant not in MUX_VARIANTS:
+            raise CheckpointError(
+                f"{cfg_path}: unknown muxing_variant {raw.muxing_variant!r}; supported: {', '.join(MUX_VARIANTS)}"
+            )
+        if raw.demuxing_variant not in DEMUX_VARIANTS:
+            raise CheckpointError(
+                f"{cfg_path}: unknown demuxing_variant {raw.demuxing_variant!r}; supported: {', '.join(DEMUX_VARIANTS)}"
+            )
+    if int(config["hidden_size"]) % int(config["num_attention_heads"]):
+        raise CheckpointError(f"{cfg_path}: hidden_size is not a multiple of num_attention_heads")
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------- IR
+def load(path: str | Path, *, seq_len: int = 128) -> "ModelIR":
+    """Read a checkpoint directory into the IR (widths from weight shapes, spec §1.4).
+
+    Args:
+        path: checkpoint directory (any family of spec §1.1).
+        seq_len: compiled sequence length for multiplexed families (spec Q2); ignored for N = 1 families.
+
+    Returns:
+        A :class:`~prumux_compile.ir.ModelIR`; for families B/E its ``masks`` holds the ``zs.pt`` masks
+        (run the default pass pipeline to fold and prune them).
+
+    Raises:
+        CheckpointError: as :func:`read_raw`, plus contradictory widths (Q/K/V widths not a multiple of the
+            head size, tensors of disagreeing widths) and masks whose shape does not match the weights.
+    """
+    return from_raw(read_raw(path), seq_len=seq_len)
+
+
+def _get(raw: RawCheckpoint, key: str, shape: tuple | None = None) -> torch.Tensor:
+    t = raw.state_dict.get(key)
+    if t is None:
+        raise CheckpointError(f"{raw.path}: missing tensor {key!r} ({raw.family} checkpoint)")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise CheckpointError(
+            f"{raw.path}: tensor {key} has shape {tuple(t.shape)}, expected {tuple(shape)} "
+            "(contradictory widths; the checkpoint is inconsistent)"
+        )
+    return t.clone()
+
+
+def _check_masks(raw: RawCheckpoint, L: int, H: int, F: int, d: int) -> dict[str, torch.Tensor]:
+    expected = {"head_z": (L, 1, H, 1, 1), "head_layer_z": (L,), "intermediate_z": (L, 1, 1, F),
+                "mlp_z": (L,), "hidden_z": (d,)}
+    masks = {}
+    for key, value in (raw.zs or {}).items():
+        if value.numel() == 0:
+            continue
+        want = expected[key]
+        if value.numel() != int(torch.tensor(want).prod()) or value.reshape(want).shape != want:
+            raise CheckpointError(
+                f"{raw.path / 'zs.pt'}: mask {key} has shape {tuple(value.shape)}, expected {want} "
+                f"for {L} layers, {H} heads, {F} FFN dims, {d} hidden dims; the masks belong to another model"
+            )
+        if (value < 0).any():
+            raise CheckpointError(f"{raw.path / 'zs.pt'}: mask {key} holds negative values")
+        masks[key] = value.reshape(want).clone()
+    return masks
+
+
+def from_raw(raw: RawCheckpoint, *, seq_len: int = 128) -> "ModelIR":
+    """Build the IR from a :class:`RawCheckpoint` (see :func:`load`)."""
+    from prumux_compile.ir import FFN, Attention, Demux, Embeddings, Layer, ModelIR, Mux, check_invariants
+
+    sd = raw.state_dict
+    cfg = raw.config
+    dh = raw.head_size
+    word = _get(raw, "bert.embeddings.word_embeddings.weight")
+    d = int(word.shape[1])
+    n_layers = raw.num_layers
+    H = int(cfg["num_attention_heads"])
+    F_orig = int(cfg.get("intermediate_size", 4 * int(cfg["hidden_size"])))
+    pre = "bert.encoder.layer."
+    pruned_heads = {int(k): sorted(int(h) for h in v) for k, v in (cfg.get("pruned_heads") or {}).items()}
+
+    embeddings = Embeddings(
+        word=word,
+        position=_get(raw, "bert.embeddings.position_embeddings.weight", None),
+        token_type=_get(raw, "bert.embeddings.token_type_embeddings.weight", None),
+        ln_weight=_get(raw, "bert.embeddings.LayerNorm.weight", (d,)),
+        ln_bias=_get(raw, "bert.embeddings.LayerNorm.bias", (d,)),
+    )
+    for name in ("position", "token_type"):
+        t = getattr(embeddings, name)
+        if t.dim() != 2 or t.shape[1] != d:
+            raise CheckpointError(
+                f"{raw.path}: {name} embeddings have shape {tuple(t.shape)}; expected [*, {d}] like the word embeddings"
+            )
+
+    layers = []
+    for i in range(n_layers):
+        p = f"{pre}{i}."
+        att = None
+        if p + "attention.output.dense.weight" in sd:
+            wo = _get(raw, p + "attention.output.dense.weight")
+            if wo.dim() != 2 or wo.shape[0] != d or wo.shape[1] % dh:
+                raise CheckpointError(
+                    f"{raw.path}: layer {i} attention output has shape {tuple(wo.shape)}: its input width is not a "
+                    f"multiple of the head size {dh} (or its output is not {d} wide)"
+                )
+            h = wo.shape[1] // dh
+            w = h * dh
+            ids = list(range(H)) if h == H else [x for x in range(H) if x not in pruned_heads.get(i, [])]
+            if len(ids) != h:
+                ids = list(range(h))  # pruned_heads is metadata only (Q13); never re-applied
+            att = Attention(
+                head_ids=ids, head_size=dh,
+                wq=_get(raw, p + "attention.self.query.weight", (w, d)), bq=_get(raw, p + "attention.self.query.bias", (w,)),
+                wk=_get(raw, p + "attention.self.key.weight", (w, d)), bk=_get(raw, p + "attention.self.key.bias", (w,)),
+                wv=_get(raw, p + "attention.self.value.weight", (w, d)), bv=_get(raw, p + "attention.self.value.bias", (w,)),
+                wo=wo, bo=_get(raw, p + "attention.output.dense.bias", (d,)),
+                ln_weight=_get(raw, p + "attention.output.LayerNorm.weight", (d,)),
+                ln_bias=_get(raw, p + "attention.output.LayerNorm.bias", (d,)),
+            )
+        elif p + "attention.self.query.weight" in sd:
+            raise CheckpointError(f"{raw.path}: layer {i} has attention.self weights but no attention.output.dense")
+        ffn = None
+        if p + "output.dense.weight" in sd:
+            w2 = _get(raw, p + "output.dense.weight")
+            if w2.dim() != 2 or w2.shape[0] != d:
+                raise CheckpointError(f"{raw.path}: layer {i} output.dense has shape {tuple(w2.shape)}; expected [{d}, f]")
+            f = int(w2.shape[1])
+            ffn = FFN(
+                dim_ids=list(range(f)),
+                w1=_get(raw, p + "intermediate.dense.weight", (f, d)), b1=_get(raw, p + "intermediate.dense.bias", (f,)),
+                w2=w2, b2=_get(raw, p + "output.dense.bias", (d,)),
+                ln_weight=_get(raw, p + "output.LayerNorm.weight", (d,)),
+                ln_bias=_get(raw, p + "output.LayerNorm.bias", (d,)),
+            )
+        layers.append(Layer(index=i, attention=att, ffn=ffn))
+
+    mux = demux = pooler = None
+    if raw.is_muxed:
+        v = _get(raw, "instance_embedding")
+        N = int(v.shape[0])
+        variant = raw.muxing_variant
+        want = (N, d, d) if variant == "random_ortho" else (N, d)
+        if tuple(v.shape) != want:
+            raise CheckpointError(
+                f"{raw.path}: instance_embedding has shape {tuple(v.shape)}, expected {want} for {variant} with "
+                f"{d} hidden dims (widths come from the word embeddings)"
+            )
+        mux = Mux(variant=variant, num_instances=N, instance_embedding=v)
+        demux = _load_demux(raw, N, d)
+    else:
+        pooler = (_get(raw, "bert.pooler.dense.weight"), _get(raw, "bert.pooler.dense.bias"))
+        if pooler[0].dim() != 2 or pooler[0].shape[1] != d:
+            raise CheckpointError(f"{raw.path}: pooler weight has shape {tuple(pooler[0].shape)}; expected [*, {d}]")
+    cw = _get(raw, "classifier.weight")
+    classifier = (cw, _get(raw, "classifier.bias", (cw.shape[0],)))
+
+    masks = None
+    if raw.zs is not None:
+        masks = _check_masks(raw, n_layers, H, F_orig, d)
+        for layer in layers:
+            if layer.attention is not None and layer.attention.heads != H:
+                raise CheckpointError(f"{raw.path}: zs.pt masks given but layer {layer.index} is already pruned")
+            if layer.ffn is not None and layer.ffn.dims != F_orig:
+                raise CheckpointError(
+                    f"{raw.path}: zs.pt intermediate_z expects {F_orig} FFN dims, layer {layer.index} has {layer.ffn.dims}"
+                )
+
+    id2label = {int(k): str(v) for k, v in (cfg.get("id2label") or {}).items()}
+    if len(id2label) != classifier[0].shape[0]:
+        id2label = {i: f"LABEL_{i}" for i in range(classifier[0].shape[0])}
+    ir = ModelIR(
+        family=raw.family, config=dict(cfg), head_size=dh,
+        original={"layers": int(cfg.get("num_hidden_layers", n_layers)), "hidden": int(cfg["hidden_size"]),
+                  "heads": H, "ffn": F_orig},
+        eps=float(cfg.get("layer_norm_eps", 1e-12)), embeddings=embeddings, layers=layers,
+        hidden_ids=list(range(d)), classifier=classifier, mux=mux, demux=demux, pooler=pooler,
+        masks=masks, seq_len=seq_len if raw.is_muxed else None, id2label=id2label, provenance=dict(raw.files),
+    )
+    if ir.original["layers"] < n_layers:
+        ir.original["layers"] = n_layers
+    if raw.is_muxed:
+        need = seq_len + (ir.num_instances + 1 if demux.variant == "index" else 0)
+        if embeddings.position.shape[0] < need:
+            raise CheckpointError(
+                f"{raw.path}: --seq-len {seq_len} needs {need} positions; the checkpoint has "
+                f"{embeddings.position.shape[0]}"
+            )
+    check_invariants(ir, where=f"{raw.path} (as loaded)")
+    return ir
+
+
+def _load_demux(raw: RawCheckpoint, N: int, d: int):
+    from prumux_compile.ir import Demux
+
+    cfg = raw.config
+    variant = raw.demuxing_variant
+    sd = raw.state_dict
+    t: dict[str, torch.Tensor] = {}
+    if variant == "index_pos":
+        kd = int(cfg.get("num_hidden_demux_layers") or 2)
+        legacy = bool(cfg.get("legacy_demuxing", False))
+        t["demux_instance_embedding"] = _get(raw, "demux_module.demux_instance_embedding", (N, d))
+        w1 = _get(raw, "demux_module.dense_1.weight")
+        if w1.dim() != 2 or w1.shape[1] != 2 * d:
+            raise CheckpointError(
+                f"{raw.path}: demux dense_1 weight has shape {tuple(w1.shape)}; expected [D, {2 * d}] (instance "
+                f"embedding ⊕ hidden, both {d} wide)"
+            )
+        D = int(w1.shape[0])
+        t["dense_1.weight"] = w1
+        t["dense_1.bias"] = _get(raw, "demux_module.dense_1.bias", (D,))
+        n_dense = 1 if legacy else max(kd - 1, 1)
+        for k in range(2, n_dense + 1):
+            t[f"dense_{k}.weight"] = _get(raw, f"demux_module.dense_{k}.weight", (D, D))
+            t[f"dense_{k}.bias"] = _get(raw, f"demux_module.dense_{k}.bias", (D,))
+        if legacy:
+            t["layer_norm_1.weight"] = _get(raw, "demux_module.layer_norm_1.weight", (D,))
+            t["layer_norm_1.bias"] = _get(raw, "demux_module.layer_norm_1.bias", (D,))
+        t["pre_decoder.weight"] = _get(raw, "demultiplexer.pre_decoder.weight", (D, D))
+        t["pre_decoder.bias"] = _get(raw, "demultiplexer.pre_decoder.bias", (D,))
+        t["pre_decoder_layer_norm.weight"] = _get(raw, "demultiplexer.pre_decoder_layer_norm.weight", (D,))
+        t["pre_decoder_layer_norm.bias"] = _get(raw, "demultiplexer.pre_decoder_layer_norm.bias", (D,))
+        return Demux(variant=variant, num_layers=n_dense, legacy=legacy, tensors=t)
+    if variant == "mlp":
+        for n in range(N):
+            w = _get(raw, f"demux_module.dense_{n}.weight")
+            if w.dim() != 2 or w.shape[1] != d:
+                raise CheckpointError(f"{raw.path}: demux dense_{n} weight has shape {tuple(w.shape)}; expected [D, {d}]")
+            D = int(w.shape[0])
+            t[f"dense_{n}.weight"] = w
+            t[f"dense_{n}.bias"] = _get(raw, f"demux_module.dense_{n}.bias", (D,))
+            t[f"layer_norm_{n}.weight"] = _get(raw, f"demux_module.layer_norm_{n}.weight", (D,))
+            t[f"layer_norm_{n}.bias"] = _get(raw, f"demux_module.layer_norm_{n}.bias", (D,))
+        t["dense_before_out_proj.weight"] = _get(raw, "demultiplexer.dense_before_out_proj.weight", (D, D))
+        t["dense_before_out_proj.bias"] = _get(raw, "demultiplexer.dense_before_out_proj.bias", (D,))
+        t["layernorm.weight"] = _get(raw, "demultiplexer.layernorm.weight", (D,))
+        t["layernorm.bias"] = _get(raw, "demultiplexer.layernorm.bias", (D,))
+        return Demux(variant=variant, num_layers=1, legacy=False, tensors=t)
+    # index
+    w = _get(raw, "demultiplexer.dense.weight")
+    if w.dim() != 2 or w.shape[1] != 2 * d:
+        raise CheckpointError(f"{raw.path}: demultiplexer.dense weight has shape {tuple(w.shape)}; expected [D, {2 * d}]")
+    D = int(w.shape[0])
+    t["dense.weight"] = w
+    t["dense.bias"] = _get(raw, "demultiplexer.dense.bias", (D,))
+    t["layer_norm.weight"] = _get(raw, "demultiplexer.layer_norm.weight", (D,))
+    t["layer_norm.bias"] = _get(raw, "demultiplexer.layer_norm.bias", (D,))
+    return Demux(variant=variant, num_layers=1, legacy=False, tensors=t)

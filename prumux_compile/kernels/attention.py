@@ -1,0 +1,66 @@
+"""Self-attention with a per-layer head count (spec §2.5), export-friendly.
+
+Reshapes use the layer's own head count as a constant (environment.md: that is what lets ONNX Runtime fuse
+attention on pruned layers; fault class F6). No data-dependent branches, no in-place writes to inputs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from prumux_compile.ir import Attention
+from prumux_compile.kernels.norm import LayerNorm, frozen
+
+
+class SelfAttention(nn.Module):
+    """``x = LN(x + softmax(Q Kᵀ · scale + mask) V Woᵀ + bo)`` for one layer with ``heads`` heads.
+
+    Args:
+        spec: the layer's :class:`~prumux_compile.ir.Attention` (``heads >= 1``).
+        eps: LayerNorm epsilon.
+        hidden_keep: bool ``[d']`` or None (masked LayerNorm before ``prune-hidden``).
+
+    Forward: ``x [B, L, d']`` float32, ``mask_add [B, 1, 1, L]`` additive mask or None, ``out_rows`` k or None
+    (compute queries and everything after them for the first k positions only; spec E5). Returns
+    ``[B, L or k, d']``.
+    """
+
+    def __init__(self, spec: Attention, eps: float, hidden_keep: Tensor | None = None):
+        super().__init__()
+        self.heads = spec.heads
+        self.head_size = spec.head_size
+        self.scale = 1.0 if spec.q_prescaled else 1.0 / math.sqrt(spec.head_size)
+        self.wq, self.bq = frozen(spec.wq), frozen(spec.bq)
+        self.wk, self.bk = frozen(spec.wk), frozen(spec.bk)
+        self.wv, self.bv = frozen(spec.wv), frozen(spec.bv)
+        self.wo, self.bo = frozen(spec.wo), frozen(spec.bo)
+        if spec.head_keep is not None:
+            self.register_buffer("head_keep", spec.head_keep.to(torch.float32).view(1, -1, 1, 1), persistent=False)
+        else:
+            self.head_keep = None
+        self.ln = LayerNorm(spec.ln_weight, spec.ln_bias, eps, hidden_keep)
+
+    def _split(self, t: Tensor) -> Tensor:
+        b, n, _ = t.shape
+        return t.reshape(b, n, self.heads, self.head_size).transpose(1, 2)
+
+    def forward(self, x: Tensor, mask_add: Tensor | None = None, out_rows: int | None = None) -> Tensor:
+        xq = x if out_rows is None else x[:, :out_rows]
+        q = self._split(F.linear(xq, self.wq, self.bq))
+        k = self._split(F.linear(x, self.wk, self.bk))
+        v = self._split(F.linear(x, self.wv, self.bv))
+        scores = torch.matmul(q, k.transpose(-1, -2))
+        if self.scale != 1.0:
+            scores = scores * self.scale
+        if mask_add is not None:
+            scores = scores + mask_add
+        probs = torch.softmax(scores, dim=-1)
+        ctx = torch.matmul(probs, v)
+        if self.head_keep is not None:
+            ctx = ctx * self.head_keep
+        b, _, n, _ = ctx.shape
+        ctx = ctx.transpose(1, 2).reshape(b, n, self.heads * self.head_size)
+        return self.ln(xq + F.linear(ctx, self.wo, self.bo))

@@ -1,0 +1,54 @@
+"""Feed-forward sublayer and the encoder layer (spec §2.5)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from prumux_compile.ir import FFN, Layer
+from prumux_compile.kernels.attention import SelfAttention
+from prumux_compile.kernels.norm import LayerNorm, frozen
+
+
+class FeedForward(nn.Module):
+    """``x = LN(x + gelu(x W1ᵀ + b1) W2ᵀ + b2)`` with exact (erf) GELU; ``x [B, L, d']`` -> same shape."""
+
+    def __init__(self, spec: FFN, eps: float, hidden_keep: Tensor | None = None):
+        super().__init__()
+        self.w1, self.b1 = frozen(spec.w1), frozen(spec.b1)
+        self.w2, self.b2 = frozen(spec.w2), frozen(spec.b2)
+        if spec.dim_keep is not None:
+            self.register_buffer("dim_keep", spec.dim_keep.to(torch.float32), persistent=False)
+        else:
+            self.dim_keep = None
+        self.ln = LayerNorm(spec.ln_weight, spec.ln_bias, eps, hidden_keep)
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = F.gelu(F.linear(x, self.w1, self.b1))
+        if self.dim_keep is not None:
+            u = u * self.dim_keep
+        return self.ln(x + F.linear(u, self.w2, self.b2))
+
+
+class EncoderLayer(nn.Module):
+    """One layer; a removed sublayer (None, or nothing kept) is the identity — decided here, at build time
+    (fault classes F1, F2, F19: no data-dependent branch reaches the graph).
+
+    Forward: ``x [B, L, d']``, ``mask_add`` or None -> ``[B, L or out_rows, d']``.
+    """
+
+    def __init__(self, spec: Layer, eps: float, hidden_keep: Tensor | None = None):
+        super().__init__()
+        a, f = spec.attention, spec.ffn
+        self.attention = SelfAttention(a, eps, hidden_keep) if a is not None and a.heads_kept > 0 else None
+        self.ffn = FeedForward(f, eps, hidden_keep) if f is not None and f.dims_kept > 0 else None
+        self.out_rows = spec.out_rows
+
+    def forward(self, x: Tensor, mask_add: Tensor | None = None) -> Tensor:
+        if self.attention is not None:
+            x = self.attention(x, mask_add, self.out_rows)
+        elif self.out_rows is not None:
+            x = x[:, : self.out_rows]
+        if self.ffn is not None:
+            x = self.ffn(x)
+        return x

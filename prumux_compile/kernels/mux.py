@@ -1,0 +1,79 @@
+"""Embeddings and the multiplexer (spec §2.1–2.4, E2, E3)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from prumux_compile.ir import Embeddings, Mux
+from prumux_compile.kernels.norm import LayerNorm, frozen
+
+
+class MuxEmbedding(nn.Module):
+    """Pass-1 embeddings, the multiplexer and the pass-2 ("double") embeddings of a multiplexed model.
+
+    Forward: ``ids [G*N, L']`` int64 (rows gN+n = instance n of group g) -> ``x0 [G, L', d']`` float32.
+
+    Unfused (spec §2.2–2.4): ``E1 = LN(word[ids] + Pos + Type0)``; hadamard ``M = mean_n E1_n ⊙ v_n``,
+    random_ortho ``M = sum_n E1_n V_nᵀ / sqrt(N)``; ``x0 = LN(M + Pos + Type0)``.
+    Fused (``Mux.fused_scale`` set, spec E3): the pass-1 LayerNorm's affine is folded into the instance
+    vectors, so ``M = sum_n x̂_n ⊙ s_n + t`` (or ``x̂_n @ S_n`` for random_ortho) with x̂ the normalised
+    pass-1 embeddings.
+    """
+
+    def __init__(self, emb: Embeddings, mux: Mux, eps: float, seq_len: int, hidden_keep: Tensor | None = None):
+        super().__init__()
+        self.n = mux.num_instances
+        self.variant = mux.variant
+        self.eps = float(eps)
+        self.word = frozen(emb.word)
+        # E2: constant position + token-type-0 table for the compiled length (both passes use the same tables).
+        self.const = frozen(emb.position[:seq_len] + emb.token_type[0])
+        self.ln = LayerNorm(emb.ln_weight, emb.ln_bias, eps, hidden_keep)
+        self.fused = mux.fused_scale is not None
+        if self.fused:
+            if hidden_keep is not None:
+                raise ValueError("fuse-mux needs prune-hidden first (hidden_keep is set)")
+            self.scale = frozen(mux.fused_scale)
+            self.shift = frozen(mux.fused_shift)
+        else:
+            self.v = frozen(mux.instance_embedding)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        n = self.n
+        y = F.embedding(ids, self.word) + self.const
+        rows, length, d = y.shape
+        if self.fused:
+            xhat = F.layer_norm(y, (d,), None, None, self.eps).reshape(rows // n, n, length, d)
+            if self.variant == "random_ortho":
+                m = torch.einsum("gnld,nde->gle", xhat, self.scale) + self.shift
+            else:
+                m = (xhat * self.scale[None, :, None, :]).sum(1) + self.shift
+        else:
+            e1 = self.ln(y).reshape(rows // n, n, length, d)
+            if self.variant == "random_ortho":
+                m = torch.einsum("gnld,ned->gle", e1, self.v) / math.sqrt(n)
+            else:
+                m = (e1 * self.v[None, :, None, :]).mean(1)
+        return self.ln(m + self.const)
+
+
+class PlainEmbedding(nn.Module):
+    """BERT embeddings of the N = 1 families (spec §2.8): ``LN(word[ids] + Pos[:S] + Type[tt])``.
+
+    Forward: ``ids, token_type_ids [B, S]`` int64 -> ``[B, S, d']``.
+    """
+
+    def __init__(self, emb: Embeddings, eps: float, hidden_keep: Tensor | None = None):
+        super().__init__()
+        self.word = frozen(emb.word)
+        self.position = frozen(emb.position)
+        self.token_type = frozen(emb.token_type)
+        self.ln = LayerNorm(emb.ln_weight, emb.ln_bias, eps, hidden_keep)
+
+    def forward(self, ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        s = ids.shape[1]
+        y = F.embedding(ids, self.word) + self.position[:s] + F.embedding(token_type_ids, self.token_type)
+        return self.ln(y)

@@ -1,0 +1,378 @@
+"""Auto-PruMUX prediction: the paper's meta-model of accuracy and throughput over (N, s).
+
+PruMUX (Su et al., Findings of ACL 2023, arXiv 2305.14706, §5 "Auto-PruMUX") fits performance models of
+accuracy and throughput as smooth functions of the multiplexing width N and the sparsity s on a few trained
+configurations, then predicts the best (N, s) for an accuracy budget. We use a small, fixed family of models
+fitted by ordinary least squares (DESIGN.md, "Auto-PruMUX", *Prediction*):
+
+* accuracy (fraction in [0, 1])::
+
+      A(N, s) = a0 + a1*log N + a2*s + a3*s^2 + a4*s*log N
+
+* throughput (sequences/s), fitted in log space (throughput is multiplicative in N and in 1/(1-s): a
+  multiplexed model serves N sequences per pass; pruning removes a fraction s of the encoder's work)::
+
+      log T(N, s) = b0 + b1*log N + b2*L + b3*L*log N,    L = log(1 - s + eps),  eps = 0.01
+
+Terms are taken in the order written above and a term is kept only if it raises the rank of the design matrix
+(columns scaled to unit max-abs, relative singular-value cut-off 1e-9), and only while the number of kept terms
+does not exceed the number of points. So 2 points at N = 1 give ``A = a0 + a2*s``; points all at s = 0 give no
+s-terms. The kept terms are listed in :attr:`FitReport.params`.
+
+Trust is reported as leave-one-out (LOO) mean absolute error — the whole procedure, term choice included, is
+re-run without each point — next to the LOO error of a nearest-neighbour baseline (predict the measured value
+of the closest other point in (log N, s), Euclidean; equidistant neighbours are averaged). All computation is
+deterministic (no randomness).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from prumux_compile.select.auto_prumux import ACCURACY_TOLERANCE, Candidate, SelectInputError, _as_list, _finite
+
+__all__ = [
+    "ACCURACY_TERMS",
+    "THROUGHPUT_EPS",
+    "THROUGHPUT_TERMS",
+    "FitReport",
+    "Prediction",
+    "predict",
+]
+
+#: Terms of the accuracy model, in the order they are admitted.
+ACCURACY_TERMS = ("1", "log N", "s", "s^2", "s*log N")
+#: Terms of the log-throughput model, in the order they are admitted (L = log(1 - s + eps)).
+THROUGHPUT_TERMS = ("1", "log N", "L", "L*log N")
+#: eps in L = log(1 - s + eps); keeps L finite as s -> 1.
+THROUGHPUT_EPS = 0.01
+
+_RANK_RTOL = 1e-9
+
+ACCURACY_FORMULA = "A(N,s) = a0 + a1*log N + a2*s + a3*s^2 + a4*s*log N (PruMUX §5 meta-model family)"
+THROUGHPUT_FORMULA = (
+    f"log T(N,s) = b0 + b1*log N + b2*L + b3*L*log N, L = log(1 - s + {THROUGHPUT_EPS}) (PruMUX §5 meta-model family)"
+)
+
+
+@dataclass
+class FitReport:
+    """How one performance model was fitted and how far to trust it.
+
+    Attributes:
+        name: ``"accuracy"`` or ``"throughput"``.
+        loo_mae: leave-one-out mean absolute error of the model, in the target's units (accuracy fraction, or
+            sequences/s for throughput); ``nan`` with fewer than 2 points.
+        loo_mae_nearest_neighbour: the same for the nearest-neighbour baseline; ``nan`` with fewer than 2 points.
+        n_points: number of measured points used.
+        params: ``formula``, ``target``, ``units``, ``terms`` (kept), ``dropped_terms``, ``coefficients``
+            (term -> value), ``n_params``, and ``eps`` for throughput.
+    """
+
+    name: str
+    loo_mae: float
+    loo_mae_nearest_neighbour: float
+    n_points: int
+    params: dict
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (``nan`` becomes ``None``)."""
+        return {
+            "name": self.name,
+            "loo_mae": _json_float(self.loo_mae),
+            "loo_mae_nearest_neighbour": _json_float(self.loo_mae_nearest_neighbour),
+            "n_points": self.n_points,
+            "params": self.params,
+        }
+
+
+@dataclass
+class Prediction:
+    """Result of :func:`predict`.
+
+    Attributes:
+        accuracy_model, throughput_model: fit reports.
+        grid: one dict per (N, s) grid point, N-major: ``num_instances`` (int), ``sparsity`` (float),
+            ``accuracy`` (predicted, clipped to [0, 1]), ``throughput`` (predicted sequences/s), ``extrapolated``
+            (bool: outside the measured range of N or s).
+        recommended: the grid point with the highest predicted throughput whose predicted accuracy is
+            >= ``threshold`` (ties: higher accuracy, lower N, lower s), plus ``note`` (str, says whether it is
+            an extrapolation and quotes the LOO errors); ``None`` when no grid point is predicted to qualify.
+        threshold: the accuracy floor used (fraction).
+        measured_range: ``{"num_instances": [min, max], "sparsity": [min, max]}`` over the points used.
+    """
+
+    accuracy_model: FitReport
+    throughput_model: FitReport
+    grid: list[dict]
+    recommended: dict | None
+    threshold: float = math.nan
+    measured_range: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (``nan`` becomes ``None``)."""
+        return {
+            "accuracy_model": self.accuracy_model.to_dict(),
+            "throughput_model": self.throughput_model.to_dict(),
+            "threshold": _json_float(self.threshold),
+            "measured_range": self.measured_range,
+            "grid": self.grid,
+            "recommended": self.recommended,
+        }
+
+
+def _json_float(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+# --------------------------------------------------------------------------------------------------- features
+
+_Features = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+
+
+def _accuracy_features(log_n: np.ndarray, s: np.ndarray) -> dict[str, np.ndarray]:
+    return {"1": np.ones_like(s), "log N": log_n, "s": s, "s^2": s * s, "s*log N": s * log_n}
+
+
+def _throughput_features(log_n: np.ndarray, s: np.ndarray) -> dict[str, np.ndarray]:
+    big_l = np.log(1.0 - s + THROUGHPUT_EPS)
+    return {"1": np.ones_like(s), "log N": log_n, "L": big_l, "L*log N": big_l * log_n}
+
+
+# --------------------------------------------------------------------------------------------------- fitting
+
+
+def _full_rank(columns: list[np.ndarray]) -> bool:
+    x = np.stack(columns, axis=1)
+    scale = np.max(np.abs(x), axis=0)
+    if np.any(scale == 0.0):
+        return False
+    sv = np.linalg.svd(x / scale, compute_uv=False)
+    return bool(sv[-1] > _RANK_RTOL * sv[0])
+
+
+def _fit(feats: dict[str, np.ndarray], y: np.ndarray, order: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Greedy term admission (see module docstring), then least squares on max-abs-scaled columns.
+
+    Returns (kept terms, coefficients in the original column scale). Needs len(y) >= 1.
+    """
+    n = len(y)
+    kept: list[str] = []
+    for term in order:
+        if len(kept) >= n:
+            break
+        if _full_rank([feats[t] for t in kept] + [feats[term]]):
+            kept.append(term)
+    x = np.stack([feats[t] for t in kept], axis=1)
+    scale = np.max(np.abs(x), axis=0)
+    beta, *_ = np.linalg.lstsq(x / scale, y, rcond=None)
+    return kept, beta / scale
+
+
+def _evaluate(feats: dict[str, np.ndarray], kept: list[str], coef: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(next(iter(feats.values())), dtype=np.float64)
+    for t, c in zip(kept, coef):
+        out = out + c * feats[t]
+    return out
+
+
+def _subset(feats: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[mask] for k, v in feats.items()}
+
+
+def _loo_model(
+    feats: dict[str, np.ndarray], y: np.ndarray, order: Sequence[str], back: Callable[[np.ndarray], np.ndarray]
+) -> float:
+    """LOO MAE of the whole fitting procedure; errors measured after ``back`` (target -> reported units)."""
+    n = len(y)
+    if n < 2:
+        return math.nan
+    errs = []
+    for i in range(n):
+        mask = np.arange(n) != i
+        kept, coef = _fit(_subset(feats, mask), y[mask], order)
+        pred = _evaluate(_subset(feats, ~mask), kept, coef)
+        errs.append(abs(float(back(pred)[0]) - float(back(y[i : i + 1])[0])))
+    return float(np.mean(errs))
+
+
+def _loo_nearest(log_n: np.ndarray, s: np.ndarray, values: np.ndarray) -> float:
+    """LOO MAE of nearest-neighbour prediction in (log N, s); equidistant neighbours averaged."""
+    n = len(values)
+    if n < 2:
+        return math.nan
+    errs = []
+    for i in range(n):
+        others = np.arange(n) != i
+        d = np.hypot(log_n[others] - log_n[i], s[others] - s[i])
+        near = np.abs(d - d.min()) <= 1e-12
+        errs.append(abs(float(np.mean(values[others][near])) - float(values[i])))
+    return float(np.mean(errs))
+
+
+def _fit_report(
+    name: str,
+    formula: str,
+    target: str,
+    units: str,
+    order: Sequence[str],
+    features: _Features,
+    log_n: np.ndarray,
+    s: np.ndarray,
+    y: np.ndarray,
+    values: np.ndarray,
+    back: Callable[[np.ndarray], np.ndarray],
+    extra: dict,
+) -> tuple[FitReport, list[str], np.ndarray]:
+    feats = features(log_n, s)
+    kept, coef = _fit(feats, y, order)
+    params = {
+        "formula": formula,
+        "target": target,
+        "units": units,
+        "terms": list(kept),
+        "dropped_terms": [t for t in order if t not in kept],
+        "coefficients": {t: float(c) for t, c in zip(kept, coef)},
+        "n_params": len(kept),
+        **extra,
+    }
+    report = FitReport(
+        name=name,
+        loo_mae=_loo_model(feats, y, order, back),
+        loo_mae_nearest_neighbour=_loo_nearest(log_n, s, values),
+        n_points=len(y),
+        params=params,
+    )
+    return report, kept, coef
+
+
+# --------------------------------------------------------------------------------------------------- public API
+
+
+def predict(
+    candidates: Iterable[Candidate],
+    *,
+    threshold: float,
+    nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10),
+    sparsities: Sequence[float] | np.ndarray = tuple(np.linspace(0.0, 0.95, 20)),
+) -> Prediction:
+    """Fit the accuracy and throughput models (PruMUX §5) and recommend the (N, s) to train next.
+
+    The accuracy model uses the candidates with known accuracy; the throughput model uses all of them. The
+    candidates must share one backend and precision (throughput is not comparable across engines: filter first).
+    Formulas, term selection and LOO errors: see the module docstring.
+
+    Args:
+        candidates: non-empty iterable of :class:`Candidate`, unique ids, one (backend, precision), at least
+            one with known accuracy.
+        threshold: accuracy floor (fraction in [0, 1]), e.g. ``Selection.threshold`` from :func:`select`.
+        nums: grid of multiplexing widths N (ints >= 1).
+        sparsities: grid of sparsities, each in [0, 1).
+
+    Returns:
+        :class:`Prediction` with the grid (len(nums) * len(sparsities) points, N-major) and the recommendation.
+
+    Raises:
+        SelectInputError (exit 2): bad threshold or grid, mixed backends/precisions, no accuracy known.
+    """
+    items = _as_list(candidates)
+    if not _finite(threshold) or not 0.0 <= float(threshold) <= 1.0:
+        raise SelectInputError(f"threshold must be an accuracy fraction in [0, 1], got {threshold!r}")
+    threshold = float(threshold)
+    nums = list(nums)
+    if not nums or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in nums):
+        raise SelectInputError(f"nums must be a non-empty list of ints >= 1, got {nums!r}")
+    sparsities = [float(x) for x in np.asarray(sparsities, dtype=np.float64).ravel()]
+    if not sparsities or any(not math.isfinite(x) or not 0.0 <= x < 1.0 for x in sparsities):
+        raise SelectInputError(f"sparsities must be a non-empty list of values in [0, 1), got {sparsities!r}")
+    engines = sorted({(c.backend, c.precision) for c in items})
+    if len(engines) > 1:
+        raise SelectInputError(
+            "predict needs candidates of one backend and precision, got "
+            + ", ".join(f"{b}/{p}" for b, p in engines)
+            + "; filter them first"
+        )
+    items = sorted(items, key=lambda c: c.id)  # input order must not matter
+    with_acc = [c for c in items if c.accuracy is not None]
+    if not with_acc:
+        raise SelectInputError("predict needs at least one candidate with a known accuracy")
+
+    def arrays(cs: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.log(np.array([c.num_instances for c in cs], dtype=np.float64)),
+            np.array([c.sparsity for c in cs], dtype=np.float64),
+        )
+
+    ln_a, s_a = arrays(with_acc)
+    acc = np.array([c.accuracy for c in with_acc], dtype=np.float64)
+    acc_report, acc_terms, acc_coef = _fit_report(
+        "accuracy", ACCURACY_FORMULA, "accuracy", "accuracy fraction", ACCURACY_TERMS, _accuracy_features,
+        ln_a, s_a, acc, acc, lambda v: v, {},
+    )
+    ln_t, s_t = arrays(items)
+    thr = np.array([c.throughput for c in items], dtype=np.float64)
+    thr_report, thr_terms, thr_coef = _fit_report(
+        "throughput", THROUGHPUT_FORMULA, "log throughput", "sequences/s", THROUGHPUT_TERMS,
+        _throughput_features, ln_t, s_t, np.log(thr), thr, np.exp, {"eps": THROUGHPUT_EPS},
+    )
+
+    n_lo = min(c.num_instances for c in items)
+    n_hi = max(c.num_instances for c in items)
+    n_lo_a = min(c.num_instances for c in with_acc)
+    n_hi_a = max(c.num_instances for c in with_acc)
+    s_lo, s_hi = float(s_t.min()), float(s_t.max())
+    s_lo_a, s_hi_a = float(s_a.min()), float(s_a.max())
+    measured_range = {
+        "num_instances": [max(n_lo, n_lo_a), min(n_hi, n_hi_a)],
+        "sparsity": [max(s_lo, s_lo_a), min(s_hi, s_hi_a)],
+    }
+
+    grid_n = np.repeat(np.array(nums, dtype=np.float64), len(sparsities))
+    grid_s = np.tile(np.array(sparsities, dtype=np.float64), len(nums))
+    grid_ln = np.log(grid_n)
+    pred_acc = np.clip(_evaluate(_accuracy_features(grid_ln, grid_s), acc_terms, acc_coef), 0.0, 1.0)
+    pred_thr = np.exp(_evaluate(_throughput_features(grid_ln, grid_s), thr_terms, thr_coef))
+    (nr_lo, nr_hi), (sr_lo, sr_hi) = measured_range["num_instances"], measured_range["sparsity"]
+    grid = []
+    for n, s, a, t in zip(grid_n, grid_s, pred_acc, pred_thr):
+        extrapolated = not (nr_lo <= n <= nr_hi and sr_lo - 1e-12 <= s <= sr_hi + 1e-12)
+        grid.append(
+            {
+                "num_instances": int(n),
+                "sparsity": float(s),
+                "accuracy": float(a),
+                "throughput": float(t),
+                "extrapolated": bool(extrapolated),
+            }
+        )
+
+    ok = [g for g in grid if g["accuracy"] >= threshold - ACCURACY_TOLERANCE]
+    recommended = None
+    if ok:
+        best = min(ok, key=lambda g: (-g["throughput"], -g["accuracy"], g["num_instances"], g["sparsity"]))
+        trust = (
+            f"LOO MAE accuracy {acc_report.loo_mae:.4f} "
+            f"(nearest neighbour {acc_report.loo_mae_nearest_neighbour:.4f}), "
+            f"throughput {thr_report.loo_mae:.1f} seq/s (nearest neighbour {thr_report.loo_mae_nearest_neighbour:.1f})"
+        )
+        if best["extrapolated"]:
+            where = (
+                f"outside the measured range (N in [{nr_lo}, {nr_hi}], s in [{sr_lo:.3f}, {sr_hi:.3f}]): "
+                "extrapolation, measure it before trusting it"
+            )
+        else:
+            where = f"within the measured range (N in [{nr_lo}, {nr_hi}], s in [{sr_lo:.3f}, {sr_hi:.3f}])"
+        recommended = dict(best)
+        recommended["note"] = f"predicted accuracy >= {threshold:.4f}; {where}; {trust}"
+
+    return Prediction(
+        accuracy_model=acc_report,
+        throughput_model=thr_report,
+        grid=grid,
+        recommended=recommended,
+        threshold=threshold,
+        measured_range=measured_range,
+    )
