@@ -42,7 +42,9 @@ class FoldMasks(Pass):
         if hz is not None:
             e = ir.embeddings
             e.word, e.position, e.token_type = e.word * hz, e.position * hz, e.token_type * hz
-            if ir.mux is not None and ir.mux.variant != "random_ortho":
+            if ir.mux is not None:
+                # hadamard [N, d]: dims; random_ortho [N, d_out, d_in]: the input axis, as upstream's
+                # broadcasting ``mul`` does (the output side is restricted to kept dims by prune-hidden).
                 ir.mux.instance_embedding = ir.mux.instance_embedding * hz
             if ir.demux is not None:
                 t = ir.demux.tensors

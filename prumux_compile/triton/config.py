@@ -1,0 +1,209 @@
+"""Build, print and parse Triton ``config.pbtxt`` files as ``ModelConfig`` protobuf messages.
+
+The text is always produced by ``google.protobuf.text_format`` from
+``tritonclient.grpc.model_config_pb2.ModelConfig`` (Triton's ``model_config.proto``), never from a
+string template, so every written file parses back into the same message.
+
+Batching rules for multiplexed models (DESIGN.md "Batching with multiplexing", fault classes F12/F14):
+``max_batch_size`` and every ``preferred_batch_size`` are multiples of N = num_instances, because a
+batch that is a multiple of N fills every mux group; ``dims`` never contain the batch axis.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from prumux_compile.errors import InputError, TritonConfigError
+from prumux_compile.triton.interface import TensorSpec
+
+#: Platforms this writer emits, and the Triton backend that serves each natively.
+PLATFORM_BACKENDS: dict[str, str] = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
+#: Backends this writer emits. ``python`` serves the ONNX file with onnxruntime inside Triton's Python backend.
+BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "python")
+#: Instance kinds accepted for ``instance_group.kind``.
+INSTANCE_KINDS: tuple[str, ...] = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
+#: ``parameters`` keys this project writes into the config (read back by the validator and model.py).
+PARAM_NUM_INSTANCES = "prumux.num_instances"
+PARAM_ISOLATE = "prumux.isolate_requests"
+PARAM_INTRA_OP_THREADS = "prumux.intra_op_num_threads"
+
+#: Default ``max_batch_size`` is this many mux groups (8·N), when neither the caller nor the model says.
+DEFAULT_GROUPS = 8
+
+
+def model_config_pb2():
+    """The ``model_config_pb2`` module of tritonclient (imported lazily; it needs protobuf 6.x).
+
+    Raises:
+        InputError: tritonclient[grpc] is not installed (install the ``triton`` extra).
+    """
+    try:
+        from tritonclient.grpc import model_config_pb2 as pb2
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise InputError(f"tritonclient[grpc] is required for Triton configs (pip install '.[triton]'): {exc}") from exc
+    return pb2
+
+
+def default_max_batch_size(num_instances: int, model_max_batch: int | None = None) -> int:
+    """Default ``max_batch_size``: the model's ``prumux.max_batch`` rounded DOWN to a multiple of N,
+    else ``8·N``.
+
+    Args:
+        num_instances: N ≥ 1.
+        model_max_batch: ``prumux.max_batch`` from the ONNX metadata, or None.
+
+    Raises:
+        TritonConfigError: ``model_max_batch`` < N (no multiple of N fits).
+    """
+    if num_instances < 1:
+        raise TritonConfigError(f"num_instances must be >= 1, got {num_instances}")
+    if model_max_batch is None:
+        return DEFAULT_GROUPS * num_instances
+    rounded = (model_max_batch // num_instances) * num_instances
+    if rounded < num_instances:
+        raise TritonConfigError(
+            f"model metadata prumux.max_batch={model_max_batch} is smaller than num_instances={num_instances}"
+        )
+    return rounded
+
+
+def default_preferred_batch_sizes(num_instances: int, max_batch_size: int) -> list[int]:
+    """Default ``dynamic_batching.preferred_batch_size``: N·2^k for k = 0, 1, ... up to
+    ``max_batch_size``, plus ``max_batch_size`` itself when it is a multiple of N.
+
+    Example: N=2, max 16 -> [2, 4, 8, 16]; N=3, max 18 -> [3, 6, 12, 18].
+    """
+    sizes: list[int] = []
+    k = num_instances
+    while 0 < k <= max_batch_size:
+        sizes.append(k)
+        k *= 2
+    if max_batch_size % num_instances == 0 and max_batch_size >= num_instances and max_batch_size not in sizes:
+        sizes.append(max_batch_size)
+    return sizes
+
+
+def _fill_tensor(msg, spec: TensorSpec, pb2) -> None:
+    msg.name = spec.name
+    msg.data_type = pb2.DataType.Value(spec.triton_dtype)
+    msg.dims.extend(spec.triton_dims)
+
+
+def build_model_config(
+    *,
+    name: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    num_instances: int,
+    max_batch_size: int,
+    preferred_batch_sizes: Sequence[int],
+    platform: str = "onnxruntime_onnx",
+    backend: str = "onnxruntime",
+    instance_count: int = 1,
+    instance_kind: str = "KIND_CPU",
+    max_queue_delay_us: int = 100,
+    isolate_requests: bool = True,
+    intra_op_num_threads: int | None = None,
+    default_model_filename: str | None = None,
+):
+    """Assemble a ``ModelConfig`` message (no validation; see :mod:`prumux_compile.triton.validate`).
+
+    Args:
+        name: Triton model name (the model directory's name).
+        inputs / outputs: tensors with full shapes (batch axis first); ``dims`` are written without it.
+        num_instances: N; stored as parameter ``prumux.num_instances``.
+        max_batch_size: Triton ``max_batch_size`` (rows per batch).
+        preferred_batch_sizes: ``dynamic_batching.preferred_batch_size`` values.
+        platform: ``onnxruntime_onnx`` or ``tensorrt_plan``; not written for the ``python`` backend.
+        backend: ``onnxruntime``, ``tensorrt`` or ``python``.
+        instance_count / instance_kind: one ``instance_group``.
+        max_queue_delay_us: dynamic batcher queue delay, microseconds.
+        isolate_requests: python backend only (parameter ``prumux.isolate_requests``): requests whose
+            batch is not a multiple of N run alone, so no request shares a mux group with another.
+        intra_op_num_threads: python backend only: onnxruntime intra-op threads (None: ORT default).
+        default_model_filename: written when given.
+
+    Returns:
+        ``tritonclient.grpc.model_config_pb2.ModelConfig``.
+
+    Raises:
+        TritonConfigError: unknown platform/backend/instance kind or a dtype Triton has no type for.
+    """
+    pb2 = model_config_pb2()
+    if backend not in BACKENDS:
+        raise TritonConfigError(f"unknown backend {backend!r}; supported: {', '.join(BACKENDS)}")
+    if platform not in PLATFORM_BACKENDS:
+        raise TritonConfigError(f"unknown platform {platform!r}; supported: {', '.join(PLATFORM_BACKENDS)}")
+    if instance_kind not in INSTANCE_KINDS:
+        raise TritonConfigError(f"unknown instance kind {instance_kind!r}; supported: {', '.join(INSTANCE_KINDS)}")
+    for t in (*inputs, *outputs):
+        if t.triton_dtype == "TYPE_INVALID":
+            raise TritonConfigError(f"tensor {t.name!r}: dtype {t.dtype} has no Triton data type")
+
+    cfg = pb2.ModelConfig()
+    cfg.name = name
+    if backend == "python":
+        cfg.backend = "python"
+    else:
+        cfg.platform = platform
+        cfg.backend = backend
+    if default_model_filename:
+        cfg.default_model_filename = default_model_filename
+    cfg.max_batch_size = int(max_batch_size)
+    for spec in inputs:
+        _fill_tensor(cfg.input.add(), spec, pb2)
+    for spec in outputs:
+        _fill_tensor(cfg.output.add(), spec, pb2)
+    cfg.dynamic_batching.preferred_batch_size.extend(int(b) for b in preferred_batch_sizes)
+    cfg.dynamic_batching.max_queue_delay_microseconds = int(max_queue_delay_us)
+    group = cfg.instance_group.add()
+    group.count = int(instance_count)
+    group.kind = pb2.ModelInstanceGroup.Kind.Value(instance_kind)
+    cfg.parameters[PARAM_NUM_INSTANCES].string_value = str(int(num_instances))
+    if backend == "python":
+        cfg.parameters[PARAM_ISOLATE].string_value = "true" if isolate_requests else "false"
+        if intra_op_num_threads is not None:
+            cfg.parameters[PARAM_INTRA_OP_THREADS].string_value = str(int(intra_op_num_threads))
+    return cfg
+
+
+def config_to_text(config) -> str:
+    """``config.pbtxt`` text of a ``ModelConfig`` (protobuf text format, ends with a newline)."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+def parse_config_text(text: str, *, source: str = "<text>"):
+    """Parse ``config.pbtxt`` text into a ``ModelConfig``.
+
+    Raises:
+        TritonConfigError: the text is not a valid ``ModelConfig`` (message names the source and line).
+    """
+    from google.protobuf import text_format
+
+    pb2 = model_config_pb2()
+    try:
+        return text_format.Parse(text, pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise TritonConfigError(f"{source}: not a valid Triton ModelConfig: {exc}".splitlines()[0]) from exc
+
+
+def load_config(config: "str | Path | object"):
+    """A ``ModelConfig`` from a ``config.pbtxt`` path, or the message itself when one is passed.
+
+    Raises:
+        TritonConfigError: the file is missing or does not parse.
+    """
+    pb2 = model_config_pb2()
+    if isinstance(config, pb2.ModelConfig):
+        return config
+    path = Path(config)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise TritonConfigError(f"Triton config not found: {path}")
+    return parse_config_text(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def config_parameters(config) -> Mapping[str, str]:
+    """The ``parameters`` map of a ``ModelConfig`` as plain strings."""
+    return {k: v.string_value for k, v in config.parameters.items()}
