@@ -24,6 +24,9 @@ def handle_errors(fn):
             return fn(*args, **kwargs)
         except PrumuxError as err:
             click.echo(f"error: {err}", err=True)
+            table = getattr(err, "table", None)
+            if table:
+                click.echo(table, err=True)
             sys.exit(err.exit_code)
 
     return wrapper

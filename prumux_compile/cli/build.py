@@ -1,0 +1,92 @@
+"""``prumux-compile build CKPT [CKPT ...] -o OUT``: the main job (see :mod:`prumux_compile.driver`).
+
+Exit codes: 0 ok, 2 usage / bad input, 3 validation failed, 4 engine build failed, 5 no candidate meets the
+budget, 6 Triton config invalid.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from prumux_compile.cli.common import fancy_output, handle_errors
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter("expected comma-separated integers, e.g. 8,16") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter("batch sizes must be >= 1")
+    return sizes
+
+
+@click.command("build")
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder (must not exist).")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Budget: accuracy may drop at most this much (absolute, 0..1) below the baseline. Default 0.01.")
+@click.option("--min-accuracy", type=float, default=None, help="Budget: absolute accuracy floor (0..1).")
+@click.option("--backend", "backends", multiple=True,
+              help="Engine backend (repeatable): ort-cpu, ort-cuda, torch-cuda, tensorrt. Default ort-cpu.")
+@click.option("--seq-len", default=128, show_default=True, help="Compiled sequence length (tokens).")
+@click.option("--batch-sizes", callback=_int_list, default=None,
+              help="Benchmark batch sizes in sequences (comma-separated). Default 8·N per candidate.")
+@click.option("--threads", default=2, show_default=True, help="Intra-op threads, same for engine and eager.")
+@click.option("--rounds", default=5, show_default=True, help="Timed benchmark rounds (median reported).")
+@click.option("--warmup", default=2, show_default=True, help="Untimed warm-up rounds.")
+@click.option("--eval-data", type=click.Path(path_type=Path), default=None,
+              help="Labelled data (TSV/CSV/JSONL: text, optional text pair, label) run through each engine.")
+@click.option("--eval-limit", type=int, default=None, help="Use at most this many examples of --eval-data.")
+@click.option("--accuracy-table", type=click.Path(path_type=Path), default=None,
+              help="CSV checkpoint,accuracy of recorded accuracies (used when no --eval-data is given).")
+@click.option("--no-cache", is_flag=True, help="Rebuild everything instead of reusing cached candidates.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Build cache (default $PRUMUX_CACHE_DIR or ~/.cache/prumux-compile).")
+@click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
+              help="Also write the chosen model into this Triton model repository.")
+@click.option("--triton-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime",
+              show_default=True, help="Triton backend of the emitted model.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (atomically, after a successful build).")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+@click.option("--no-progress", is_flag=True, help="No progress display or tables.")
+@handle_errors
+def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, seq_len, batch_sizes, threads, rounds,
+              warmup, eval_data, eval_limit, accuracy_table, no_cache, cache_dir, triton_repo, triton_backend,
+              force, as_json, no_progress):
+    """Compile, validate, benchmark and select among CHECKPOINTS (checkpoint folders, or folders of them)."""
+    from prumux_compile.driver import BuildOptions, build
+    from prumux_compile.report.console import print_candidates
+
+    fancy = fancy_output(no_progress) and not as_json
+    opts = BuildOptions(out=out, backends=tuple(backends) or ("ort-cpu",), backends_explicit=bool(backends),
+                        seq_len=seq_len, batch_sizes=batch_sizes, threads=threads, rounds=rounds, warmup=warmup,
+                        eval_data=eval_data, eval_limit=eval_limit, accuracy_table=accuracy_table,
+                        max_accuracy_drop=max_accuracy_drop, min_accuracy=min_accuracy, cache=not no_cache,
+                        cache_dir=cache_dir, triton_repo=triton_repo, triton_backend=triton_backend, force=force)
+    if fancy:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status("building") as status:
+            opts.progress = lambda msg: status.update(msg)
+            report = build(list(checkpoints), opts)
+    else:
+        report = build(list(checkpoints), opts)
+    if as_json:
+        from prumux_compile.report.builder import _clean
+
+        click.echo(json.dumps(_clean(report), indent=2))
+        return
+    if fancy or not no_progress:
+        print_candidates(report, fancy)
+    sel = report["selection"]
+    chosen = next(c for c in report["candidates"] if c["id"] == sel["chosen"])
+    click.echo(f"chosen: {chosen['id']} (N={chosen['num_instances']}, sparsity {chosen['sparsity']:.3f}, "
+               f"{chosen['throughput']:.1f} seq/s, {chosen['speedup_vs_eager']:.2f}x eager) — {sel['reason']}")
+    click.echo(f"wrote {report['out']}/report.json, pareto.png, model_repository/")

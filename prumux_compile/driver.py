@@ -1,0 +1,553 @@
+"""The main job: checkpoints -> candidates -> measured, validated engines -> Auto-PruMUX choice -> outputs.
+
+:func:`build` is the library call behind ``prumux-compile build``. For every checkpoint it runs the pass
+pipeline, exports ``model.onnx``, builds an engine per requested backend, validates it against the reference
+(exit 3 on failure), benchmarks it side by side with the eager-PyTorch form of the same checkpoint (the
+physically pruned, unfused model — what upstream ``evaluation.py`` runs), measures accuracy through the engine,
+then selects with Auto-PruMUX and writes ``OUT/`` atomically (DESIGN.md "Outputs of prumux-compile build").
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError
+
+#: Files of a candidate folder that the cache stores and restores.
+_CACHED = ("model.onnx", "model.ort.onnx", "validation.json", "candidate.json", "predictions.npz")
+
+
+@dataclass
+class BuildOptions:
+    """Options of :func:`build` (the CLI flags, kebab-cased there).
+
+    Attributes:
+        out: output folder (must not exist unless ``force``).
+        backends: engine backends by registry name (``ort-cpu`` ...).
+        backends_explicit: the user named the backends: an unavailable one is an error (exit 4), not a note.
+        seq_len: compiled sequence length of multiplexed models and benchmark length (tokens).
+        batch_sizes: benchmark batch sizes in input sequences; None = ``8·N`` per candidate.
+        threads: intra-op threads for ONNX Runtime and PyTorch (the same for both sides).
+        rounds / warmup: timed / untimed interleaved benchmark rounds.
+        eval_data: labelled (or unlabelled) evaluation file (TSV, CSV, JSON Lines).
+        eval_limit: use at most this many examples of it.
+        accuracy_table: CSV ``checkpoint,accuracy`` of recorded accuracies (marked as recorded).
+        max_accuracy_drop / min_accuracy: the budget (exactly one; default drop 0.01).
+        cache / cache_dir: reuse artifacts and measurements of unchanged candidates.
+        triton_repo: also write the chosen model's Triton model repository there.
+        triton_backend: ``onnxruntime`` (platform onnxruntime_onnx) or ``python`` (Python backend over ORT).
+        force: replace an existing ``out`` (atomically).
+        agreement_samples: inputs used for teacher agreement when there is no labelled data.
+    """
+
+    out: Path
+    backends: tuple[str, ...] = ("ort-cpu",)
+    backends_explicit: bool = False
+    seq_len: int = 128
+    batch_sizes: tuple[int, ...] | None = None
+    threads: int = 2
+    rounds: int = 5
+    warmup: int = 2
+    eval_data: Path | None = None
+    eval_limit: int | None = None
+    accuracy_table: Path | None = None
+    max_accuracy_drop: float | None = None
+    min_accuracy: float | None = None
+    cache: bool = True
+    cache_dir: Path | None = None
+    triton_repo: Path | None = None
+    triton_backend: str = "onnxruntime"
+    force: bool = False
+    agreement_samples: int = 128
+    progress: Callable[[str], None] | None = field(default=None, repr=False)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def discover_checkpoints(paths: list[str | Path]) -> list[tuple[str, Path]]:
+    """Checkpoint directories named by ``paths``: each path is a checkpoint (has ``config.json``) or a folder
+    whose sub-folders are checkpoints (e.g. the demo grid, or a paper-style grid of N × sparsity).
+
+    Returns:
+        ``[(candidate id, path)]`` in the given order (sub-folders sorted by name); ids are unique.
+
+    Raises:
+        InputError: a path does not exist, or a folder holds no checkpoint.
+    """
+    found: list[tuple[str, Path]] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise InputError(f"{p}: no such checkpoint or folder")
+        if (p / "config.json").is_file() or not p.is_dir():
+            found.append((p.name, p))
+            continue
+        subs = sorted(d for d in p.iterdir() if d.is_dir() and (d / "config.json").is_file())
+        if not subs:
+            raise InputError(f"{p}: no checkpoints found (no config.json in it or in its sub-folders)")
+        found.extend((d.name, d) for d in subs)
+    if not found:
+        raise InputError("no checkpoints given")
+    ids: dict[str, int] = {}
+    out = []
+    for name, path in found:
+        k = ids.get(name, 0)
+        ids[name] = k + 1
+        out.append((name if k == 0 else f"{name}-{k + 1}", path))
+    return out
+
+
+def read_accuracy_table(path: Path) -> dict[str, float]:
+    """``checkpoint,accuracy`` CSV -> {checkpoint name or path: accuracy in [0, 1]}.
+
+    Raises:
+        InputError: missing file, missing columns, a value that is not a number in [0, 1].
+    """
+    if not path.is_file():
+        raise InputError(f"{path}: accuracy table not found")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"checkpoint", "accuracy"} <= set(rows[0]):
+        raise InputError(f"{path}: expected a CSV with columns 'checkpoint,accuracy'")
+    table = {}
+    for i, row in enumerate(rows, start=2):
+        try:
+            acc = float(row["accuracy"])
+        except ValueError:
+            raise InputError(f"{path}:{i}: accuracy {row['accuracy']!r} is not a number") from None
+        if not 0.0 <= acc <= 1.0:
+            raise InputError(f"{path}:{i}: accuracy {acc} outside [0, 1] (give fractions, not percent)")
+        table[row["checkpoint"].strip()] = acc
+    return table
+
+
+def demo_texts(n: int) -> list[str]:
+    """``n`` deterministic English sentences (teacher-agreement inputs when no evaluation file is given)."""
+    subjects = ["the film", "this restaurant", "my new phone", "the service", "our hotel room", "the concert",
+                "that book", "the customer support", "the weather today", "the update"]
+    verbs = ["was", "felt", "seemed", "turned out to be", "is honestly", "remains"]
+    adjs = ["wonderful", "terrible", "surprisingly good", "a bit disappointing", "perfectly fine", "awful",
+            "brilliant", "boring", "far better than expected", "not worth the money", "delightful"]
+    tails = ["", " and I would go again", ", but the ending dragged", " for the price", " compared to last year",
+             " according to everyone I asked"]
+    out = []
+    for i in range(n):
+        s = (f"{subjects[i % len(subjects)]} {verbs[(i // 3) % len(verbs)]} {adjs[(i * 7) % len(adjs)]}"
+             f"{tails[(i // 5) % len(tails)]}.")
+        out.append(s[0].upper() + s[1:])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _log(opts: BuildOptions, msg: str) -> None:
+    if opts.progress is not None:
+        opts.progress(msg)
+
+
+def _tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prumux-compile")
+    except PackageNotFoundError:  # pragma: no cover
+        return "0+unknown"
+
+
+def _cache_root(opts: BuildOptions) -> Path:
+    if opts.cache_dir is not None:
+        return Path(opts.cache_dir)
+    env = os.environ.get("PRUMUX_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "prumux-compile"
+
+
+def _file_hash(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def _cache_key(files: dict[str, str], backend: str, opts: BuildOptions, batch_sizes: list[int],
+               eval_hash: str | None) -> str:
+    payload = {"files": files, "backend": backend, "seq_len": opts.seq_len, "batch_sizes": batch_sizes,
+               "threads": opts.threads, "rounds": opts.rounds, "warmup": opts.warmup, "eval": eval_hash,
+               "eval_limit": opts.eval_limit, "agreement_samples": opts.agreement_samples,
+               "tool": _tool_version()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _eval_inputs(opts: BuildOptions, ckpt: Path, label2id: dict | None, vocab: int):
+    """(EvalSet or None, feeds dict) for accuracy / agreement of one checkpoint."""
+    from prumux_compile.bench.data import find_tokenizer_dir, load_eval_data
+
+    if opts.eval_data is not None:
+        tok = find_tokenizer_dir(ckpt)
+        es = load_eval_data(opts.eval_data, tokenizer_dir=tok, seq_len=opts.seq_len, label2id=label2id,
+                            limit=opts.eval_limit)
+        return es, {"input_ids": es.input_ids, "attention_mask": es.attention_mask,
+                    "token_type_ids": es.token_type_ids}
+    try:
+        tok = find_tokenizer_dir(ckpt)
+    except PrumuxError:
+        tok = None
+    if tok is not None:
+        from transformers import AutoTokenizer
+
+        t = AutoTokenizer.from_pretrained(str(tok), local_files_only=True)
+        enc = t(demo_texts(opts.agreement_samples), padding="max_length", max_length=opts.seq_len,
+                truncation=True, return_tensors="np")
+        feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return None, feeds
+    from prumux_compile.export.inputs import realistic_inputs
+
+    return None, realistic_inputs(opts.agreement_samples, opts.seq_len, vocab, seed=1234)
+
+
+def _predict(runner, feeds: dict[str, np.ndarray], batch: int) -> np.ndarray:
+    n = feeds["input_ids"].shape[0]
+    out = []
+    for i in range(0, n, batch):
+        chunk = {k: v[i : i + batch] for k, v in feeds.items()}
+        out.append(runner.run(chunk)["logits"])
+    return np.concatenate(out, axis=0)
+
+
+# ---------------------------------------------------------------------------------------------- one candidate
+def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, cand_dir: Path,
+                     eval_hash: str | None) -> dict:
+    """Compile, export, build, validate, benchmark and predict one (checkpoint, backend) candidate."""
+    import torch
+
+    from prumux_compile.bench.timing import interleaved
+    from prumux_compile.checkpoint import from_raw, read_raw
+    from prumux_compile.engines import registry
+    from prumux_compile.engines.base import BuildSpec
+    from prumux_compile.export.inputs import realistic_inputs
+    from prumux_compile.export.onnx_export import export_onnx
+    from prumux_compile.export.spec import spec_for_ir
+    from prumux_compile.kernels import build_module
+    from prumux_compile.passes import compile_ir
+    from prumux_compile.report.stats import cofi_sparsity, summary
+
+    raw = read_raw(ckpt)
+    ir = from_raw(raw, seq_len=opts.seq_len)
+    n = ir.num_instances
+    batch_sizes = list(opts.batch_sizes or (8 * n,))
+    cache_dir = _cache_root(opts) / _cache_key(raw.files, backend_name, opts, batch_sizes, eval_hash)
+    if opts.cache and (cache_dir / "candidate.json").is_file():
+        _log(opts, f"{cid}: cached ({cache_dir})")
+        cand_dir.mkdir(parents=True, exist_ok=True)
+        for name in _CACHED:
+            if (cache_dir / name).is_file():
+                shutil.copy2(cache_dir / name, cand_dir / name)
+        info = json.loads((cand_dir / "candidate.json").read_text())
+        info["cached"] = True
+        return info
+
+    _log(opts, f"{cid}: passes")
+    pruned, _ = compile_ir(ir, "pruning")
+    final, reports = compile_ir(ir, "all")
+    cand_dir.mkdir(parents=True, exist_ok=True)
+    _log(opts, f"{cid}: export")
+    spec = spec_for_ir(final)
+    module = build_module(final)
+    export_info = export_onnx(module, spec, cand_dir / "model.onnx")
+    _log(opts, f"{cid}: engine {backend_name}")
+    backend = registry.get(backend_name)
+    artifact = backend.build(cand_dir / "model.onnx",
+                             BuildSpec(threads=opts.threads, out_dir=cand_dir, bench_batch=batch_sizes[0]))
+    _log(opts, f"{cid}: validate")
+    validation = _validate(backend, artifact, raw, cand_dir / "validation.json")
+
+    _log(opts, f"{cid}: benchmark")
+    eager = build_module(pruned)
+    torch.set_num_threads(opts.threads)
+    timings = []
+    vocab = int(final.embeddings.word.shape[0])
+    with backend.load(artifact) as runner:
+        for b in batch_sizes:
+            feeds = realistic_inputs(b, opts.seq_len, vocab, seed=b)
+            tensors = [torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
+
+            def eager_fn(t=tensors):
+                with torch.no_grad():
+                    return eager(*t)
+
+            def engine_fn(f=feeds):
+                return runner.run(f)
+
+            t = interleaved({"eager": eager_fn, "engine": engine_fn}, batch_size=b, seq_len=opts.seq_len,
+                            warmup=opts.warmup, rounds=opts.rounds)
+            timings.append({"batch_size": b, "engine": t["engine"].as_dict(), "eager": t["eager"].as_dict(),
+                            "speedup_vs_eager": t["engine"].throughput / t["eager"].throughput})
+        _log(opts, f"{cid}: predictions")
+        label2id = {str(v): int(k) for k, v in final.id2label.items()}
+        es, feeds = _eval_inputs(opts, ckpt, label2id, vocab)
+        logits = _predict(runner, feeds, max(batch_sizes[-1], n))
+    labels = es.labels if es is not None and es.labels is not None else np.zeros(0, dtype=np.int64)
+    np.savez(cand_dir / "predictions.npz", logits=logits, labels=labels)
+
+    primary = timings[-1]
+    info = {
+        "id": cid,
+        "checkpoint": str(ckpt),
+        "checkpoint_files": raw.files,
+        "family": final.family,
+        "num_instances": n,
+        "sparsity": cofi_sparsity(final),
+        "backend": backend_name,
+        "precision": "fp32",
+        "seq_len": opts.seq_len,
+        "artifact": {"path": Path(artifact.path).name, "role": artifact.role,
+                     "files": {k: Path(v).name for k, v in artifact.files.items()}, "build": artifact.report},
+        "export": export_info,
+        "validation": validation,
+        "passes": [r.to_dict() for r in reports],
+        "model": summary(ir if ir.masks is None else pruned, final),
+        "benchmark": timings,
+        "batch_size": primary["batch_size"],
+        "throughput": primary["engine"]["throughput"],
+        "latency_p50_ms": primary["engine"]["p50_ms"],
+        "latency_p90_ms": primary["engine"]["p90_ms"],
+        "latency_p99_ms": primary["engine"]["p99_ms"],
+        "eager_throughput": primary["eager"]["throughput"],
+        "speedup_vs_eager": primary["speedup_vs_eager"],
+        "cached": False,
+    }
+    (cand_dir / "candidate.json").write_text(json.dumps(_json_safe(info), indent=2))
+    if opts.cache:
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_ensure(cache_dir.parent)))
+            for name in _CACHED:
+                if (cand_dir / name).is_file():
+                    shutil.copy2(cand_dir / name, tmp / name)
+            if cache_dir.exists():
+                shutil.rmtree(cache_dir)
+            tmp.rename(cache_dir)
+        except OSError as exc:  # a cache that cannot be written only costs time
+            _log(opts, f"{cid}: cache not written ({exc})")
+    return info
+
+
+def _validate(backend, artifact, raw, out_path: Path) -> dict:
+    """Validate every graph of ``artifact`` (plain and fused) against the reference; write validation.json.
+
+    Raises:
+        ValidationError: any case beyond tolerance, NaN/Inf, nondeterministic, or inputs modified (exit 3).
+    """
+    from prumux_compile.export.validate import require_passed, validate_artifacts, validation_document
+
+    runners = {Path(path).name: backend.load(artifact.using(role)) for role, path in artifact.files.items()}
+    try:
+        results = validate_artifacts(runners, raw, artifact.spec)
+    finally:
+        for r in runners.values():
+            r.close()
+    doc = validation_document(results, artifact.spec)
+    out_path.write_text(json.dumps(_json_safe(doc), indent=2))
+    require_passed(results)
+    worst = max((c.max_abs_diff for r in results.values() for c in r.cases), default=float("nan"))
+    return {"passed": doc["passed"], "max_abs_diff": worst, "cases": sum(len(r.cases) for r in results.values()),
+            "tolerance": next(iter(results.values())).tolerance, "file": out_path.name}
+
+
+def _ensure(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _json_safe(obj):
+    from prumux_compile.report.builder import _clean
+
+    return _clean(obj)
+
+
+# ---------------------------------------------------------------------------------------------- accuracy
+def _accuracies(infos: list[dict], out_dir: Path, opts: BuildOptions, baseline_id: str | None) -> str:
+    """Fill ``accuracy`` / ``accuracy_source`` (and ``f1``) of every candidate; returns the accuracy kind."""
+    from prumux_compile.bench.metrics import accuracy, agreement, f1_binary
+
+    preds = {}
+    labels = {}
+    for info in infos:
+        data = np.load(out_dir / "candidates" / info["id"] / "predictions.npz")
+        preds[info["id"]] = data["logits"].argmax(axis=1)
+        labels[info["id"]] = data["labels"]
+    table = read_accuracy_table(opts.accuracy_table) if opts.accuracy_table else {}
+    have_labels = all(labels[i["id"]].size == len(preds[i["id"]]) and labels[i["id"]].size > 0 for i in infos)
+    teacher = preds.get(baseline_id) if baseline_id else None
+    for info in infos:
+        cid = info["id"]
+        recorded = table.get(cid, table.get(info["checkpoint"], table.get(Path(info["checkpoint"]).name)))
+        if have_labels:
+            info["accuracy"] = accuracy(preds[cid], labels[cid])
+            info["accuracy_source"] = "measured"
+            if int(labels[cid].max(initial=0)) <= 1 and info.get("num_labels", 2) == 2:
+                info["f1"] = f1_binary(preds[cid], labels[cid])
+        elif recorded is not None:
+            info["accuracy"] = recorded
+            info["accuracy_source"] = "recorded"
+        elif teacher is not None:
+            info["accuracy"] = agreement(preds[cid], teacher)
+            info["accuracy_source"] = "teacher-agreement"
+        else:
+            info["accuracy"] = None
+            info["accuracy_source"] = "unknown"
+    if have_labels:
+        return "accuracy (measured through the engine)"
+    if table:
+        return "accuracy (recorded)"
+    return "teacher agreement (no labelled data: agreement of argmax with the baseline candidate)"
+
+
+def _baseline_id(infos: list[dict]) -> str:
+    """The unpruned, unmultiplexed reference candidate: lowest N, then lowest sparsity, then id."""
+    return min(infos, key=lambda i: (i["num_instances"], i["sparsity"], i["id"]))["id"]
+
+
+# ---------------------------------------------------------------------------------------------- the job
+def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
+    """Run the whole job and write ``opts.out`` atomically.
+
+    Returns:
+        The report (also written to ``OUT/report.json``).
+
+    Raises:
+        InputError (exit 2): no checkpoints, OUT exists (without ``force``) or is a file, bad eval data.
+        CheckpointError (2), ValidationError (3), EngineBuildError (4), NoCandidateError (5),
+        TritonConfigError (6). On any error nothing is left at ``opts.out`` (a previous OUT stays untouched).
+    """
+    from prumux_compile.bench.timing import environment
+    from prumux_compile.engines import registry
+    from prumux_compile.report.builder import write_report
+    from prumux_compile.report.plot import pareto_plot
+    from prumux_compile.select import Candidate, pareto_front, predict, raise_if_none, select
+
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is a file; give a folder path for the outputs")
+    if out.exists() and not opts.force:
+        raise InputError(f"{out}: already exists; choose another folder or pass --force to replace it")
+    if (opts.max_accuracy_drop is None) == (opts.min_accuracy is None):
+        if opts.max_accuracy_drop is None:
+            opts.max_accuracy_drop = 0.01
+        else:
+            raise InputError("give either --max-accuracy-drop or --min-accuracy, not both")
+    if opts.eval_data is not None and not Path(opts.eval_data).is_file():
+        raise InputError(f"{opts.eval_data}: evaluation file not found")
+    if opts.accuracy_table is not None:
+        read_accuracy_table(Path(opts.accuracy_table))  # fail fast
+    ckpts = discover_checkpoints(checkpoints)
+
+    avail = registry.availability()
+    backends = []
+    notes = []
+    for name in opts.backends:
+        if name not in avail:
+            raise InputError(f"unknown backend {name!r}; known: {', '.join(registry.names())}")
+        ok, why = avail[name]
+        if ok:
+            backends.append(name)
+        elif opts.backends_explicit:
+            raise EngineBuildError(f"backend {name} was requested but is unavailable here: {why}")
+        else:
+            notes.append(f"backend {name} skipped: {why}")
+    if not backends:
+        raise EngineBuildError("no requested backend is available here: " + "; ".join(notes))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        eval_hash = _file_hash(opts.eval_data)
+        infos = []
+        for cid, path in ckpts:
+            for b in backends:
+                full_id = cid if len(backends) == 1 else f"{cid}@{b}"
+                infos.append(_build_candidate(full_id, path, b, opts, tmp / "candidates" / full_id, eval_hash))
+        baseline = _baseline_id(infos)
+        kind = _accuracies(infos, tmp, opts, baseline)
+
+        cands = [Candidate(id=i["id"], num_instances=i["num_instances"], sparsity=i["sparsity"],
+                           backend=i["backend"], precision=i["precision"], throughput=i["throughput"],
+                           accuracy=i["accuracy"], accuracy_source=(i["accuracy_source"]
+                                                                    if i["accuracy_source"] != "unknown" else "measured"),
+                           latency_p50_ms=i["latency_p50_ms"], latency_p99_ms=i["latency_p99_ms"])
+                 for i in infos]
+        selection = select(cands, max_accuracy_drop=opts.max_accuracy_drop, min_accuracy=opts.min_accuracy,
+                           baseline_id=baseline)
+        front = {c.id for c in pareto_front(cands)}
+        for i in infos:
+            i["pareto"] = i["id"] in front
+        primary = [c for c in cands if c.backend == backends[0] and c.accuracy is not None]
+        prediction = None
+        if len(primary) >= 2:
+            prediction = predict(primary, threshold=selection.threshold).to_dict()
+        report = {
+            "tool": {"name": "prumux-compile", "version": _tool_version()},
+            "environment": environment(),
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()
+                        if k not in ("progress", "out", "cache_dir")},
+            "inputs": [{"id": cid, "path": str(p)} for cid, p in ckpts],
+            "backends": {name: {"available": ok, "detail": why} for name, (ok, why) in avail.items()},
+            "accuracy_kind": kind,
+            "candidates": infos,
+            "selection": {**selection.to_dict(), "chosen": selection.chosen.id if selection.chosen else None,
+                          "baseline": baseline,
+                          "baseline_accuracy": next(i["accuracy"] for i in infos if i["id"] == baseline)},
+            "prediction": prediction,
+            "warnings": notes,
+        }
+        if selection.chosen is None:
+            raise_if_none(selection)
+        chosen = next(i for i in infos if i["id"] == selection.chosen.id)
+        pareto_plot(infos, chosen["id"], tmp / "pareto.png", accuracy_label=kind.split(" (")[0],
+                    threshold=selection.threshold)
+        repo = _write_triton(chosen, tmp, opts)
+        report["model_repository"] = str(repo.relative_to(tmp))
+        write_report(report, tmp / "report.json")
+        _commit(tmp, out)
+        if opts.triton_repo is not None:
+            from prumux_compile.triton import write_repository
+
+            write_repository(opts.triton_repo, name=_model_name(chosen),
+                             model_path=out / "candidates" / chosen["id"] / "model.onnx",
+                             num_instances=chosen["num_instances"], backend=opts.triton_backend, overwrite=True)
+        report["out"] = str(out)
+        return report
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _model_name(info: dict) -> str:
+    return "prumux_" + "".join(ch if ch.isalnum() else "_" for ch in info["id"]).strip("_")
+
+
+def _write_triton(chosen: dict, tmp: Path, opts: BuildOptions) -> Path:
+    from prumux_compile.triton import write_repository
+
+    return write_repository(tmp / "model_repository", name=_model_name(chosen),
+                            model_path=tmp / "candidates" / chosen["id"] / "model.onnx",
+                            num_instances=chosen["num_instances"], backend=opts.triton_backend)
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` into place; an existing ``out`` is replaced only after ``tmp`` is complete."""
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(backup)
+        try:
+            tmp.rename(out)
+        except OSError:
+            backup.rename(out)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        tmp.rename(out)
