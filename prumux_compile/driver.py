@@ -445,6 +445,12 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
     if opts.accuracy_table is not None:
         read_accuracy_table(Path(opts.accuracy_table))  # fail fast
     ckpts = discover_checkpoints(checkpoints)
+    if opts.eval_data is not None:  # fail fast on a bad evaluation file, before anything is built
+        from prumux_compile.bench.data import find_tokenizer_dir, load_eval_data
+        cfg = json.loads((ckpts[0][1] / "config.json").read_text()) if (ckpts[0][1] / "config.json").is_file() else {}
+        label2id = {str(v): int(k) for k, v in (cfg.get("id2label") or {}).items()} or None
+        load_eval_data(opts.eval_data, tokenizer_dir=find_tokenizer_dir(ckpts[0][1]), seq_len=opts.seq_len,
+                       label2id=label2id, limit=8)
 
     avail = registry.availability()
     backends = []
