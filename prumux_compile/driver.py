@@ -494,7 +494,13 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         primary = [c for c in cands if c.backend == backends[0] and c.accuracy is not None]
         prediction = None
         if len(primary) >= 2:
-            prediction = predict(primary, threshold=selection.threshold).to_dict()
+            # Predict near the measured configurations only: N up to twice the largest measured N, sparsity up
+            # to 0.15 above the largest measured one (a few points fitted by least squares extrapolate wildly).
+            n_max = max(c.num_instances for c in primary)
+            s_max = min(0.95, max(c.sparsity for c in primary) + 0.15)
+            prediction = predict(primary, threshold=selection.threshold,
+                                 nums=tuple(n for n in (1, 2, 3, 4, 5, 6, 8, 10) if n <= 2 * n_max),
+                                 sparsities=np.linspace(0.0, s_max, 16)).to_dict()
         report = {
             "tool": {"name": "prumux-compile", "version": _tool_version()},
             "environment": environment(),

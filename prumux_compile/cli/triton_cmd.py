@@ -24,11 +24,36 @@ def _batch_list(ctx, param, value: str | None) -> list[int] | None:
     return sizes
 
 
+def _sources(source: Path, name: str | None, all_candidates: bool) -> list[tuple[str, Path]]:
+    """(model name, model.onnx) pairs named by SOURCE: a model.onnx, a candidate folder, or a build report."""
+    from prumux_compile.errors import InputError
+
+    if source.is_dir():
+        source = source / "model.onnx"
+    if source.suffix == ".json":
+        from prumux_compile.driver import _model_name
+        from prumux_compile.report.builder import read_report
+
+        report = read_report(source)
+        chosen = report["selection"]["chosen"]
+        picked = report["candidates"] if all_candidates else [c for c in report["candidates"] if c["id"] == chosen]
+        if name is not None and len(picked) > 1:
+            raise InputError("--name names one model; drop it with --all-candidates")
+        return [(name or _model_name(c), source.parent / "candidates" / c["id"] / "model.onnx") for c in picked]
+    if not source.is_file():
+        raise InputError(f"{source}: model file not found (give a model.onnx, a candidate folder or a build report.json)")
+    if name is None:
+        raise InputError("--name is required when SOURCE is a model file")
+    return [(name, source)]
+
+
 @click.command("triton")
-@click.argument("model_onnx", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "repo", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Triton model repository directory (created if missing).")
-@click.option("--name", required=True, help="Model name (directory under the repository).")
+@click.option("--name", default=None,
+              help="Model name (directory under the repository); default prumux_<candidate id> for a report.")
+@click.option("--all-candidates", is_flag=True, help="With a report.json: write every candidate, not only the chosen one.")
 @click.option("--num-instances", type=click.IntRange(min=1), default=None,
               help="Mux width N (default: the model's prumux.num_instances metadata).")
 @click.option("--max-batch-size", type=int, default=None,
@@ -45,9 +70,10 @@ def _batch_list(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @handle_errors
 def triton_cmd(
-    model_onnx: Path,
+    source: Path,
     repo: Path,
-    name: str,
+    name: str | None,
+    all_candidates: bool,
     num_instances: int | None,
     max_batch_size: int | None,
     preferred_batch_sizes: list[int] | None,
@@ -57,24 +83,28 @@ def triton_cmd(
     max_queue_delay_us: int,
     overwrite: bool,
 ) -> None:
-    """Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx for MODEL_ONNX, validated first.
+    """Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx, validated first.
+
+    SOURCE is an exported model.onnx, a candidate folder, or a build's OUT/report.json (its chosen candidate,
+    or every candidate with --all-candidates).
 
     Exit codes: 0 ok, 2 bad input, 6 the Triton config would not match the model (nothing written).
     """
     from prumux_compile.triton import write_repository
 
-    target = write_repository(
-        repo,
-        name=name,
-        model_path=model_onnx,
-        platform="onnxruntime_onnx",
-        num_instances=num_instances,
-        max_batch_size=max_batch_size,
-        preferred_batch_sizes=preferred_batch_sizes,
-        instance_count=instance_count,
-        instance_kind=instance_kind,
-        backend=backend,
-        overwrite=overwrite,
-        max_queue_delay_us=max_queue_delay_us,
-    )
-    click.echo(str(target))
+    for model_name, model_path in _sources(source, name, all_candidates):
+        target = write_repository(
+            repo,
+            name=model_name,
+            model_path=model_path,
+            platform="onnxruntime_onnx",
+            num_instances=num_instances,
+            max_batch_size=max_batch_size,
+            preferred_batch_sizes=preferred_batch_sizes,
+            instance_count=instance_count,
+            instance_kind=instance_kind,
+            backend=backend,
+            overwrite=overwrite,
+            max_queue_delay_us=max_queue_delay_us,
+        )
+        click.echo(str(target))

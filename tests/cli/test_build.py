@@ -161,3 +161,21 @@ def test_build_bad_input(case, grid, tmp_path, monkeypatch):
         assert "n1_s0" in res.output  # the nearest candidates are listed
     if case in ("out-is-file", "out-exists"):
         assert "keep me" in ((out if out.is_file() else out / "old.txt").read_text())
+
+
+def test_triton_from_build_report(grid, tmp_path):
+    """`prumux-compile triton OUT/report.json` writes the chosen candidate (or all) and `build --triton-repo` too."""
+    out = tmp_path / "out"
+    repo = tmp_path / "repo"
+    res = _run([str(grid / "ckpts" / "n1_s0"), str(grid / "ckpts" / "n2_s5"), "-o", str(out), "--accuracy-table",
+                str(grid / "acc.csv"), "--min-accuracy", "0.5", "--triton-repo", str(repo), *FAST], tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    chosen = json.loads((out / "report.json").read_text())["selection"]["chosen"]
+    assert [p.name for p in repo.iterdir()] == [f"prumux_{chosen}"]
+    res = CliRunner().invoke(cli, ["triton", str(out / "report.json"), "-o", str(tmp_path / "all"), "--all-candidates",
+                                   "--backend", "python"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["prumux_n1_s0", "prumux_n2_s5"]
+    for d in (tmp_path / "all").iterdir():
+        assert (d / "1" / "model.py").is_file() and (d / "1" / "model.onnx").is_file()
+        assert 'backend: "python"' in (d / "config.pbtxt").read_text()
