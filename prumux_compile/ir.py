@@ -21,6 +21,7 @@ FFN dims of layer i, dh = head size (original hidden_size / num_attention_heads)
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -254,8 +255,9 @@ class ModelIR:
             layer = by_index.get(i)
             att = layer.attention if layer else None
             ffn = layer.ffn if layer else None
-            head_ids = _kept_ids(att.head_ids, att.head_keep) if att else []
-            ffn_ids = _kept_ids(ffn.dim_ids, ffn.dim_keep) if ffn else []
+            # ids >= the original count are zero padding added by align-dims: not model structure
+            head_ids = [h for h in _kept_ids(att.head_ids, att.head_keep) if h < self.original["heads"]] if att else []
+            ffn_ids = [f for f in _kept_ids(ffn.dim_ids, ffn.dim_keep) if f < self.original["ffn"]] if ffn else []
             rows.append({"layer": i, "heads": len(head_ids), "head_ids": head_ids,
                          "ffn": len(ffn_ids), "ffn_ids": ffn_ids})
         return rows
@@ -382,6 +384,7 @@ def _problems(ir: ModelIR) -> list[str]:
         if p:
             out.append(p)
     for name, t, _ in checks:
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        # a sum is finite iff every element is (barring overflow, then the exact test decides); far cheaper
+        if t.is_floating_point() and not math.isfinite(float(t.sum())) and not torch.isfinite(t).all():
             out.append(f"{name} holds NaN/Inf")
     return out

@@ -2,11 +2,13 @@
 
 Order (DESIGN.md): fold-masks -> prune-hidden -> prune-heads -> prune-ffn -> drop-empty-sublayers
 (the *pruning* stage: the physically pruned model, what upstream's evaluation.py runs eagerly) ->
-fuse-mux -> fuse-demux -> fold-attention-scale -> trim-last-layer (the *fusion* stage).
+fuse-mux -> fuse-demux -> fold-attention-scale -> trim-last-layer (the *fusion* stage) -> [align-dims]
+(GPU engines only).
 """
 from __future__ import annotations
 
 from prumux_compile.ir import ModelIR
+from prumux_compile.passes.align_dims import AlignDims
 from prumux_compile.passes.base import Pass, PassManager, PassReport
 from prumux_compile.passes.drop_empty_sublayers import DropEmptySublayers
 from prumux_compile.passes.fold_attention_scale import FoldAttentionScale
@@ -20,7 +22,8 @@ from prumux_compile.passes.trim_last_layer import TrimLastLayer
 
 PRUNING_PASSES = (FoldMasks, PruneHidden, PruneHeads, PruneFFN, DropEmptySublayers)
 FUSION_PASSES = (FuseMux, FuseDemux, FoldAttentionScale, TrimLastLayer)
-ALL_PASSES = {cls.name: cls for cls in PRUNING_PASSES + FUSION_PASSES}
+#: Every pass by name; ``align-dims`` (zero-pad heads / FFN dims for GPU GEMMs, spec E9) is opt-in.
+ALL_PASSES = {cls.name: cls for cls in PRUNING_PASSES + FUSION_PASSES + (AlignDims,)}
 
 
 def default_passes(stage: str = "all") -> list[Pass]:

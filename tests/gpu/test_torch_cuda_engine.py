@@ -1,0 +1,244 @@
+"""The CUDA engine (``torch-cuda``).
+
+Tests marked ``gpu`` need a CUDA device and are skipped without one (reason shown with ``-rs``). The unmarked
+tests run the same compact model on the CPU (eager, PyTorch kernels): its numerics per family and precision,
+the IR file, options, batch buckets/chunking and the backend's errors.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prumux_compile.checkpoint import load, read_raw
+from prumux_compile.engines.base import BuildSpec
+from prumux_compile.engines.trt_onnx import validation_batches
+from prumux_compile.engines.torch_cuda import (CudaCompactModel, CudaOptions, CudaRunner, TorchCudaBackend,
+                                               compile_for_cuda, load_ir, save_ir, validate_runner)
+from prumux_compile.errors import EngineBuildError, InputError
+from prumux_compile.export.inputs import realistic_inputs
+from prumux_compile.export.spec import spec_for_ir
+from prumux_compile.kernels import build_module
+from prumux_compile.passes import compile_ir
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)")
+SEQ, V = 16, 1024
+BASE = dict(vocab=V, max_pos=64, num_layers=3, hidden=32, heads=4, ffn=48)
+FAMILIES = {
+    "mux-index-pos": dict(family="prumux_compressed", num_instances=3, heads_kept=[[0, 2], [1], [3]],
+                          ffn_kept=[list(range(20)), [], list(range(9))]),
+    "masked-hidden": dict(family="prumux_masked", num_instances=2, heads_kept=[[0, 2], [], [1, 3]],
+                          ffn_kept=[list(range(20)), [], list(range(40))], hidden_kept=list(range(3, 32))),
+    "index": dict(family="prumux_compressed", num_instances=3, demuxing_variant="index", heads_kept=[[0], [1, 2], [3]]),
+    "mlp": dict(family="muxplm", num_instances=2, demuxing_variant="mlp"),
+    "ortho": dict(family="prumux_compressed", num_instances=2, muxing_variant="random_ortho"),
+    "legacy-demux": dict(family="muxplm", num_instances=2, legacy_demuxing=True),
+    "cofi-soft": dict(family="cofi_masked", soft_masks=True, heads_kept=[[1], [0, 1, 2, 3], []],
+                      ffn_kept=[[], list(range(10)), list(range(48))], hidden_kept=list(range(30))),
+    "bert": dict(family="bert"),
+}
+
+
+def _engine(path, precision, device, **opts):
+    backend = TorchCudaBackend(CudaOptions(precision=precision, device=device, **opts))
+    art = backend.build_from_ir(load(path, seq_len=SEQ), path.parent / f"{path.name}-{precision}-engine")
+    return art, backend.load(art)
+
+
+# ------------------------------------------------------------------------------------------------ CPU
+CPU_CASES = [(name, "fp32") for name in FAMILIES] + [("mux-index-pos", "fp16"), ("cofi-soft", "fp16"),
+                                                     ("bert", "bf16")]
+
+
+@pytest.mark.parametrize("name,precision", CPU_CASES)
+def test_cpu_compact_model_matches_reference(name, precision, synth_ckpt):
+    from prumux_compile import reference
+    from prumux_compile.engines.trt_onnx import fidelity
+
+    path = synth_ckpt(name, **{**BASE, **FAMILIES[name]})
+    raw = read_raw(path)
+    art, runner = _engine(path, precision, "cpu", graph_mode="eager")
+    n = raw.num_instances
+    batches = sorted({1, max(1, n - 1), n, 2 * n + 1, 8})
+    bound = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 6e-2}[precision]  # observed well below these
+    if precision == "bf16":  # few rows of a random model: an argmax near-tie may flip, check the tolerance only
+        feeds = realistic_inputs(9, 12, V, seed=3)
+        got = runner.run(feeds)["logits"]
+        ref = reference.forward(raw, *feeds.values(), seq_len=SEQ, dtype=torch.float64).numpy()
+        res = fidelity(got, ref, "bf16")
+        assert res["finite"] and res["max_excess"] <= 0 and 1e-6 < res["max_abs_diff"] <= bound
+        return
+    report = validate_runner(runner, raw, precision, seq_len=SEQ, seq=12, batches=batches)
+    assert report["ok"] and report["argmax_agreement"] == 1.0
+    assert report["max_abs_diff"] <= bound
+    if precision != "fp32":
+        assert report["max_abs_diff"] > 1e-6  # really ran in reduced precision
+    assert art.report["kernel_choice"] == {"mux": "torch", "demux": "torch"}
+    for layer in load_ir(art.path).layers:  # align-dims ran: widths are multiples of 8
+        if layer.attention is not None:
+            assert (layer.attention.heads * layer.attention.head_size) % 8 == 0
+        if layer.ffn is not None:
+            assert layer.ffn.dims % 8 == 0
+
+
+def test_ir_file_roundtrip(synth_ckpt, tmp_path):
+    path = synth_ckpt("rt", **{**BASE, **FAMILIES["mux-index-pos"]})
+    ir, _ = compile_for_cuda(load(path, seq_len=SEQ), align=8)
+    again = load_ir(save_ir(ir, tmp_path / "model.ir.pt"))
+    assert again.history == ir.history and again.id2label == ir.id2label and again.seq_len == SEQ
+    assert again.classifier[0].data_ptr() != ir.classifier[0].data_ptr()
+    for a, b in zip(ir.layers, again.layers):
+        assert a.index == b.index and a.out_rows == b.out_rows
+        if a.attention is not None:
+            assert a.attention.head_ids == b.attention.head_ids and a.attention.q_prescaled == b.attention.q_prescaled
+            assert torch.equal(a.attention.wq, b.attention.wq)
+    assert torch.equal(ir.mux.fused_scale, again.mux.fused_scale) and ir.demux.fused == again.demux.fused
+    feeds = realistic_inputs(7, 12, V, seed=2)
+    with torch.no_grad():
+        x = [torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
+        assert torch.equal(build_module(ir)(*x), build_module(again)(*x))
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    with pytest.raises(InputError, match="not a readable IR file"):
+        load_ir(tmp_path / "junk.pt")
+    torch.save({"format": "other"}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not a prumux IR file"):
+        load_ir(tmp_path / "other.pt")
+
+
+def test_compile_for_cuda_single_check_gives_same_ir(synth_ckpt):
+    path = synth_ckpt("cc", **{**BASE, **FAMILIES["masked-hidden"]})
+    ir = load(path, seq_len=SEQ)
+    a, rep_a = compile_for_cuda(ir, align=16)
+    b, rep_b = compile_for_cuda(ir, align=16, check_each=False)
+    assert a.history == b.history and "align-dims" in a.history and [r.name for r in rep_a] == [r.name for r in rep_b]
+    for la, lb in zip(a.layers, b.layers):
+        for sub in ("attention", "ffn"):
+            x, y = getattr(la, sub), getattr(lb, sub)
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert all(torch.equal(getattr(x, k), getattr(y, k)) for k in vars(x) if isinstance(getattr(x, k),
+                                                                                                      torch.Tensor))
+    again, reports = compile_for_cuda(a, align=16)  # nothing left to do
+    assert again is a and not any(r.changed for r in reports)
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(precision="int8"), "precision"), (dict(graph_mode="lazy"), "graph_mode"),
+    (dict(mux_kernel="cuda"), "mux_kernel"), (dict(attention="flash"), "attention"),
+    (dict(batch_sizes=(0,)), "buckets"), (dict(align=0), "align"), (dict(min_ratio=0), "min_ratio"),
+])
+def test_options_rejected(options, match):
+    with pytest.raises(InputError, match=match):
+        TorchCudaBackend(CudaOptions(**options))
+
+
+@pytest.mark.parametrize("name,batch", [("mux-index-pos", 7), ("mux-index-pos", 13), ("index", 10), ("bert", 5)])
+def test_cpu_runner_buckets_and_chunks(name, batch, synth_ckpt):
+    """Batches above the largest bucket run in chunks of it (multiples of N keep mux groups intact); the
+    result equals the compiled model on the whole batch (F18: repeat-last padding)."""
+    path = synth_ckpt(name, **{**BASE, **FAMILIES[name]})
+    ir, _ = compile_ir(load(path, seq_len=SEQ))
+    n = ir.num_instances
+    model = CudaCompactModel(ir, "fp32")
+    runner = CudaRunner(model, spec_for_ir(ir), CudaOptions(device="cpu", graph_mode="eager", batch_sizes=(n,)))
+    assert runner.buckets == [n]
+    feeds = realistic_inputs(batch, 12, V, seed=4)
+    got = runner.run(feeds)["logits"]
+    with torch.no_grad():
+        want = build_module(ir)(*(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask",
+                                                                        "token_type_ids"))).numpy()
+    assert got.shape == (batch, ir.num_labels) and np.abs(got - want).max() <= 1e-5
+
+
+def test_cpu_math_attention_matches_sdpa(synth_ckpt):
+    path = synth_ckpt("m", **{**BASE, **FAMILIES["bert"]})
+    ir, _ = compile_for_cuda(load(path, seq_len=SEQ))
+    feeds = realistic_inputs(5, 12, V, seed=1)
+    x = [torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
+    with torch.no_grad():
+        a = CudaCompactModel(ir, "fp32", attention="sdpa")(*x)
+        b = CudaCompactModel(ir, "fp32", attention="math")(*x)
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_compact_model_refuses_masked_ir(synth_ckpt):
+    path = synth_ckpt("mk", **{**BASE, **FAMILIES["cofi-soft"]})
+    with pytest.raises(InputError, match="still holds masks"):
+        CudaCompactModel(load(path, seq_len=SEQ))
+
+
+def test_build_from_onnx_dir_needs_ir_file(synth_ckpt, tmp_path):
+    backend = TorchCudaBackend(CudaOptions(device="cpu", graph_mode="eager"))
+    with pytest.raises(EngineBuildError, match="model.ir.pt is missing"):
+        backend.build(tmp_path / "model.onnx")
+    path = synth_ckpt("b", **{**BASE, **FAMILIES["bert"]})
+    save_ir(load(path, seq_len=SEQ), tmp_path / "model.ir.pt")
+    art = backend.build(tmp_path / "model.onnx", BuildSpec(out_dir=tmp_path / "engine"))
+    assert art.backend == "torch-cuda" and art.path.is_file() and art.spec.family == "bert"
+    with backend.load(art) as runner:
+        assert runner.run({"input_ids": np.full((2, 5), 101)})["logits"].shape == (2, 3)
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA")
+def test_unavailable_without_cuda():
+    from prumux_compile.engines import registry
+
+    ok, reason = TorchCudaBackend().available()
+    assert not ok and "no CUDA device" in reason
+    assert registry.get("torch-cuda").available() == (False, reason)
+    with pytest.raises(EngineBuildError, match="unavailable"):
+        TorchCudaBackend().build_from_ir(None, "unused")
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("name", ["mux-index-pos", "index", "cofi-soft", "bert"])
+def test_cuda_engine_fp32_and_fp16(name, synth_ckpt):
+    path = synth_ckpt(name, **{**BASE, **FAMILIES[name]})
+    raw = read_raw(path)
+    for precision in ("fp32", "fp16"):
+        art, runner = _engine(path, precision, "cuda", graph_mode="cuda-graph")
+        # >= 200 rows: 99.5 % agreement then tolerates one argmax near-tie of the random model
+        batches = validation_batches(raw.num_instances, extra=200)
+        report = validate_runner(runner, raw, precision, seq_len=SEQ, seq=12, batches=batches)
+        assert report["ok"]
+        if precision == "fp32":
+            assert report["max_abs_diff"] <= 1e-3
+        else:
+            assert report["argmax_agreement"] >= 0.995
+        captured = runner.captures
+        assert captured >= 1
+        runner.run(realistic_inputs(1, 12, V, seed=0))  # bucket already captured: no new graph
+        assert runner.captures == captured
+        runner.close()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_graph_equals_eager(precision, synth_ckpt):
+    """F18/F9: batch 7 with N=2 (odd batch, bucket padding), padded rows: graph replay == eager, all finite."""
+    path = synth_ckpt("g", **{**BASE, **dict(FAMILIES["mux-index-pos"], num_instances=2)})
+    ir, _ = compile_for_cuda(load(path, seq_len=SEQ))
+    model = CudaCompactModel(ir, precision).cuda()
+    spec = spec_for_ir(ir)
+    graph = CudaRunner(model, spec, CudaOptions(precision=precision, graph_mode="cuda-graph"))
+    eager = CudaRunner(model, spec, CudaOptions(precision=precision, graph_mode="eager"))
+    feeds = realistic_inputs(7, 12, V, seed=9)
+    a, b = graph.run(feeds)["logits"], eager.run(feeds)["logits"]
+    assert a.shape == (7, 3) and np.isfinite(a).all()
+    assert np.abs(a - b).max() <= {"fp32": 1e-5, "fp16": 1e-2, "bf16": 5e-2}[precision]  # GEMM shapes differ
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_engine_with_triton_kernels(synth_ckpt):
+    pytest.importorskip("triton")
+    path = synth_ckpt("t", **{**BASE, **FAMILIES["mux-index-pos"]})
+    art, runner = _engine(path, "fp32", "cuda", mux_kernel="triton", demux_kernel="triton")
+    assert art.report["kernel_choice"] == {"mux": "triton", "demux": "triton"}
+    assert art.report["kernels"]["mux"]["max_abs_diff"] <= 1e-4
+    report = validate_runner(runner, read_raw(path), "fp32", seq_len=SEQ, seq=12)
+    assert report["ok"] and report["max_abs_diff"] <= 1e-3
