@@ -261,6 +261,10 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     export_info = export_onnx(module, spec, cand_dir / "model.onnx")
     _log(opts, f"{cid}: engine {backend_name}")
     backend = registry.get(backend_name)
+    if backend_name == "torch-cuda":  # the CUDA engine builds from the IR saved next to model.onnx
+        from prumux_compile.engines.torch_cuda import IR_FILENAME, save_ir
+
+        save_ir(final, cand_dir / IR_FILENAME)
     artifact = backend.build(cand_dir / "model.onnx",
                              BuildSpec(threads=opts.threads, out_dir=cand_dir, bench_batch=batch_sizes[0]))
     _log(opts, f"{cid}: validate")
