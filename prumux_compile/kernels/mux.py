@@ -46,7 +46,7 @@ class MuxEmbedding(nn.Module):
         y = F.embedding(ids, self.word) + self.const
         rows, length, d = y.shape
         if self.fused:
-            xhat = F.layer_norm(y, (d,), None, None, self.eps).reshape(rows // n, n, length, d)
+            xhat = F.layer_norm(y, (self.word.shape[1],), None, None, self.eps).reshape(rows // n, n, length, d)
             if self.variant == "random_ortho":
                 m = torch.einsum("gnld,nde->gle", xhat, self.scale) + self.shift
             else:

@@ -27,7 +27,7 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.keep is None:
-            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+            return F.layer_norm(x, (self.weight.shape[0],), self.weight, self.bias, self.eps)
         m = self.keep
         mean = (x * m).sum(-1, keepdim=True) / self.count
         var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / self.count

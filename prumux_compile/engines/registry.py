@@ -1,0 +1,106 @@
+"""Registry of engine backends by name.
+
+Backends are imported lazily (``"module:Class"`` targets), so asking for one never imports another's heavy
+dependencies. A backend whose module is not part of this installation, whose Python package is missing or
+whose device is absent still appears in :func:`names` and reports ``available() -> (False, reason)``; it
+never fails a build that did not ask for it (DESIGN.md "Engines").
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+from prumux_compile.engines.base import Artifact, Backend, BuildSpec, Runner
+from prumux_compile.errors import EngineBuildError, InputError
+
+__all__ = ["names", "get", "register", "availability", "Unavailable"]
+
+#: name -> "module:Class". Later backends (torch-cuda, tensorrt) are added by creating their module.
+_TARGETS: dict[str, str] = {
+    "ort-cpu": "prumux_compile.engines.onnxruntime:OrtCpuBackend",
+    "ort-cuda": "prumux_compile.engines.onnxruntime:OrtCudaBackend",
+    "torch-cuda": "prumux_compile.engines.torch_cuda:TorchCudaBackend",
+    "tensorrt": "prumux_compile.engines.tensorrt:TensorRTBackend",
+}
+
+
+def _probe_torch_cuda() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "Python package 'torch' is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    return None
+
+
+def _probe_tensorrt() -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return ("Python package 'tensorrt' is not installed (its wheels download the libraries from NVIDIA's "
+                "index at install time)")
+    return _probe_torch_cuda()
+
+
+#: Package / device probes for backends whose module may not exist yet: the reason that comes first.
+_PROBES = {"torch-cuda": _probe_torch_cuda, "tensorrt": _probe_tensorrt}
+
+
+class Unavailable(Backend):
+    """Stand-in for a backend that cannot be used here; ``build``/``load`` raise :class:`EngineBuildError`."""
+
+    def __init__(self, name: str, reason: str):
+        self.name = name
+        self.reason = reason
+
+    def available(self) -> tuple[bool, str]:
+        return False, self.reason
+
+    def build(self, onnx_path: str | Path, spec: BuildSpec | None = None) -> Artifact:
+        raise EngineBuildError(f"backend {self.name} is unavailable: {self.reason}")
+
+    def load(self, artifact: Artifact) -> Runner:
+        raise EngineBuildError(f"backend {self.name} is unavailable: {self.reason}")
+
+
+def names() -> list[str]:
+    """Every registered backend name (available or not), sorted."""
+    return sorted(_TARGETS)
+
+
+def register(name: str, target: str | type[Backend]) -> None:
+    """Register (or replace) a backend: a :class:`Backend` subclass or a ``"module:Class"`` string."""
+    if isinstance(target, str) and ":" not in target:
+        raise InputError(f"backend target {target!r}: expected 'module:Class'")
+    _TARGETS[name] = target  # type: ignore[assignment]
+
+
+def get(name: str) -> Backend:
+    """The backend registered as ``name`` (an :class:`Unavailable` one when it cannot be used here).
+
+    Raises:
+        InputError: no backend of that name (the message lists the registered names).
+    """
+    target = _TARGETS.get(name)
+    if target is None:
+        raise InputError(f"unknown backend {name!r}; registered: {', '.join(names())}")
+    probe = _PROBES.get(name)
+    reason = probe() if probe else None
+    if reason:
+        return Unavailable(name, reason)
+    if not isinstance(target, str):
+        return target()
+    module_name, cls_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module_name
+        what = ("not implemented in this version of prumux-compile" if missing == module_name
+                else f"Python package {missing!r} is not installed")
+        return Unavailable(name, what)
+    return getattr(module, cls_name)()
+
+
+def availability() -> dict[str, tuple[bool, str]]:
+    """``{name: (available, reason or description)}`` for every registered backend."""
+    return {name: get(name).available() for name in names()}

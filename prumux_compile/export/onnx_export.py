@@ -1,0 +1,253 @@
+"""ONNX export mechanics and the structural checks of an exported graph.
+
+Exporter choice: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript). Both exporters match
+PyTorch to ~1e-7 (docs/environment.md), but the TorchScript exporter (``dynamo=False``) is deprecated and
+cannot trace the compiled model's ``F.layer_norm(x, (x.shape[-1],), ...)`` once the batch and sequence axes
+are dynamic, whereas the dynamo exporter keeps every input (also those a family ignores) as a graph input and
+writes the per-layer head count as a constant into the attention reshapes (what lets the ORT fusions use
+each layer's own head count, fault class F6).
+
+Checks after export (:func:`check_onnx`, raising :class:`~prumux_compile.errors.EngineBuildError`):
+``onnx.checker`` full check (strict shape inference), opset >= 17, standard ONNX domain only, no model-local
+functions, no ``If`` / ``Loop`` node anywhere (F19), the declared interface with symbolic batch / sequence
+axes on every input and on the output (F13).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from collections import Counter
+from importlib import metadata as _metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from prumux_compile.errors import EngineBuildError, InputError
+from prumux_compile.export.inputs import realistic_inputs
+from prumux_compile.export.spec import BATCH_AXIS, MIN_OPSET, ExportSpec
+
+__all__ = ["export_onnx", "check_onnx", "read_metadata", "tool_version", "EXPORTER"]
+
+#: The exporter used (see module docstring).
+EXPORTER = "torch.onnx.export(dynamo=True)"
+_STANDARD_DOMAINS = ("", "ai.onnx")
+_FORBIDDEN_OPS = ("If", "Loop")
+_ONNX_DTYPES = {"int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT}
+#: Loggers that print progress or harmless warnings during a dynamo export (silenced while it runs).
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "onnxscript", "onnx_ir")
+
+
+def tool_version() -> str:
+    """The installed ``prumux-compile`` version (``"unknown"`` when not installed as a distribution)."""
+    try:
+        return _metadata.version("prumux-compile")
+    except _metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's stdout progress lines, its warnings and its INFO/WARNING log records."""
+    saved = {}
+    for name in _NOISY_LOGGERS:
+        lg = logging.getLogger(name)
+        saved[name] = lg.level
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _example_inputs(spec: ExportSpec) -> tuple[torch.Tensor, ...]:
+    feeds = realistic_inputs(spec.example_batch, spec.example_seq, spec.vocab_size, seed=0)
+    return tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
+
+
+def export_onnx(module: torch.nn.Module, spec: ExportSpec, path: str | Path, *, opset: int = 17) -> dict:
+    """Export a compiled model to a single-file ONNX model with the interface of ``spec``.
+
+    Args:
+        module: a :class:`~prumux_compile.kernels.CompiledModel` (eval mode, CPU, float32) whose forward is
+            ``(input_ids, attention_mask, token_type_ids) -> logits``.
+        spec: its :class:`~prumux_compile.export.spec.ExportSpec` (names, dynamic axes, example shapes).
+        path: the ``.onnx`` file to write (parent directory must exist; replaced if present).
+        opset: default-domain opset, >= 17.
+
+    Returns:
+        ``{"exporter", "opset", "path"}``.
+
+    Writes into the model: graph input/output ``doc_string`` (ignored inputs say so), ``model.doc_string``,
+    ``metadata_props`` from :meth:`ExportSpec.metadata`; the output's batch axis is named ``batch`` (the
+    exporter names it after its own symbolic expression).
+
+    Raises:
+        InputError: ``opset < 17``.
+        EngineBuildError: the exporter failed (message names the exception).
+    """
+    if int(opset) < MIN_OPSET:
+        raise InputError(f"--opset {opset}: must be >= {MIN_OPSET} (LayerNormalization is standard from 17)")
+    path = Path(path)
+    example = _example_inputs(spec)
+    batch = torch.export.Dim(BATCH_AXIS, min=1)
+    seq = torch.export.Dim("sequence", min=1, max=spec.max_seq_len)
+    dynamic_shapes = {name: {0: batch, 1: seq} for name in spec.input_names}
+    with tempfile.TemporaryDirectory(prefix="prumux-export-") as tmp:
+        raw_path = Path(tmp) / "exported.onnx"
+        try:
+            with _quiet(), torch.no_grad():
+                torch.onnx.export(module, example, str(raw_path), dynamo=True, dynamic_shapes=dynamic_shapes,
+                                  input_names=list(spec.input_names), output_names=list(spec.output_names),
+                                  opset_version=int(opset), optimize=True, verbose=False)
+        except Exception as exc:  # the exporter raises many unrelated types
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise EngineBuildError(f"ONNX export failed ({type(exc).__name__}: {first})") from exc
+        model = onnx.load(str(raw_path))  # inlines external data, if the exporter wrote any
+    _apply_interface(model, spec)
+    onnx.save_model(model, str(path))
+    return {"exporter": EXPORTER, "opset": _default_opset(model), "path": str(path)}
+
+
+def _apply_interface(model: onnx.ModelProto, spec: ExportSpec) -> None:
+    """Names, docs and metadata of ``spec`` on an exported model (see :func:`export_onnx`)."""
+    graph = model.graph
+    present = {v.name for v in graph.input}
+    for t in spec.inputs:
+        if t.name not in present:  # an exporter that pruned an unused input: put it back (still valid ONNX)
+            graph.input.append(onnx.helper.make_tensor_value_info(t.name, _ONNX_DTYPES[t.dtype], list(t.axes)))
+    by_name = {t.name: t for t in spec.inputs + spec.outputs}
+    for value in list(graph.input) + list(graph.output):
+        t = by_name.get(value.name)
+        if t is None:
+            continue
+        value.doc_string = t.doc
+        dims = value.type.tensor_type.shape.dim
+        for i, axis in enumerate(t.axes):
+            # rename symbolic axes only: a specialised (static) axis stays static so check_onnx reports it (F13)
+            if i < len(dims) and isinstance(axis, str) and not dims[i].HasField("dim_value"):
+                dims[i].dim_param = axis
+    model.doc_string = (
+        f"prumux-compile export of a {spec.family} classifier (N={spec.num_instances}). Inputs: "
+        + ", ".join(spec.input_names) + f" (int64 [batch, sequence], sequence <= {spec.max_seq_len}); output: "
+        "logits (float32 [batch, num_labels]). "
+        + (f"Ignored inputs: {', '.join(spec.ignored_inputs)}." if spec.ignored_inputs else "All inputs used.")
+    )
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, spec.metadata(tool_version()))
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return max((o.version for o in model.opset_import if o.domain in _STANDARD_DOMAINS), default=0)
+
+
+def _walk_nodes(graph: onnx.GraphProto):
+    """Every node of ``graph`` including nodes of subgraphs held in attributes."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _walk_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _walk_nodes(g)
+
+
+def _interface_problems(model: onnx.ModelProto, spec: ExportSpec) -> list[str]:
+    problems = []
+    for values, specs, what in ((model.graph.input, spec.inputs, "input"), (model.graph.output, spec.outputs,
+                                                                             "output")):
+        names = [v.name for v in values]
+        if names != [t.name for t in specs]:
+            problems.append(f"graph {what}s are {names}, expected {[t.name for t in specs]}")
+            continue
+        for value, t in zip(values, specs):
+            tt = value.type.tensor_type
+            if tt.elem_type != _ONNX_DTYPES[t.dtype]:
+                problems.append(f"{what} {t.name} has element type {onnx.TensorProto.DataType.Name(tt.elem_type)}, "
+                                f"expected {t.dtype}")
+            dims = list(tt.shape.dim)
+            if len(dims) != len(t.axes):
+                problems.append(f"{what} {t.name} has rank {len(dims)}, expected {len(t.axes)}")
+                continue
+            for i, (dim, axis) in enumerate(zip(dims, t.axes)):
+                if isinstance(axis, str) and (dim.HasField("dim_value") or dim.dim_param != axis):
+                    got = dim.dim_value if dim.HasField("dim_value") else repr(dim.dim_param)
+                    problems.append(f"{what} {t.name} axis {i} is {got}, expected the dynamic axis {axis!r} (F13)")
+                elif isinstance(axis, int) and dim.HasField("dim_value") and dim.dim_value != axis:
+                    problems.append(f"{what} {t.name} axis {i} is {dim.dim_value}, expected {axis}")
+    return problems
+
+
+def check_onnx(path: str | Path, spec: ExportSpec, *, standard_only: bool = True) -> dict:
+    """Structural checks of an exported model (module docstring lists them).
+
+    Args:
+        path: the ``.onnx`` file.
+        spec: the interface it must have.
+        standard_only: require the standard ONNX domain only (True for ``model.onnx``; an ORT-optimised graph
+            legitimately holds ``com.microsoft`` ops, fault class F17).
+
+    Returns:
+        ``{"opset", "nodes", "op_types" (op -> count), "domains", "initializer_bytes", "checks"}``.
+
+    Raises:
+        EngineBuildError: the first failing check, or every interface problem, in one line.
+    """
+    path = Path(path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # onnx raises ValidationError, InferenceError, ...
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise EngineBuildError(f"{path.name}: onnx.checker full check failed: {first}") from None
+    model = onnx.load(str(path))
+    problems = []
+    opset = _default_opset(model)
+    if opset < MIN_OPSET:
+        problems.append(f"default-domain opset {opset} < {MIN_OPSET}")
+    nodes = list(_walk_nodes(model.graph))
+    ops = Counter(n.op_type if n.domain in _STANDARD_DOMAINS else f"{n.domain}::{n.op_type}" for n in nodes)
+    domains = sorted({n.domain or "ai.onnx" for n in nodes})
+    forbidden = sorted({n.op_type for n in nodes if n.op_type in _FORBIDDEN_OPS and n.domain in _STANDARD_DOMAINS})
+    if forbidden:
+        problems.append(f"graph holds {'/'.join(forbidden)} nodes (data-dependent control flow; F19)")
+    if standard_only:
+        other = sorted({n.domain for n in nodes if n.domain not in _STANDARD_DOMAINS}
+                       | {o.domain for o in model.opset_import if o.domain not in _STANDARD_DOMAINS})
+        if other:
+            problems.append(f"non-standard domains {other} in a model that must hold standard ONNX ops only")
+        if len(model.functions):
+            problems.append(f"{len(model.functions)} model-local functions (expected none)")
+    problems += _interface_problems(model, spec)
+    if problems:
+        raise EngineBuildError(f"{path.name}: " + "; ".join(problems))
+    init_bytes = sum(int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                     for t in model.graph.initializer)
+    return {"opset": opset, "nodes": len(nodes), "op_types": dict(sorted(ops.items())), "domains": domains,
+            "initializer_bytes": int(init_bytes),
+            "checks": ["onnx.checker full_check", f"opset >= {MIN_OPSET}", "no If/Loop",
+                       "standard domain only" if standard_only else "domains recorded",
+                       "interface names/dtypes/dynamic axes"]}
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict (weights are not loaded).
+
+    Raises:
+        InputError: the file is missing or not an ONNX model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    return {p.key: p.value for p in model.metadata_props}

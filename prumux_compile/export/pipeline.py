@@ -1,0 +1,198 @@
+"""Checkpoint -> validated ONNX artifacts: the library call behind ``prumux-compile export``.
+
+:func:`export_into` writes into an existing directory; :func:`export_checkpoint` wraps it atomically (a
+temporary directory next to OUT, renamed into place only after every artifact validated; a failed export
+leaves OUT as it was, DESIGN.md "Outputs").
+
+Files written::
+
+    model.onnx        standard ONNX ops only (opset >= 17), dynamic batch (and sequence) axes, prumux.* metadata
+    model.ort.onnx    the same graph after ONNX Runtime fusions (com.microsoft ops), unless ort_optimize=False
+    validation.json   per artifact and case: max |Δlogit| vs the reference, argmax agreement, pass/fail
+    passes.json       the IR pass reports
+    export.json       interface, graph checks, fusion report, engine choice, environment
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prumux_compile.bench.timing import environment
+from prumux_compile.checkpoint import from_raw, read_raw
+from prumux_compile.errors import InputError
+from prumux_compile.export.onnx_export import check_onnx, export_onnx, tool_version
+from prumux_compile.export.spec import ExportSpec, spec_for_ir
+from prumux_compile.export.validate import (DEFAULT_TOLERANCE, ArtifactValidation, require_passed,
+                                            validate_artifacts, validation_document)
+
+if TYPE_CHECKING:
+    from prumux_compile.engines.base import Artifact
+
+__all__ = ["ExportResult", "export_into", "export_checkpoint", "MODEL_FILENAME"]
+
+MODEL_FILENAME = "model.onnx"
+
+
+@dataclass
+class ExportResult:
+    """What an export produced.
+
+    Attributes:
+        out_dir: the directory holding the files.
+        files: file name -> path of every file written.
+        spec: the model interface.
+        artifact: the ONNX Runtime engine artifact (which graph it uses and why, fusion report).
+        validation: artifact file name -> :class:`~prumux_compile.export.validate.ArtifactValidation`.
+        passes: the IR pass reports (dicts).
+        onnx: export and graph-check info of ``model.onnx``.
+    """
+
+    out_dir: Path
+    files: dict[str, Path]
+    spec: ExportSpec
+    artifact: "Artifact"
+    validation: dict[str, ArtifactValidation]
+    passes: list[dict] = field(default_factory=list)
+    onnx: dict = field(default_factory=dict)
+
+    def _rebased(self, new_dir: Path) -> "ExportResult":
+        def move(p: Path) -> Path:
+            return new_dir / Path(p).relative_to(self.out_dir)
+
+        from prumux_compile.engines.base import Artifact
+
+        art = self.artifact
+        artifact = Artifact(art.backend, move(art.path), {r: move(p) for r, p in art.files.items()}, art.spec,
+                            art.threads, art.report, art.options)
+        return ExportResult(new_dir, {k: move(p) for k, p in self.files.items()}, self.spec, artifact,
+                            self.validation, self.passes, self.onnx)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def export_into(checkpoint: str | Path, dest: str | Path, *, seq_len: int = 128, opset: int = 17,
+                threads: int | None = None, ort_optimize: bool = True, tolerance: float = DEFAULT_TOLERANCE,
+                backend: str = "ort-cpu", prefer: str = "auto") -> ExportResult:
+    """Compile, export, fuse, validate; write the files of the module docstring into ``dest``.
+
+    Args:
+        checkpoint: checkpoint directory (any family of docs/checkpoint-formats.md §1.1).
+        dest: an existing directory (files of the same names are replaced).
+        seq_len: compiled sequence length of multiplexed models, tokens (>= 2); ignored for N = 1 families,
+            whose sequence axis is dynamic up to their position table.
+        opset: ONNX default-domain opset (>= 17).
+        threads: intra-op threads of the ONNX Runtime sessions (None = ORT default).
+        ort_optimize: write ``model.ort.onnx`` (ORT fusions) and let the engine choose by measurement.
+        tolerance: max ``|Δlogit|`` against the reference (fp32 absolute).
+        backend: the ONNX Runtime backend (``ort-cpu`` or ``ort-cuda``) that builds the engine and runs both
+            graphs for validation.
+        prefer: ``"auto"`` | ``"plain"`` | ``"fused"`` (see :class:`~prumux_compile.engines.BuildSpec`).
+
+    Returns:
+        :class:`ExportResult`.
+
+    Raises:
+        CheckpointError: unreadable checkpoint (exit 2). InputError: bad options (exit 2).
+        EngineBuildError: export, graph checks or engine build failed (exit 4).
+        ValidationError: an artifact disagrees with the reference (exit 3); ``validation.json`` is written
+            into ``dest`` first.
+    """
+    if int(seq_len) < 2:
+        raise InputError(f"--seq-len {seq_len}: must be >= 2")
+    if backend not in ("ort-cpu", "ort-cuda"):
+        raise InputError(f"export runs its graphs on an ONNX Runtime backend (ort-cpu, ort-cuda), not {backend!r}")
+    dest = Path(dest)
+    raw = read_raw(checkpoint)
+    ir = from_raw(raw, seq_len=int(seq_len))
+    from prumux_compile.engines import registry  # engines import export.spec: import here, not at the top
+    from prumux_compile.engines.base import BuildSpec
+    from prumux_compile.kernels import build_module
+    from prumux_compile.passes import compile_ir
+
+    compiled, reports = compile_ir(ir, "all")
+    module = build_module(compiled)
+    spec = spec_for_ir(compiled)
+    model_path = dest / MODEL_FILENAME
+    onnx_info = export_onnx(module, spec, model_path, opset=opset)
+    onnx_info.update(check_onnx(model_path, spec))
+    del module
+    engine = registry.get(backend)
+    artifact = engine.build(model_path, BuildSpec(threads=threads, optimize=ort_optimize, out_dir=dest,
+                                                  prefer=prefer))
+    runners = {Path(p).name: engine.load(artifact.using(role)) for role, p in artifact.files.items()}
+    try:
+        results = validate_artifacts(runners, raw, spec, tolerance=tolerance)
+    finally:
+        for r in runners.values():
+            r.close()
+    files = {Path(p).name: Path(p) for p in artifact.files.values()}
+    passes = [r.to_dict() for r in reports]
+    for name, obj in (("validation.json", validation_document(results, spec)), ("passes.json", passes),
+                      ("export.json", {
+                          "schema": "prumux-compile/export/1", "tool_version": tool_version(),
+                          "checkpoint": {"path": str(raw.path), "family": raw.family, "files": raw.files},
+                          "interface": spec.metadata(tool_version()), "ignored_inputs": list(spec.ignored_inputs),
+                          "onnx": onnx_info, "engine": {**artifact.report, "uses": Path(artifact.path).name},
+                          "environment": environment()})):
+        _write_json(dest / name, obj)
+        files[name] = dest / name
+    require_passed(results)
+    return ExportResult(dest, files, spec, artifact, results, passes, onnx_info)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, force: bool = False, **options) -> ExportResult:
+    """:func:`export_into` a fresh directory, atomically: ``OUT`` appears (or is replaced) only on success.
+
+    Work happens in a temporary directory next to ``out`` (same file system), renamed to ``out`` at the end.
+    With ``force`` an existing ``out`` is moved aside, replaced, then deleted (restored if the rename fails).
+
+    Args:
+        checkpoint: checkpoint directory.
+        out: output directory to create.
+        force: replace an existing ``out``.
+        **options: keyword options of :func:`export_into`.
+
+    Raises:
+        InputError: ``out`` exists and ``force`` is False, or the checkpoint lies inside ``out`` (exit 2).
+        Everything :func:`export_into` raises; ``out`` is then untouched and no temporary directory is left.
+    """
+    out = Path(out).absolute()
+    ckpt = Path(checkpoint).absolute()
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists; pass --force to replace it")
+    if ckpt == out or _inside(ckpt, out):
+        raise InputError(f"the checkpoint {ckpt} lies inside the output {out}; choose another output directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        result = export_into(ckpt, tmp, **options)
+        if out.exists() or out.is_symlink():
+            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent)) / "old"
+            os.replace(out, backup)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                os.replace(backup, out)
+                raise
+            shutil.rmtree(backup.parent, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result._rebased(out)

@@ -1,0 +1,8 @@
+"""Graph-level passes on exported ONNX models (DESIGN.md ``passes/onnx``).
+
+* :func:`~prumux_compile.passes.onnx.ort_fusions.ort_fuse`: ONNX Runtime transformer fusions with a
+  per-layer attention report (writes ``model.ort.onnx``; fault class F6).
+"""
+from prumux_compile.passes.onnx.ort_fusions import FusionReport, ort_fuse
+
+__all__ = ["FusionReport", "ort_fuse"]

@@ -1,0 +1,140 @@
+"""``prumux-compile export``: files written on success, atomic refusal/failure paths and their exit codes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prumux_compile import reference
+from prumux_compile.cli.main import cli
+from prumux_compile.synthetic import SynthSpec, write_checkpoint
+
+SPEC = dict(family="prumux_compressed", num_instances=2, num_layers=2, hidden=32, heads=4, ffn=32, vocab=128,
+            max_pos=64, heads_kept=[[0, 1, 2, 3], [2]])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "ckpt"
+    write_checkpoint(path, SynthSpec(**SPEC))
+    return path
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["export", *map(str, args)])
+
+
+def _leftovers(parent, name):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
+
+
+def test_success_writes_the_artifacts(ckpt, tmp_path):
+    out = tmp_path / "out"
+    result = _invoke(ckpt, "-o", out, "--seq-len", 16, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    for name in ("model.onnx", "model.ort.onnx", "validation.json", "passes.json", "export.json"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "validation.json").read_text())
+    assert doc["passed"] is True and set(doc["artifacts"]) == {"model.onnx", "model.ort.onnx"}
+    passes = json.loads((out / "passes.json").read_text())
+    assert [p["name"] for p in passes][:2] == ["fold-masks", "prune-hidden"]
+    assert "inputs ignored by this family (accepted, unused): attention_mask, token_type_ids" in result.stdout
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_existing_output_is_refused_and_untouched(ckpt, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = _invoke(ckpt, "-o", out)
+    assert result.exit_code == 2
+    assert "already exists; pass --force" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert _leftovers(tmp_path, "out") == []
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda p: p, "no such checkpoint directory"),
+    (lambda p: (p.mkdir(), p)[1], "config.json"),
+])
+def test_bad_checkpoint_exits_2_without_output(make_bad, message, tmp_path):
+    bad = make_bad(tmp_path / "bad")
+    out = tmp_path / "out"
+    result = _invoke(bad, "-o", out)
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and _leftovers(tmp_path, "out") == []
+
+
+@pytest.mark.parametrize("args, message", [(["--opset", 16], "--opset"), (["--seq-len", 1], "--seq-len")])
+def test_bad_options_are_usage_errors(args, message, ckpt, tmp_path):
+    result = _invoke(ckpt, "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_inside_output_is_refused(ckpt):
+    result = _invoke(ckpt, "-o", ckpt.parent, "--force")
+    assert result.exit_code == 2 and "lies inside the output" in result.stderr
+    assert (ckpt / "config.json").is_file()
+
+
+def test_validation_failure_exits_3_and_writes_no_output(ckpt, tmp_path, monkeypatch):
+    real = reference.forward
+    monkeypatch.setattr(reference, "forward", lambda *a, **k: real(*a, **k) + 1.0)
+    out = tmp_path / "out"
+    result = _invoke(ckpt, "-o", out, "--seq-len", 16, "--threads", 1)
+    assert result.exit_code == 3, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    # 6 cases: batches {1, N-1, N, 2N+1} = {1, 2, 5} x lengths {7, 16}
+    assert last.startswith("error: validation against the reference failed: model.onnx: 6/6 cases failed")
+    assert "FAIL" in result.stderr  # the per-case table
+    assert not out.exists()
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_failed_forced_export_leaves_the_previous_output(ckpt, tmp_path, monkeypatch):
+    """--force replaces OUT only after success: a failure late in the export (files already written into the
+    temporary directory) leaves the previous OUT byte for byte."""
+    from prumux_compile.errors import ValidationError
+    from prumux_compile.export import pipeline
+
+    def failing(checkpoint, dest, **options):
+        (dest / "model.onnx").write_bytes(b"partial")
+        raise ValidationError("validation against the reference failed: model.onnx: 1/1 cases failed")
+
+    monkeypatch.setattr(pipeline, "export_into", failing)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous export")
+    result = _invoke(ckpt, "-o", out, "--force")
+    assert result.exit_code == 3
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "previous export"
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_forced_export_replaces_the_previous_output(ckpt, tmp_path, monkeypatch):
+    from prumux_compile.export import pipeline
+
+    real = pipeline.export_into
+    calls = []
+    monkeypatch.setattr(pipeline, "export_into", lambda *a, **k: calls.append(k) or real(*a, **k))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous export")
+    result = _invoke(ckpt, "-o", out, "--force", "--seq-len", 16, "--threads", 1, "--no-ort-optimize")
+    assert result.exit_code == 0, result.output
+    assert calls == [dict(seq_len=16, opset=17, threads=1, ort_optimize=False)]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "passes.json", "validation.json"]
+    assert set(json.loads((out / "validation.json").read_text())["artifacts"]) == {"model.onnx"}
+    assert _leftovers(tmp_path, "out") == []

@@ -1,0 +1,277 @@
+"""Engine registry, availability reasons, the ORT-CPU backend (fusion per layer, choice, sessions) and the
+shared input checks."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from prumux_compile.checkpoint import read_raw
+from prumux_compile.engines import registry
+from prumux_compile.engines.base import Backend, BuildSpec, Runner, prepare_feeds
+from prumux_compile.engines.onnxruntime import VARIANTS
+from prumux_compile.errors import EngineBuildError, InputError
+from prumux_compile.export import export_into
+from prumux_compile.export.spec import make_spec
+from prumux_compile.export.validate import validate_artifacts
+from prumux_compile.passes.onnx import ort_fuse
+from prumux_compile.passes.onnx.ort_fusions import _match_layers
+from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from tests.conftest import make_inputs
+
+SEQ = 16
+#: F6: heads kept per layer [4, 3, 0, 1] (the issue's [12, 7, 0, 3] at toy size).
+HEADS = [[0, 1, 2, 3], [0, 2, 3], [], [1]]
+EXPECTED_ATTENTION = [[0, 4], [1, 3], [3, 1]]
+BASE = dict(num_layers=4, hidden=32, heads=4, ffn=32, vocab=128, max_pos=64, num_labels=3, heads_kept=HEADS)
+#: name -> (SynthSpec fields, fused attention ops expected). The last layer computes queries for the rows the
+#: demux / pooler reads only (trim-last-layer), so it fuses into MultiHeadAttention (query length != key length).
+MODELS = {
+    "mux2": (dict(family="prumux_compressed", num_instances=2), {"Attention": 2, "MultiHeadAttention": 1}),
+    "cofi": (dict(family="cofi_compressed", ffn_kept=[list(range(32)), [], list(range(9)), list(range(32))]),
+             {"MultiHeadAttention": 3}),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """name -> (checkpoint dir, model.onnx) exported without ORT fusion (validated)."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            root = tmp_path_factory.mktemp(name)
+            write_checkpoint(root / "ckpt", SynthSpec(**{**BASE, **MODELS[name][0]}))
+            (root / "out").mkdir()
+            export_into(root / "ckpt", root / "out", seq_len=SEQ, threads=1, ort_optimize=False)
+            cache[name] = (root / "ckpt", root / "out" / "model.onnx")
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def built(plain, tmp_path_factory):
+    """name -> Artifact built by ort-cpu (fusion + measured choice) into a fresh directory."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            _, onnx_path = plain(name)
+            out = tmp_path_factory.mktemp(f"{name}-engine")
+            cache[name] = registry.get("ort-cpu").build(onnx_path, BuildSpec(threads=1, out_dir=out, bench_rounds=3))
+        return cache[name]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def test_registry_names_and_unknown_backend():
+    assert registry.names() == ["ort-cpu", "ort-cuda", "tensorrt", "torch-cuda"]
+    with pytest.raises(InputError, match="unknown backend 'onnx-gpu'; registered: ort-cpu, ort-cuda, tensorrt"):
+        registry.get("onnx-gpu")
+
+
+def _has_cuda_provider() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.parametrize("name, ok, reason, skip_if", [
+    ("ort-cpu", True, "onnxruntime", lambda: False),
+    ("ort-cuda", False, "no CUDAExecutionProvider", _has_cuda_provider),
+    ("torch-cuda", False, "no CUDA device", torch.cuda.is_available),
+    ("tensorrt", False, "'tensorrt' is not installed", lambda: False),
+])
+def test_availability_reports_a_reason(name, ok, reason, skip_if):
+    if skip_if():
+        pytest.skip("this machine has the device/package")
+    got_ok, got_reason = registry.get(name).available()
+    assert got_ok is ok
+    assert reason in got_reason
+    assert registry.availability()[name] == (got_ok, got_reason)
+
+
+def test_unavailable_backend_refuses_to_build_with_exit_4(tmp_path):
+    backend = registry.get("tensorrt")
+    with pytest.raises(EngineBuildError, match="backend tensorrt is unavailable") as info:
+        backend.build(tmp_path / "model.onnx")
+    assert info.value.exit_code == 4
+
+
+class _Echo(Backend):
+    name = "echo"
+
+    def available(self):
+        return True, "always"
+
+    def build(self, onnx_path, spec=None):
+        raise NotImplementedError
+
+    def load(self, artifact):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("target, ok, reason", [
+    (_Echo, True, "always"),
+    ("prumux_compile.engines.ghost:Ghost", False, "not implemented in this version"),
+    ("no_such_package_xyz.engine:Engine", False, "'no_such_package_xyz' is not installed"),
+])
+def test_register_backends(target, ok, reason, monkeypatch):
+    monkeypatch.setattr(registry, "_TARGETS", dict(registry._TARGETS))
+    registry.register("extra", target)
+    assert "extra" in registry.names()
+    got_ok, got_reason = registry.get("extra").available()
+    assert got_ok is ok and reason in got_reason
+
+
+# ---------------------------------------------------------------------------------------------- ORT fusion / build
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fusion_uses_each_layers_head_count(name, built):
+    artifact = built(name)
+    ops = MODELS[name][1]
+    fused = onnx.load(str(artifact.files["fused"]))
+    heads = [next(a.i for a in n.attribute if a.name == "num_heads") for n in fused.graph.node
+             if n.domain == "com.microsoft" and n.op_type in ops]
+    assert heads == [h for _, h in EXPECTED_ATTENTION]
+    report = artifact.report["fusion"]
+    assert report["expected_attention"] == EXPECTED_ATTENTION
+    assert report["fused_attention"] == EXPECTED_ATTENTION
+    assert report["unfused_layers"] == []
+    assert {op: report["fused_ops"].get(op, 0) for op in ops} == ops
+    assert report["fused_ops"]["SkipLayerNormalization"] >= 1
+    assert report["error"] is None
+    assert artifact.files["fused"].name == "model.ort.onnx"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fused_artifact_still_validates(name, plain, built):
+    ckpt, _ = plain(name)
+    artifact = built(name)
+    backend = registry.get("ort-cpu")
+    raw = read_raw(ckpt)
+    with backend.load(artifact.using("fused")) as fused, backend.load(artifact.using("plain")) as unfused:
+        results = validate_artifacts({"fused": fused, "plain": unfused}, raw, artifact.spec)
+    assert all(r.passed for r in results.values())
+    assert all(r.max_abs_diff <= 1e-4 for r in results.values())
+
+
+def test_choice_is_the_measured_fastest_variant(built):
+    artifact = built("mux2")
+    timing = artifact.report["timing"]
+    assert set(timing) == set(VARIANTS) == {"plain", "plain/no-skip-layernorm", "fused"}
+    fastest = min(timing, key=lambda r: timing[r]["p50_ms"])
+    role, disabled = VARIANTS[fastest]
+    assert artifact.report["choice"] == fastest
+    assert artifact.role == role and artifact.path == artifact.files[role]
+    assert artifact.options == ({"disabled_optimizers": ["SkipLayerNormFusion"]} if disabled else {})
+    assert timing["plain"]["batch"] == 16 and timing["plain"]["seq"] == SEQ
+    with registry.get("ort-cpu").load(artifact) as runner:
+        assert runner.disabled_optimizers == disabled
+    other = "fused" if role == "plain" else "plain"
+    assert artifact.using(other).options == {} and artifact.using(role).options == artifact.options
+
+
+@pytest.mark.parametrize("prefer, optimize, role, timed", [
+    ("plain", True, "plain", None),
+    ("fused", True, "fused", None),
+    ("auto", False, "plain", {"plain", "plain/no-skip-layernorm"}),
+])
+def test_requested_graph_and_no_optimize(prefer, optimize, role, timed, plain, tmp_path):
+    _, onnx_path = plain("mux2")
+    artifact = registry.get("ort-cpu").build(onnx_path, BuildSpec(threads=1, out_dir=tmp_path, prefer=prefer,
+                                                                  optimize=optimize, bench_rounds=1))
+    assert artifact.role == role
+    assert ("fused" in artifact.files) is optimize
+    assert (tmp_path / "model.ort.onnx").exists() is optimize
+    assert (set(artifact.report["timing"]) if "timing" in artifact.report else None) == timed
+
+
+def test_fused_without_optimize_is_refused(plain, tmp_path):
+    _, onnx_path = plain("mux2")
+    with pytest.raises(EngineBuildError, match="needs optimize=True"):
+        registry.get("ort-cpu").build(onnx_path, BuildSpec(out_dir=tmp_path, prefer="fused", optimize=False))
+
+
+def test_runner_threads_context_manager_and_roles(built):
+    artifact = built("mux2")
+    with registry.get("ort-cpu").load(artifact) as runner:
+        assert isinstance(runner, Runner)
+        assert runner._session.get_session_options().intra_op_num_threads == 1
+        ids, mask, tt = make_inputs(3, 9, 128, seed=2)
+        out = runner.run({"input_ids": ids})
+        assert out["logits"].shape == (3, 3) and out["logits"].dtype == np.float32
+    with pytest.raises(InputError, match="closed"):
+        runner.run({"input_ids": ids})
+    with pytest.raises(InputError, match="no 'trt' graph"):
+        artifact.using("trt")
+
+
+def test_fusion_tool_failure_is_reported_not_fatal(plain, tmp_path, monkeypatch):
+    import onnxscript.rewriter.ort_fusions as fusions
+
+    def broken(model, *a, **k):
+        raise RuntimeError("rewriter exploded")
+
+    monkeypatch.setattr(fusions, "optimize_for_ort", broken)
+    _, onnx_path = plain("mux2")
+    report = ort_fuse(onnx_path, tmp_path / "model.ort.onnx", layer_heads=[tuple(x) for x in EXPECTED_ATTENTION])
+    assert report.error == "RuntimeError: rewriter exploded"
+    assert (tmp_path / "model.ort.onnx").read_bytes() == onnx_path.read_bytes()
+    assert report.fused_attention == [] and report.unfused_layers == [0, 1, 3]
+
+
+@pytest.mark.parametrize("nodes, fused, unfused", [
+    ([("a", 4), ("b", 3), ("c", 1)], [[0, 4], [1, 3], [3, 1]], []),
+    ([("a", 4), ("c", 1)], [[0, 4], [3, 1]], [1]),
+    ([("b", 3)], [[1, 3]], [0, 3]),
+    ([], [], [0, 1, 3]),
+])
+def test_match_fused_nodes_to_layers(nodes, fused, unfused):
+    assert _match_layers(nodes, [(0, 4), (1, 3), (3, 1)]) == (fused, unfused)
+
+
+def test_wrong_head_count_is_an_engine_build_error():
+    with pytest.raises(EngineBuildError, match="num_heads=2, but no remaining attention layer"):
+        _match_layers([("a", 4), ("b", 2)], [(0, 4), (1, 3), (3, 1)])
+
+
+# ---------------------------------------------------------------------------------------------- feeds
+_SPEC = make_spec(family="prumux_compressed", num_instances=2, num_labels=3, id2label={}, seq_len=16,
+                  max_seq_len=16, vocab_size=128, head_size=8, layer_heads=[])
+_IDS = np.full((2, 4), 110, dtype=np.int64)
+
+
+@pytest.mark.parametrize("feeds, message", [
+    ({}, "lack 'input_ids'"),
+    ({"input_ids": _IDS, "labels": _IDS}, r"unknown input\(s\) \['labels'\]"),
+    ({"input_ids": _IDS.astype(np.float32)}, "expected an integer array"),
+    ({"input_ids": _IDS[0]}, r"expected shape \[batch, sequence\]"),
+    ({"input_ids": _IDS[:0]}, "empty batch"),
+    ({"input_ids": _IDS, "attention_mask": _IDS[:, :3]}, "differs from input_ids"),
+    ({"input_ids": np.full((2, 17), 110)}, "sequence length 17 exceeds the compiled length seq_len=16"),
+    ({"input_ids": _IDS + 100}, r"ids must lie in \[0, 128\)"),
+])
+def test_prepare_feeds_refusals(feeds, message):
+    with pytest.raises(InputError, match=message):
+        prepare_feeds(feeds, _SPEC)
+
+
+def test_prepare_feeds_defaults_and_no_writes():
+    ids = _IDS.astype(np.int32)
+    before = ids.copy()
+    out = prepare_feeds({"input_ids": ids}, _SPEC)
+    assert list(out) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert all(a.dtype == np.int64 and a.shape == (2, 4) for a in out.values())
+    assert out["attention_mask"].tolist() == [[1] * 4] * 2 and out["token_type_ids"].tolist() == [[0] * 4] * 2
+    np.testing.assert_array_equal(ids, before)
