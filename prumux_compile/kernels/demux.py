@@ -36,7 +36,8 @@ class Demultiplexer(nn.Module):
         return self.t[name.replace(".", "__")]
 
     def _ln(self, x: Tensor, name: str) -> Tensor:
-        return F.layer_norm(x, (x.shape[-1],), self._p(name + ".weight"), self._p(name + ".bias"), self.eps)
+        w = self._p(name + ".weight")
+        return F.layer_norm(x, (w.shape[0],), w, self._p(name + ".bias"), self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
         g = x.shape[0]
@@ -59,7 +60,8 @@ class Demultiplexer(nn.Module):
             h = x[:, 0]
             if self.fused:
                 y = F.gelu(F.linear(h, self._p("dense_all.weight"), self._p("dense_all.bias"))).reshape(g, n, -1)
-                y = F.layer_norm(y, (y.shape[-1],), None, None, self.eps) * self._p("ln_all.weight") + self._p("ln_all.bias")
+                y = (F.layer_norm(y, (self._p("ln_all.weight").shape[-1],), None, None, self.eps)
+                     * self._p("ln_all.weight") + self._p("ln_all.bias"))
             else:
                 y = torch.stack([
                     self._ln(F.gelu(F.linear(h, self._p(f"dense_{i}.weight"), self._p(f"dense_{i}.bias"))), f"layer_norm_{i}")
