@@ -19,6 +19,7 @@ _COMMANDS = {
     "export": "prumux_compile.cli.export_cmd:export_cmd",
     "build": "prumux_compile.cli.build:build_cmd",
     "triton": "prumux_compile.cli.triton_cmd:triton_cmd",
+    "serve": "prumux_compile.cli.serve_cmd:serve_cmd",
 }
 
 
