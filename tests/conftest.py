@@ -24,6 +24,17 @@ def make_inputs(batch: int, length: int, vocab: int, *, seed: int = 0, pad_rows:
     return ids, mask, tt
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core host: one torch thread avoids OpenMP spin-wait stalls."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def synth_ckpt(tmp_path):
     """``synth_ckpt(name, **SynthSpec fields) -> Path`` writes a synthetic checkpoint under tmp_path."""

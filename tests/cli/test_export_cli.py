@@ -15,12 +15,7 @@ SPEC = dict(family="prumux_compressed", num_instances=2, num_layers=2, hidden=32
             max_pos=64, heads_kept=[[0, 1, 2, 3], [2]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

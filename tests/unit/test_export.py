@@ -42,13 +42,7 @@ CKPTS = {
 META_KEYS = ("prumux.num_instances", "prumux.family", "prumux.num_labels", "prumux.id2label", "prumux.tool_version")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core host: one torch thread avoids OpenMP spin-wait stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
