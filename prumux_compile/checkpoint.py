@@ -265,6 +265,8 @@ def read_raw(path: str | Path) -> RawCheckpoint:
     for key in ("hidden_size", "num_attention_heads"):
         if key not in config:
             raise CheckpointError(f"{cfg_path}: missing {key!r} (needed for the per-head width)")
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise CheckpointError(f"{cfg_path}: {key} must be a positive integer, got {config[key]!r}")
     sd = _canonical(_read_state_dict(ckpt_dir, files), ckpt_dir)
     zs = _read_zs(ckpt_dir, files)
     family = detect_family(sd, zs is not None)
@@ -329,6 +331,9 @@ def _check_masks(raw: RawCheckpoint, L: int, H: int, F: int, d: int) -> dict[str
             )
         if (value < 0).any():
             raise CheckpointError(f"{raw.path / 'zs.pt'}: mask {key} holds negative values")
+        if key == "hidden_z" and not (value != 0).any():
+            raise CheckpointError(f"{raw.path / 'zs.pt'}: mask hidden_z keeps no hidden dim (all zeros); "
+                                  "nothing of the model would remain")
         masks[key] = value.reshape(want).clone()
     return masks
 
@@ -467,8 +472,13 @@ def _load_demux(raw: RawCheckpoint, N: int, d: int):
     sd = raw.state_dict
     t: dict[str, torch.Tensor] = {}
     if variant == "index_pos":
-        kd = int(cfg.get("num_hidden_demux_layers") or 2)
+        kd = int(cfg.get("num_hidden_demux_layers") or 2)  # absent or null: upstream's default 2
         legacy = bool(cfg.get("legacy_demuxing", False))
+        if kd < 2 and not legacy:
+            raise CheckpointError(
+                f"{raw.path / 'config.json'}: num_hidden_demux_layers={kd}; the index_pos demultiplexer needs >= 2 "
+                "(it uses dense_1 .. dense_{K-1})"
+            )
         t["demux_instance_embedding"] = _get(raw, "demux_module.demux_instance_embedding", (N, d))
         w1 = _get(raw, "demux_module.dense_1.weight")
         if w1.dim() != 2 or w1.shape[1] != 2 * d:

@@ -27,6 +27,8 @@ The retrieval head's [V, d] MLM decoder is not written (it is training-only junk
 """
 from __future__ import annotations
 
+from prumux_compile.fsutil import output_tempdir
+
 import hashlib
 import importlib.util
 import json
@@ -374,7 +376,7 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
                   for s in sp_t}
     masked_ns = _masked_nums(nums_t, masked_forms)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = output_tempdir(f".{out.name}.", out.parent, suffix=".tmp")
     entries = []
     try:
         for n in nums_t:

@@ -8,6 +8,8 @@ then selects with Auto-PruMUX and writes ``OUT/`` atomically (DESIGN.md "Outputs
 """
 from __future__ import annotations
 
+from prumux_compile.fsutil import output_tempdir
+
 import csv
 import hashlib
 import json
@@ -239,6 +241,9 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     raw = read_raw(ckpt)
     ir = from_raw(raw, seq_len=opts.seq_len)
     n = ir.num_instances
+    positions = int(ir.embeddings.position.shape[0])
+    if not ir.is_muxed and opts.seq_len > positions:
+        raise InputError(f"{ckpt}: --seq-len {opts.seq_len} exceeds the checkpoint's {positions} position embeddings")
     batch_sizes = list(opts.batch_sizes or (8 * n,))
     cache_dir = _cache_root(opts) / _cache_key(raw.files, backend_name, opts, batch_sizes, eval_hash)
     if opts.cache and (cache_dir / "candidate.json").is_file():
@@ -248,7 +253,8 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
             if (cache_dir / name).is_file():
                 shutil.copy2(cache_dir / name, cand_dir / name)
         info = json.loads((cand_dir / "candidate.json").read_text())
-        info["cached"] = True
+        # the cache is keyed by content: the same weights may come back under another folder name
+        info.update(id=cid, checkpoint=str(ckpt), cached=True)
         return info
 
     _log(opts, f"{cid}: passes")
@@ -311,7 +317,7 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
         "seq_len": opts.seq_len,
         "artifact": {"path": Path(artifact.path).name, "role": artifact.role,
                      "files": {k: Path(v).name for k, v in artifact.files.items()}, "build": artifact.report},
-        "export": export_info,
+        "export": {**export_info, "path": "model.onnx"},
         "validation": validation,
         "passes": [r.to_dict() for r in reports],
         "model": summary(ir if ir.masks is None else pruned, final),
@@ -437,6 +443,8 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is a file; give a folder path for the outputs")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise InputError(f"{out}: its parent {out.parent} is a file; give a folder path for the outputs")
     if out.exists() and not opts.force:
         raise InputError(f"{out}: already exists; choose another folder or pass --force to replace it")
     if (opts.max_accuracy_drop is None) == (opts.min_accuracy is None):
@@ -473,7 +481,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         raise EngineBuildError("no requested backend is available here: " + "; ".join(notes))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = output_tempdir(f".{out.name}.tmp-", out.parent)
     try:
         eval_hash = _file_hash(opts.eval_data)
         infos = []
@@ -483,6 +491,16 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                 infos.append(_build_candidate(full_id, path, b, opts, tmp / "candidates" / full_id, eval_hash))
         baseline = _baseline_id(infos)
         kind = _accuracies(infos, tmp, opts, baseline)
+        if opts.eval_data is not None and not kind.startswith("accuracy (measured"):
+            notes.append(f"{opts.eval_data} has no label column (accepted: label, gold_label, is_duplicate); "
+                         f"accuracy is {kind.split(' (')[0]}, not measured accuracy")
+        for i in infos:
+            for side in ("engine", "eager"):
+                lat = i["benchmark"][-1][side]["latencies_ms"]
+                if len(lat) >= 2 and max(lat) > 3 * min(lat):
+                    notes.append(f"{i['id']}: {side} timings unstable (slowest round {max(lat) / min(lat):.1f}x the "
+                                 "fastest): the machine is busy; rerun with --no-cache for trustworthy ratios")
+                    break
 
         cands = [Candidate(id=i["id"], num_instances=i["num_instances"], sparsity=i["sparsity"],
                            backend=i["backend"], precision=i["precision"], throughput=i["throughput"],

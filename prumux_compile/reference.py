@@ -466,7 +466,7 @@ def _demux(raw: RawCheckpoint, x: torch.Tensor, t: _Trunk, n: int, dtype) -> tor
             y = F.layer_norm(_gelu(F.linear(u, w1, b1)), (w1.shape[0],),
                              g_("demux_module.layer_norm_1.weight"), g_("demux_module.layer_norm_1.bias"), eps)
         else:
-            kd = int(raw.config.get("num_hidden_demux_layers", 2))
+            kd = int(raw.config.get("num_hidden_demux_layers") or 2)  # absent or null: upstream default 2
             if kd < 2:
                 raise CheckpointError(
                     f"{path}: num_hidden_demux_layers={kd}; the index_pos classifier demux needs >= 2 "

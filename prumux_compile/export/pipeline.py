@@ -14,6 +14,8 @@ Files written::
 """
 from __future__ import annotations
 
+from prumux_compile.fsutil import output_tempdir
+
 import json
 import os
 import shutil
@@ -173,12 +175,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, force: bool = 
     """
     out = Path(out).absolute()
     ckpt = Path(checkpoint).absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is a file; give a folder path for the outputs")
     if out.exists() and not force:
         raise InputError(f"{out} already exists; pass --force to replace it")
     if ckpt == out or _inside(ckpt, out):
         raise InputError(f"the checkpoint {ckpt} lies inside the output {out}; choose another output directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = output_tempdir(f".{out.name}.", out.parent, suffix=".tmp")
     try:
         result = export_into(ckpt, tmp, **options)
         if out.exists() or out.is_symlink():

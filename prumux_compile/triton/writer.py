@@ -6,6 +6,8 @@ leaves no partial model directory behind.
 """
 from __future__ import annotations
 
+from prumux_compile.fsutil import output_tempdir
+
 import os
 import re
 import shutil
@@ -123,6 +125,13 @@ def write_repository(
         model = read_onnx_interface(model_path)
         extra_files = onnx_external_data_files(model_path)
 
+    if num_instances is not None and num_instances < 1:
+        raise TritonConfigError(f"num_instances must be >= 1, got {num_instances}")
+    if num_instances is not None and model.num_instances is not None and num_instances != model.num_instances:
+        raise TritonConfigError(
+            f"{model_path}: num_instances {num_instances} contradicts the model's prumux.num_instances "
+            f"{model.num_instances}; batch sizes must be multiples of the model's real N (drop the option)"
+        )
     n = num_instances if num_instances is not None else model.num_instances
     if n is None:
         raise InputError(f"{model_path}: no prumux.num_instances metadata; pass num_instances")
@@ -179,7 +188,7 @@ def write_repository(
 def _write_atomically(repo_dir: Path, target: Path, config_text: str, files: dict[str, Path], *, python_model: bool) -> None:
     created_repo = not repo_dir.exists()
     repo_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=repo_dir))
+    tmp = output_tempdir(f".{target.name}.tmp-", repo_dir)
     old: Path | None = None
     try:
         version_dir = tmp / VERSION

@@ -68,6 +68,10 @@ CASES = [
     ("qkv-not-multiple-of-head", "cofi_compressed", lambda p: _edit_weights(p, _bad_qkv), "head size"),
     ("only-l0-module", "prumux_masked", lambda p: ((p / "zs.pt").rename(p / "l0_module.pt")), "l0_module.pt"),
     ("not-a-directory", "bert", lambda p: None, "not a directory"),
+    ("hidden-z-keeps-nothing", "prumux_masked",
+     lambda p: _edit_zs(p, lambda z: z.update(hidden_z=torch.zeros(32))), "keeps no hidden dim"),
+    ("zero-heads-in-config", "bert", lambda p: _edit_config(p, num_attention_heads=0), "num_attention_heads"),
+    ("one-demux-layer", "muxplm", lambda p: _edit_config(p, num_hidden_demux_layers=1), "num_hidden_demux_layers"),
 ]
 
 

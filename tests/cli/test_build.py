@@ -122,7 +122,7 @@ def _bad_eval(tmp_path, text):
 
 
 @pytest.mark.parametrize("case", ["empty-folder", "out-is-file", "out-exists", "nothing-meets", "unknown-label",
-                                  "missing-column", "validation-fails"])
+                                  "missing-column", "validation-fails", "out-parent-is-file", "seq-len-beyond-positions"])
 def test_build_bad_input(case, grid, tmp_path, monkeypatch):
     out = tmp_path / "out"
     ckpts = [str(grid / "ckpts" / "n1_s0"), str(grid / "ckpts" / "n2_s5")]
@@ -145,6 +145,11 @@ def test_build_bad_input(case, grid, tmp_path, monkeypatch):
         extra = ["--eval-data", str(_bad_eval(tmp_path, "sentence\tlabel\nfine\tnegative\nodd\tmaybe\n"))]
     elif case == "missing-column":
         extra = ["--eval-data", str(_bad_eval(tmp_path, "words\tlabel\nfine\tnegative\n"))]
+    elif case == "out-parent-is-file":
+        (tmp_path / "afile").write_text("keep me")
+        out = tmp_path / "afile" / "sub"
+    elif case == "seq-len-beyond-positions":
+        ckpts = [str(grid / "ckpts" / "n1_s0")]
     elif case == "validation-fails":
         import prumux_compile.reference as ref
 
@@ -152,7 +157,8 @@ def test_build_bad_input(case, grid, tmp_path, monkeypatch):
         monkeypatch.setattr(ref, "forward", lambda *a, **k: real(*a, **k) + 1.0)
         expected = 3
     before = sorted(str(p) for p in tmp_path.rglob("*"))
-    res = _run([*ckpts, "-o", str(out), *extra, *FAST, "--no-cache"], tmp_path / "cache")
+    fast = ["--seq-len", "100", *FAST[2:]] if case == "seq-len-beyond-positions" else FAST
+    res = _run([*ckpts, "-o", str(out), *extra, *fast, "--no-cache"], tmp_path / "cache")
     assert res.exit_code == expected, res.output
     assert res.output.count("error: ") == 1
     after = sorted(str(p) for p in tmp_path.rglob("*") if "cache" not in str(p))
@@ -179,3 +185,40 @@ def test_triton_from_build_report(grid, tmp_path):
     for d in (tmp_path / "all").iterdir():
         assert (d / "1" / "model.py").is_file() and (d / "1" / "model.onnx").is_file()
         assert 'backend: "python"' in (d / "config.pbtxt").read_text()
+
+
+def test_cache_is_keyed_by_content_not_folder_name(grid, tmp_path):
+    """The same weights under another folder name (upstream names every checkpoint best/) reuse the cache
+    under their own id."""
+    cache = tmp_path / "cache"
+    copy = tmp_path / "elsewhere" / "best"
+    shutil.copytree(grid / "ckpts" / "n2_s5", copy)
+    res = _run([str(grid / "ckpts" / "n2_s5"), "-o", str(tmp_path / "a"), "--min-accuracy", "0", *FAST], cache)
+    assert res.exit_code == 0, res.output
+    res = _run([str(copy), "-o", str(tmp_path / "b"), "--min-accuracy", "0", *FAST], cache)
+    assert res.exit_code == 0, res.output
+    (cand,) = json.loads((tmp_path / "b" / "report.json").read_text())["candidates"]
+    assert cand["id"] == "best" and cand["cached"] is True and cand["checkpoint"] == str(copy)
+    assert (tmp_path / "b" / "candidates" / "best" / "model.onnx").is_file()
+
+
+def test_sigterm_leaves_no_partial_output(grid, tmp_path):
+    """A build stopped by SIGTERM (timeout, docker stop, a cancelled CI job) leaves neither OUT nor its temp dir."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "prumux_compile.cli.main", "build", str(grid / "ckpts"), "-o", str(out),
+           "--no-cache", "--no-progress", "--min-accuracy", "0", *FAST]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".out.tmp-*/candidates/*")):
+        time.sleep(0.1)
+    assert list(tmp_path.glob(".out.tmp-*")), "the build never started writing"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))

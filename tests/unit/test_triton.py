@@ -96,7 +96,7 @@ def test_fixed_sequence_dims(tmp_path, toy_fixed):
         ({"prumux.num_instances": "2"}, {}, 16, [2, 4, 8, 16]),
         ({"prumux.num_instances": "4", "prumux.max_batch": "10"}, {}, 8, [4, 8]),  # rounded down to 2 groups
         ({"prumux.num_instances": "3"}, {"max_batch_size": 18}, 18, [3, 6, 12, 18]),
-        ({"prumux.num_instances": "5"}, {"num_instances": 2}, 16, [2, 4, 8, 16]),  # explicit N overrides metadata
+        ({}, {"num_instances": 2}, 16, [2, 4, 8, 16]),  # explicit N where the model has no metadata
         ({}, {"num_instances": 5, "preferred_batch_sizes": [10, 20]}, 40, [10, 20]),
     ],
 )
@@ -538,3 +538,14 @@ def test_python_model_groups_by_sequence_length_and_reports_bad_requests(python_
     assert "must be int64" in responses[1].error and "no input 'token_type_ids'" in responses[3].error
     for f, r in ((good_a, responses[0]), (good_b, responses[2])):
         np.testing.assert_allclose(r.output_tensors[0].as_numpy(), toy_reference(f), atol=1e-5, rtol=0)
+
+
+def test_explicit_n_contradicting_the_model_is_refused(tmp_path):
+    """An N that disagrees with the model's prumux.num_instances would break the multiples-of-N guarantee."""
+    from prumux_compile.errors import TritonConfigError
+    from prumux_compile.triton import write_repository
+
+    model = make_toy_onnx(tmp_path / "m.onnx", metadata={"prumux.num_instances": "5"})
+    with pytest.raises(TritonConfigError, match="contradicts"):
+        write_repository(tmp_path / "repo", name="m", model_path=model, num_instances=2)
+    assert not (tmp_path / "repo" / "m").exists()
