@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from prumux_compile.fsutil import output_tempdir
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -258,12 +257,7 @@ def _masked_nums(nums: tuple[int, ...], masked_forms: str) -> set[int]:
     return {2} if 2 in nums else {min(nums)}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from prumux_compile.checkpoint import _sha256  # noqa: E402  (one file hasher for provenance)
 
 
 def _check_args(nums, sparsities, masked_forms, seed) -> tuple[tuple[int, ...], tuple[float, ...], str]:

@@ -86,15 +86,7 @@ def _load(path_or_model) -> onnx.ModelProto:
         raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
 
 
-def _nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _nodes(g)
+from prumux_compile.export.onnx_export import walk_nodes as _nodes  # noqa: E402
 
 
 def check_standard_ops(path_or_model, *, what: str = "TensorRT") -> dict[str, int]:

@@ -161,16 +161,16 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return max((o.version for o in model.opset_import if o.domain in _STANDARD_DOMAINS), default=0)
 
 
-def _walk_nodes(graph: onnx.GraphProto):
+def walk_nodes(graph: onnx.GraphProto):
     """Every node of ``graph`` including nodes of subgraphs held in attributes."""
     for node in graph.node:
         yield node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _walk_nodes(attr.g)
+                yield from walk_nodes(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    yield from _walk_nodes(g)
+                    yield from walk_nodes(g)
 
 
 def _interface_problems(model: onnx.ModelProto, spec: ExportSpec) -> list[str]:
@@ -225,7 +225,7 @@ def check_onnx(path: str | Path, spec: ExportSpec, *, standard_only: bool = True
     opset = _default_opset(model)
     if opset < MIN_OPSET:
         problems.append(f"default-domain opset {opset} < {MIN_OPSET}")
-    nodes = list(_walk_nodes(model.graph))
+    nodes = list(walk_nodes(model.graph))
     ops = Counter(n.op_type if n.domain in _STANDARD_DOMAINS else f"{n.domain}::{n.op_type}" for n in nodes)
     domains = sorted({n.domain or "ai.onnx" for n in nodes})
     forbidden = sorted({n.op_type for n in nodes if n.op_type in _FORBIDDEN_OPS and n.domain in _STANDARD_DOMAINS})
