@@ -143,6 +143,27 @@ class Backend(ABC):
     def load(self, artifact: Artifact) -> Runner:
         """Load a built engine for running."""
 
+    def _start_build(self, onnx_path: str | Path, spec: BuildSpec | None) -> tuple[BuildSpec, Path, ExportSpec, Path]:
+        """Shared start of every ``build``: availability, defaults, the model interface, the output folder.
+
+        Returns:
+            ``(spec, onnx_path, interface read from the ONNX metadata, out_dir)``.
+
+        Raises:
+            EngineBuildError: the backend is unavailable here.
+        """
+        from prumux_compile.errors import EngineBuildError
+        from prumux_compile.export.onnx_export import read_metadata
+
+        ok, reason = self.available()
+        if not ok:
+            raise EngineBuildError(f"backend {self.name} is unavailable: {reason}")
+        spec = spec or BuildSpec()
+        onnx_path = Path(onnx_path)
+        xspec = ExportSpec.from_metadata(read_metadata(onnx_path))
+        out_dir = Path(spec.out_dir) if spec.out_dir is not None else onnx_path.parent
+        return spec, onnx_path, xspec, out_dir
+
 
 _OPTIONAL_DEFAULTS = {"attention_mask": 1, "token_type_ids": 0}
 

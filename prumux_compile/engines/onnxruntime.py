@@ -26,7 +26,7 @@ from prumux_compile.bench.timing import interleaved
 from prumux_compile.engines.base import Artifact, Backend, BuildSpec, Runner, prepare_feeds
 from prumux_compile.errors import EngineBuildError, InputError
 from prumux_compile.export.inputs import realistic_inputs
-from prumux_compile.export.onnx_export import check_onnx, read_metadata
+from prumux_compile.export.onnx_export import check_onnx
 from prumux_compile.export.spec import OUTPUT_NAME, ExportSpec
 
 __all__ = ["OrtCpuBackend", "OrtCudaBackend", "OrtRunner", "FUSED_FILENAME", "VARIANTS"]
@@ -130,13 +130,7 @@ class OrtCpuBackend(Backend):
             EngineBuildError: backend unavailable, a graph ONNX Runtime cannot load, a mis-fused attention.
             InputError: ``onnx_path`` is not an exported model.
         """
-        ok, reason = self.available()
-        if not ok:
-            raise EngineBuildError(f"backend {self.name} is unavailable: {reason}")
-        spec = spec or BuildSpec()
-        onnx_path = Path(onnx_path)
-        xspec = ExportSpec.from_metadata(read_metadata(onnx_path))
-        out_dir = Path(spec.out_dir) if spec.out_dir is not None else onnx_path.parent
+        spec, onnx_path, xspec, out_dir = self._start_build(onnx_path, spec)
         files: dict[str, Path] = {"plain": onnx_path}
         report: dict = {"backend": self.name, "providers": list(self.providers), "threads": spec.threads,
                         "onnxruntime": _dist_version()}

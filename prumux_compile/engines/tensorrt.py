@@ -424,15 +424,7 @@ class TensorRTBackend(Backend):
         Raises:
             EngineBuildError / TensorRTBuildError: unavailable, F17, or a failed build (exit 4).
         """
-        ok, reason = self.available()
-        if not ok:
-            raise EngineBuildError(f"backend {self.name} is unavailable: {reason}")
-        from prumux_compile.export.onnx_export import read_metadata
-
-        spec = spec or BuildSpec()
-        onnx_path = Path(onnx_path)
-        xspec = ExportSpec.from_metadata(read_metadata(onnx_path))
-        out_dir = Path(spec.out_dir) if spec.out_dir is not None else onnx_path.parent
+        spec, onnx_path, xspec, out_dir = self._start_build(onnx_path, spec)
         out_dir.mkdir(parents=True, exist_ok=True)
         files = {"plain": onnx_path}
         graphs = {"fp32": write_trt_onnx(onnx_path, out_dir / TRT_FILENAME)}
