@@ -8,7 +8,7 @@ then selects with Auto-PruMUX and writes ``OUT/`` atomically (DESIGN.md "Outputs
 """
 from __future__ import annotations
 
-from prumux_compile.fsutil import output_tempdir
+from prumux_compile.fsutil import output_tempdir, require_writable_dir
 
 import csv
 import hashlib
@@ -163,10 +163,9 @@ def _tool_version() -> str:
 
 
 def _cache_root(opts: BuildOptions) -> Path:
-    if opts.cache_dir is not None:
-        return Path(opts.cache_dir)
-    env = os.environ.get("PRUMUX_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "prumux-compile"
+    from prumux_compile.cache import cache_root
+
+    return cache_root(opts.cache_dir)
 
 
 def _file_hash(path: Path | None) -> str | None:
@@ -447,6 +446,13 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         raise InputError(f"{out}: its parent {out.parent} is a file; give a folder path for the outputs")
     if out.exists() and not opts.force:
         raise InputError(f"{out}: already exists; choose another folder or pass --force to replace it")
+    # file-system problems are found now, not after minutes of compiling (fault class F27)
+    require_writable_dir(out.parent, what=f"output folder {out}", hint="give -o a folder on a writable disk")
+    if opts.triton_repo is not None:
+        require_writable_dir(opts.triton_repo, what=f"--triton-repo {opts.triton_repo}")
+    if opts.cache:
+        require_writable_dir(_cache_root(opts), what=f"build cache {_cache_root(opts)}",
+                             hint="pass --cache-dir DIR (a writable folder) or --no-cache")
     if (opts.max_accuracy_drop is None) == (opts.min_accuracy is None):
         if opts.max_accuracy_drop is None:
             opts.max_accuracy_drop = 0.01

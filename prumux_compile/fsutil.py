@@ -1,6 +1,7 @@
 """File-system helpers for atomic outputs."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -18,3 +19,63 @@ def output_tempdir(prefix: str, dir: str | Path, suffix: str = "") -> Path:
     os.umask(umask)
     os.chmod(path, 0o777 & ~umask)
     return path
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or choose another location (see 'prumux-compile cache' for the "
+                  "build cache)",
+    errno.EDQUOT: "the disk quota is exhausted: free space or choose another location",
+    errno.EROFS: "the location is on a read-only file system: choose a writable folder",
+    errno.EACCES: "no permission: choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "operation not permitted: choose a folder you can write to",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file-system error: the path(s), the OS reason with its errno name, and what to do.
+
+    Example: ``/mnt/ro/out: Read-only file system [EROFS]; the location is on a read-only file system: ...``.
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = errno.errorcode.get(exc.errno if isinstance(exc.errno, int) else -1)
+    if code:
+        reason = f"{reason} [{code}]"
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p not in (None, "")]
+    head = f"{' -> '.join(paths)}: {reason}" if paths else reason
+    hint = _OS_HINTS.get(exc.errno if isinstance(exc.errno, int) else -1)
+    return f"{head}; {hint}" if hint else head
+
+
+def nearest_existing(path: str | Path) -> Path:
+    """``path`` itself when it exists, else its nearest existing ancestor (``.`` for a relative path)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def require_writable_dir(path: str | Path, *, what: str, hint: str = "") -> None:
+    """Check, before any work starts, that files can be created in folder ``path`` (existing or to be made).
+
+    Probes by creating and removing an empty temporary folder in ``path``, or in its nearest existing ancestor
+    when ``path`` does not exist yet; nothing is left behind. The probe sees what the OS says, so it is right for
+    read-only mounts, permissions, ACLs and root.
+
+    Raises:
+        InputError (exit 2): the folder cannot be created or written; the message names ``what``, the path and
+            the OS reason, then ``hint``.
+    """
+    from prumux_compile.errors import InputError
+
+    target = Path(path)
+    try:
+        where = nearest_existing(target)
+        if not where.is_dir():
+            raise InputError(f"{what}: {where} is a file, not a folder")
+        probe = tempfile.mkdtemp(prefix=".prumux-write-probe-", dir=where)
+        os.rmdir(probe)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(target)
+        raise InputError(f"{what}: cannot write there: {describe_os_error(exc)}" + (f"; {hint}" if hint else "")) \
+            from None

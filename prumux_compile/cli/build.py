@@ -63,12 +63,6 @@ def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, seq_l
     from prumux_compile.driver import BuildOptions, build
     from prumux_compile.report.console import print_candidates
 
-    import signal
-
-    def _terminate(signum, frame):  # SIGTERM (timeout, docker stop, CI cancel) cleans up like Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
     fancy = fancy_output(no_progress) and not as_json
     opts = BuildOptions(out=out, backends=tuple(backends) or ("ort-cpu",), backends_explicit=bool(backends),
                         seq_len=seq_len, batch_sizes=batch_sizes, threads=threads, rounds=rounds, warmup=warmup,

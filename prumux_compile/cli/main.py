@@ -3,14 +3,17 @@
 Each sub-command lives in its own module under ``prumux_compile.cli`` and only wires library calls
 together. Commands are imported lazily so that ``prumux-compile --help`` does not import torch.
 
-Exit codes (DESIGN.md): 0 ok, 2 usage / bad input, 3 validation failed, 4 engine build failed,
-5 no candidate meets the budget, 6 Triton config invalid.
+Exit codes (DESIGN.md): 0 ok, 2 usage / bad input (file-system errors included), 3 validation failed, 4 engine
+build failed, 5 no candidate meets the budget, 6 Triton config invalid; 1 an unexpected error (one line; the
+traceback with ``prumux-compile --debug``), 130 Ctrl-C, 143 SIGTERM (see :mod:`prumux_compile.cli.common`).
 """
 from __future__ import annotations
 
 import importlib
 
 import click
+
+from prumux_compile.cli.common import report_exception, sigterm_raises
 
 # command name -> "module:attribute"
 _COMMANDS = {
@@ -20,6 +23,7 @@ _COMMANDS = {
     "build": "prumux_compile.cli.build:build_cmd",
     "triton": "prumux_compile.cli.triton_cmd:triton_cmd",
     "serve": "prumux_compile.cli.serve_cmd:serve_cmd",
+    "cache": "prumux_compile.cli.cache_cmd:cache_cmd",
 }
 
 
@@ -40,6 +44,20 @@ class _LazyGroup(click.Group):
             raise
         return getattr(module, attr)
 
+    def invoke(self, ctx):
+        """Run the sub-command; turn every failure into one line and an exit code (``cli.common``)."""
+        with sigterm_raises():
+            try:
+                return super().invoke(ctx)
+            except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+                raise
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every other failure gets one line and a code
+                debug = bool(ctx.obj.get("debug")) if isinstance(ctx.obj, dict) else False
+                code = report_exception(exc, debug=debug)
+                ctx.exit(code)
+
 
 def _importable(target: str) -> bool:
     import importlib.util
@@ -49,8 +67,16 @@ def _importable(target: str) -> bool:
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="prumux-compile")
-def cli() -> None:
-    """Compile multiplexed, structurally pruned BERT checkpoints (PruMUX) into verified engines."""
+@click.option("--debug", is_flag=True, envvar="PRUMUX_DEBUG",
+              help="Show the full traceback of an unexpected error (also: PRUMUX_DEBUG=1).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Compile multiplexed, structurally pruned BERT checkpoints (PruMUX) into verified engines.
+
+    Exit codes: 0 ok, 2 bad input or a file-system error, 3 validation failed, 4 engine build failed,
+    5 no candidate meets the budget, 6 Triton config invalid, 1 unexpected error, 130 Ctrl-C, 143 SIGTERM.
+    """
+    ctx.ensure_object(dict)["debug"] = debug
 
 
 def main() -> None:

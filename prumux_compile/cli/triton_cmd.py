@@ -90,9 +90,12 @@ def triton_cmd(
 
     Exit codes: 0 ok, 2 bad input, 6 the Triton config would not match the model (nothing written).
     """
+    from prumux_compile.fsutil import require_writable_dir
     from prumux_compile.triton import write_repository
 
-    for model_name, model_path in _sources(source, name, all_candidates):
+    sources = _sources(source, name, all_candidates)
+    require_writable_dir(repo, what=f"model repository {repo}")  # before anything is created (fault class F27)
+    for model_name, model_path in sources:
         target = write_repository(
             repo,
             name=model_name,

@@ -202,8 +202,10 @@ def test_cache_is_keyed_by_content_not_folder_name(grid, tmp_path):
     assert (tmp_path / "b" / "candidates" / "best" / "model.onnx").is_file()
 
 
-def test_sigterm_leaves_no_partial_output(grid, tmp_path):
-    """A build stopped by SIGTERM (timeout, docker stop, a cancelled CI job) leaves neither OUT nor its temp dir."""
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signals_leave_no_partial_output(signame, code, grid, tmp_path):
+    """A build stopped by SIGTERM (timeout, docker stop, a cancelled CI job) or Ctrl-C exits 143 / 130 with one
+    line and no traceback, and leaves neither OUT nor its temp dir."""
     import signal
     import subprocess
     import sys
@@ -212,13 +214,15 @@ def test_sigterm_leaves_no_partial_output(grid, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "prumux_compile.cli.main", "build", str(grid / "ckpts"), "-o", str(out),
            "--no-cache", "--no-progress", "--min-accuracy", "0", *FAST]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".out.tmp-*/candidates/*")):
         time.sleep(0.1)
     assert list(tmp_path.glob(".out.tmp-*")), "the build never started writing"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    assert proc.returncode != 0
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: ")
     assert not out.exists()
     assert not list(tmp_path.glob(".out.tmp-*"))

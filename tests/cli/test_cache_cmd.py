@@ -1,0 +1,155 @@
+"""`prumux-compile cache`: lists entries with sizes and the total, cleans all or by age, never touches folders
+it did not write; and the cache `build` fills is the one it lists."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from prumux_compile.cache import clean, human_size, list_entries, parse_age
+from prumux_compile.cli.main import cli
+
+DAY = 86400.0
+
+
+def _entry(root: Path, key: str, sizes: dict[str, int], age_s: float, cid: str | None = "c", now: float = None):
+    d = root / key
+    d.mkdir(parents=True)
+    for name, size in sizes.items():
+        (d / name).write_bytes(b"x" * size)
+    if cid is not None:
+        (d / "candidate.json").write_text(json.dumps({"id": cid, "checkpoint": f"/ckpts/{cid}", "backend": "ort-cpu",
+                                                      "num_instances": 2, "sparsity": 0.5}))
+    t = (now or time.time()) - age_s
+    for p in [*d.rglob("*"), d]:
+        os.utime(p, (t, t))
+    return d
+
+
+@pytest.fixture
+def cache(tmp_path):
+    now = time.time()
+    root = tmp_path / "cache"
+    _entry(root, "aaaa", {"model.onnx": 3000, "model.ort.onnx": 1000}, 10 * DAY, "old", now)
+    _entry(root, "bbbb", {"model.onnx": 500}, 2 * 3600, "new", now)
+    _entry(root, ".tmp-stale", {"model.onnx": 70}, 3 * DAY, None, now)  # left by a killed build
+    _entry(root, ".tmp-live", {"model.onnx": 30}, 60, None, now)  # a build writing right now
+    _entry(root, "photos", {"cat.jpg": 99}, 30 * DAY, None, now)  # not ours
+    return root, now
+
+
+def test_list_kinds_sizes_and_order(cache):
+    root, now = cache
+    entries = list_entries(root)
+    got = [(e.key, e.kind) for e in entries]
+    assert got == [(".tmp-live", "temporary"), ("bbbb", "entry"), (".tmp-stale", "temporary"), ("aaaa", "entry"),
+                   ("photos", "foreign")]
+    sizes = {e.key: e.size_bytes for e in entries}
+    cand = len(json.dumps({"id": "old", "checkpoint": "/ckpts/old", "backend": "ort-cpu", "num_instances": 2,
+                           "sparsity": 0.5}))
+    assert sizes["aaaa"] == 4000 + cand and sizes["photos"] == 99 and sizes[".tmp-live"] == 30
+    assert entries[1].info == {"id": "new", "checkpoint": "/ckpts/new", "backend": "ort-cpu", "num_instances": 2,
+                               "sparsity": 0.5}
+
+
+@pytest.mark.parametrize("older_than, removed", [
+    (None, ["bbbb", ".tmp-stale", "aaaa"]),  # everything ours except a temp folder a running build may own
+    (DAY, [".tmp-stale", "aaaa"]),
+    (5 * DAY, ["aaaa"]),  # the stale temp folder is younger than that
+    (20 * DAY, []),
+])
+def test_clean_by_age(cache, older_than, removed):
+    root, now = cache
+    plan = clean(root, older_than_s=older_than, dry_run=True, now=now)
+    assert [e.key for e in plan] == removed
+    assert sorted(p.name for p in root.iterdir()) == [".tmp-live", ".tmp-stale", "aaaa", "bbbb", "photos"]
+    done = clean(root, older_than_s=older_than, now=now)
+    assert [e.key for e in done] == removed
+    left = sorted(p.name for p in root.iterdir())
+    assert left == sorted({".tmp-live", ".tmp-stale", "aaaa", "bbbb", "photos"} - set(removed))
+    assert (root / "photos" / "cat.jpg").is_file()
+
+
+@pytest.mark.parametrize("text, seconds", [("7d", 7 * DAY), ("12h", 43200.0), ("30m", 1800.0), ("45s", 45.0),
+                                           ("2w", 14 * DAY), ("3", 3 * DAY), ("1.5h", 5400.0)])
+def test_parse_age(text, seconds):
+    assert parse_age(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "-1d", "7 days", "d", "1y"])
+def test_parse_age_refuses(text):
+    from prumux_compile.errors import InputError
+
+    with pytest.raises(InputError, match="expected a number"):
+        parse_age(text)
+
+
+@pytest.mark.parametrize("n, text", [(0, "0 B"), (999, "999 B"), (1500, "1.5 kB"), (152_300_000, "152.3 MB"),
+                                     (1_600_000_000, "1.60 GB")])
+def test_human_size(n, text):
+    assert human_size(n) == text
+
+
+def test_cli_list_and_clean(cache):
+    root, _ = cache
+    res = CliRunner().invoke(cli, ["cache", "--cache-dir", str(root)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0] == f"cache: {root}"
+    ours = sum(e.size_bytes for e in list_entries(root) if e.kind != "foreign")
+    assert lines[-1].startswith(f"total: 2 entries, {human_size(ours)}")
+    assert any("new (N=2, ort-cpu)" in line and "/ckpts/new" in line for line in lines)
+    assert any(line.startswith("photos") and "left alone" in line for line in lines)
+
+    res = CliRunner().invoke(cli, ["cache", "list", "--json", "--cache-dir", str(root)])
+    doc = json.loads(res.output)
+    assert doc["total_bytes"] == ours and len(doc["entries"]) == 5
+
+    res = CliRunner().invoke(cli, ["cache", "clean", "--older-than", "1d", "--dry-run", "--cache-dir", str(root)])
+    assert res.exit_code == 0 and "would free" in res.output and (root / "aaaa").exists()
+    res = CliRunner().invoke(cli, ["cache", "clean", "--older-than", "1d", "--cache-dir", str(root)])
+    assert res.exit_code == 0, res.output
+    assert not (root / "aaaa").exists() and (root / "bbbb").exists()
+    assert res.output.splitlines()[-1].startswith("freed ")
+
+    res = CliRunner().invoke(cli, ["cache", "clean", "--older-than", "soon", "--cache-dir", str(root)])
+    assert res.exit_code == 2 and "error: age 'soon'" in res.output
+
+
+def test_cli_cache_that_is_a_file(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    res = CliRunner().invoke(cli, ["cache", "list", "--cache-dir", str(f)])
+    assert res.exit_code == 2 and "is a file" in res.output
+
+
+def test_cache_root_default(monkeypatch, tmp_path):
+    from prumux_compile.cache import cache_root
+
+    monkeypatch.setenv("PRUMUX_CACHE_DIR", str(tmp_path / "env"))
+    assert cache_root() == tmp_path / "env" and cache_root(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.delenv("PRUMUX_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "prumux-compile"
+
+
+def test_build_fills_the_cache_it_lists(tmp_path):
+    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+
+    write_checkpoint(tmp_path / "ck" / "a", SynthSpec(vocab=200, max_pos=32, num_layers=1, hidden=16, heads=2,
+                                                      ffn=24, num_labels=2, family="bert"))
+    cache = tmp_path / "cache"
+    res = CliRunner().invoke(cli, ["build", str(tmp_path / "ck"), "-o", str(tmp_path / "out"), "--cache-dir",
+                                   str(cache), "--min-accuracy", "0", "--no-progress", "--seq-len", "16",
+                                   "--batch-sizes", "2", "--rounds", "1", "--warmup", "0", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    (entry,) = list_entries(cache)
+    assert entry.kind == "entry" and entry.info["id"] == "a"
+    on_disk = sum(p.stat().st_size for p in entry.path.rglob("*") if p.is_file())
+    assert entry.size_bytes == on_disk > 0
+    res = CliRunner().invoke(cli, ["cache", "clean", "--cache-dir", str(cache)])
+    assert res.exit_code == 0 and list_entries(cache) == []
