@@ -40,15 +40,22 @@ class BuildOptions:
         batch_sizes: benchmark batch sizes in input sequences; None = ``8·N`` per candidate.
         threads: intra-op threads for ONNX Runtime and PyTorch (the same for both sides).
         rounds / warmup: timed / untimed interleaved benchmark rounds.
-        eval_data: labelled (or unlabelled) evaluation file (TSV, CSV, JSON Lines).
+        eval_data: labelled evaluation file (TSV, CSV, JSON Lines); refused without a label column unless
+            ``eval_unlabelled``.
         eval_limit: use at most this many examples of it.
         accuracy_table: CSV ``checkpoint,accuracy`` of recorded accuracies (marked as recorded).
-        max_accuracy_drop / min_accuracy: the budget (exactly one; default drop 0.01).
+        max_accuracy_drop / min_accuracy: the budget (exactly one; default drop 0.01), each in [0, 1], in the
+            task's metric (accuracy; Pearson's r for one-output regression heads). A drop larger than the
+            baseline's value is clamped (floor 0), never an error.
         cache / cache_dir: reuse artifacts and measurements of unchanged candidates.
         triton_repo: also write the chosen model's Triton model repository there.
         triton_backend: ``onnxruntime`` (platform onnxruntime_onnx) or ``python`` (Python backend over ORT).
         force: replace an existing ``out`` (atomically).
         agreement_samples: inputs used for teacher agreement when there is no labelled data.
+        eval_unlabelled: ``eval_data`` is used for its texts only (teacher agreement), labels or not.
+        progress: called with a one-line stage message (``"<id>: export"``, ``"accuracy and selection"``, ...).
+        on_candidate: called as ``(done, total, id, None)`` before each candidate and ``(done, total, id, info)``
+            after it (``done`` counts finished candidates, ``total`` all of them).
     """
 
     out: Path
@@ -70,7 +77,9 @@ class BuildOptions:
     triton_backend: str = "onnxruntime"
     force: bool = False
     agreement_samples: int = 128
+    eval_unlabelled: bool = False
     progress: Callable[[str], None] | None = field(default=None, repr=False)
+    on_candidate: Callable[[int, int, str, dict | None], None] | None = field(default=None, repr=False)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -151,6 +160,12 @@ def demo_texts(n: int) -> list[str]:
 def _log(opts: BuildOptions, msg: str) -> None:
     if opts.progress is not None:
         opts.progress(msg)
+
+
+def _candidate_event(opts: BuildOptions, done: int, total: int, cid: str, info: dict | None) -> None:
+    """Tell ``opts.on_candidate`` that candidate ``cid`` starts (``info`` None) or finished (its info)."""
+    if opts.on_candidate is not None:
+        opts.on_candidate(done, total, cid, info)
 
 
 def _tool_version() -> str:
@@ -380,40 +395,167 @@ def _json_safe(obj):
 
 # ---------------------------------------------------------------------------------------------- accuracy
 def _accuracies(infos: list[dict], out_dir: Path, opts: BuildOptions, baseline_id: str | None) -> str:
-    """Fill ``accuracy`` / ``accuracy_source`` (and ``f1``) of every candidate; returns the accuracy kind."""
-    from prumux_compile.bench.metrics import accuracy, agreement, f1_binary
+    """Fill ``accuracy`` / ``accuracy_source`` / ``metric`` of every candidate (plus ``f1`` for binary classifiers,
+    ``spearman`` for regression heads, ``label_warning`` when accuracy is far below chance); returns the kind of
+    number ``accuracy`` is (report ``accuracy_kind``; before the first " (" it labels the plot's axis).
 
-    preds = {}
-    labels = {}
+    The task follows the head: one output (HF ``num_labels == 1``) is a regression measured by Pearson's r (and
+    Spearman's rho) against float labels, and its teacher agreement is the correlation of the outputs — never an
+    argmax; otherwise a classifier measured by accuracy of the argmax (fault class F24).
+
+    Raises:
+        InputError: candidates with different output widths (build checkpoints of one task together).
+    """
+    from prumux_compile.bench.metrics import accuracy, agreement, f1_binary, label_order_warning, pearson, spearman
+
+    outputs: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
     for info in infos:
         data = np.load(out_dir / "candidates" / info["id"] / "predictions.npz")
-        preds[info["id"]] = data["logits"].argmax(axis=1)
-        labels[info["id"]] = data["labels"]
+        outputs[info["id"]] = np.asarray(data["logits"])
+        labels[info["id"]] = np.asarray(data["labels"])
+    widths = sorted({int(o.shape[1]) for o in outputs.values()})
+    if len(widths) > 1:
+        listing = ", ".join(f"{i['id']}: {outputs[i['id']].shape[1]}" for i in infos)
+        raise InputError(f"the candidates' heads have different numbers of outputs ({listing}); build checkpoints "
+                         "of one task together")
+    regression = widths == [1]
+    metric = "pearson" if regression else "accuracy"
     table = read_accuracy_table(opts.accuracy_table) if opts.accuracy_table else {}
-    have_labels = all(labels[i["id"]].size == len(preds[i["id"]]) and labels[i["id"]].size > 0 for i in infos)
+    have_labels = not opts.eval_unlabelled and all(
+        labels[i["id"]].size == len(outputs[i["id"]]) and labels[i["id"]].size > 0 for i in infos)
+    preds = {k: (o[:, 0] if regression else o.argmax(axis=1)) for k, o in outputs.items()}
     teacher = preds.get(baseline_id) if baseline_id else None
     for info in infos:
         cid = info["id"]
+        info["metric"] = metric
+        info["num_outputs"] = widths[0]
         recorded = table.get(cid, table.get(info["checkpoint"], table.get(Path(info["checkpoint"]).name)))
-        if have_labels:
+        if have_labels and regression:
+            info["accuracy"] = pearson(preds[cid], labels[cid])
+            info["spearman"] = spearman(preds[cid], labels[cid])
+            info["accuracy_source"] = "measured"
+        elif have_labels:
             info["accuracy"] = accuracy(preds[cid], labels[cid])
             info["accuracy_source"] = "measured"
-            if int(labels[cid].max(initial=0)) <= 1 and info.get("num_labels", 2) == 2:
+            if widths[0] == 2:
                 info["f1"] = f1_binary(preds[cid], labels[cid])
+            warning = label_order_warning(preds[cid], labels[cid], widths[0],
+                                          source=f"the labels of {opts.eval_data}")
+            if warning:
+                info["label_warning"] = warning
         elif recorded is not None:
             info["accuracy"] = recorded
             info["accuracy_source"] = "recorded"
         elif teacher is not None:
-            info["accuracy"] = agreement(preds[cid], teacher)
+            info["accuracy"] = pearson(preds[cid], teacher) if regression else agreement(preds[cid], teacher)
             info["accuracy_source"] = "teacher-agreement"
         else:
             info["accuracy"] = None
             info["accuracy_source"] = "unknown"
+        if info["accuracy"] is not None and not np.isfinite(info["accuracy"]):  # a constant output: r undefined
+            info["accuracy"] = None
+            info["metric_note"] = (f"{cid}: its output is constant over the {len(preds[cid])} examples (or the "
+                                   "reference's is), so Pearson's r is undefined; the candidate is not selectable")
+    if regression:
+        if have_labels:
+            return "Pearson r (measured through the engine; Spearman rho in each candidate's 'spearman')"
+        if table:
+            return "Pearson r (recorded)"
+        return ("teacher agreement as Pearson r (no labelled data: correlation of each candidate's output with "
+                "the baseline candidate's)")
     if have_labels:
         return "accuracy (measured through the engine)"
     if table:
         return "accuracy (recorded)"
     return "teacher agreement (no labelled data: agreement of argmax with the baseline candidate)"
+
+
+def _accuracy_notes(infos: list[dict], opts: BuildOptions, kind: str) -> list[str]:
+    """Warnings about the accuracies of :func:`_accuracies`: labels far below chance (one line naming the likely
+    label-order / id2label mismatch, fault class F23), undefined correlations, an unlabelled evaluation file."""
+    notes = []
+    flagged = [i for i in infos if i.get("label_warning")]
+    if flagged:
+        first = flagged[0]
+        others = [i["id"] for i in flagged[1:]]
+        notes.append(f"{first['id']}: {first['label_warning']}"
+                     + (f" (also below chance: {', '.join(others)})" if others else ""))
+    notes.extend(i["metric_note"] for i in infos if i.get("metric_note"))
+    if opts.eval_data is not None and opts.eval_unlabelled:
+        notes.append(f"--eval-unlabelled: {opts.eval_data} is used for its texts only; the numbers are "
+                     f"{kind.split(' (')[0]}, not measured accuracy")
+    return notes
+
+
+#: config.json ``problem_type`` values (HF) this compiler measures; see :func:`_task_of`.
+_PROBLEM_TYPES = {"single_label_classification": "classification", "regression": "regression"}
+
+
+def _task_of(ckpts: list[tuple[str, Path]]) -> str:
+    """``"classification"`` or ``"regression"``: the task the checkpoints' heads solve, from their config.json
+    (``problem_type``, and the number of outputs = entries of ``id2label`` or ``num_labels``). One output is a
+    regression (HF's rule for ``num_labels == 1``). The weights decide again after compiling (:func:`_accuracies`).
+
+    Raises:
+        InputError: a ``problem_type`` this compiler cannot measure (multi-label classification: a sigmoid per
+            label, not an argmax), a regression with several outputs, a problem_type contradicting the number of
+            outputs, or checkpoints of different tasks.
+    """
+    tasks: dict[str, list[str]] = {}
+    for cid, path in ckpts:
+        cfg_path = Path(path) / "config.json"
+        try:
+            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        except (OSError, ValueError):
+            cfg = {}  # the checkpoint reader names the problem when the candidate is built
+        if not isinstance(cfg, dict):
+            cfg = {}
+        outputs = len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) and cfg["id2label"] else None
+        if outputs is None and isinstance(cfg.get("num_labels"), int):
+            outputs = cfg["num_labels"]
+        problem = cfg.get("problem_type")
+        if problem is not None and problem not in _PROBLEM_TYPES:
+            raise InputError(f"{cfg_path}: problem_type {problem!r} is not supported (supported: "
+                             f"{', '.join(_PROBLEM_TYPES)}); a multi-label head needs a sigmoid per label, which "
+                             "accuracy by argmax would score wrongly")
+        task = "regression" if outputs == 1 else "classification"
+        if problem is not None and outputs is not None and _PROBLEM_TYPES[problem] != task:
+            raise InputError(f"{cfg_path}: problem_type {problem!r} contradicts the head's {outputs} output(s) "
+                             "(one output is a regression, several a classification)")
+        if problem == "regression":
+            task = "regression"
+        tasks.setdefault(task, []).append(cid)
+    if len(tasks) > 1:
+        listing = "; ".join(f"{t}: {', '.join(ids)}" for t, ids in sorted(tasks.items()))
+        raise InputError(f"the checkpoints solve different tasks ({listing}); build checkpoints of one task together")
+    return next(iter(tasks))
+
+
+def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str) -> None:
+    """Read the first rows of ``--eval-data`` the way the build will, before anything is built.
+
+    Raises:
+        InputError: anything :func:`prumux_compile.bench.data.load_eval_data` refuses; and, unless
+            ``opts.eval_unlabelled``, a file without a recognised label column (the message names the columns
+            found and the accepted ones) or whose label column is empty in the first rows.
+    """
+    from prumux_compile.bench.data import LABEL_COLUMNS, find_tokenizer_dir, load_eval_data
+
+    cfg = json.loads((ckpt / "config.json").read_text()) if (ckpt / "config.json").is_file() else {}
+    label2id = {str(v): int(k) for k, v in (cfg.get("id2label") or {}).items()} or None
+    es = load_eval_data(opts.eval_data, tokenizer_dir=find_tokenizer_dir(ckpt), seq_len=opts.seq_len,
+                        label2id=label2id, limit=8, task=task)
+    if opts.eval_unlabelled:
+        return
+    unlabelled = "--eval-unlabelled to use its texts only (teacher agreement instead of measured accuracy)"
+    if es.label_column is None:
+        raise InputError(f"eval data {opts.eval_data}: no label column; columns found: {', '.join(es.columns)}; "
+                         f"accepted label columns: {', '.join(LABEL_COLUMNS)}. Rename the label column, or pass "
+                         f"{unlabelled}")
+    if es.labels is None:
+        raise InputError(f"eval data {opts.eval_data}: column {es.label_column!r} holds no labels in its first rows "
+                         f"(empty, null or -1: a test split?); give labelled data, or pass {unlabelled}")
 
 
 def _baseline_id(infos: list[dict]) -> str:
@@ -429,7 +571,9 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         The report (also written to ``OUT/report.json``).
 
     Raises:
-        InputError (exit 2): no checkpoints, OUT exists (without ``force``) or is a file, bad eval data.
+        InputError (exit 2): no checkpoints, OUT exists (without ``force``) or is a file, a budget outside
+            [0, 1], bad eval data (or none of its columns is a label column, without ``eval_unlabelled``), heads of
+            an unsupported or mixed task, a location that cannot be written (OUT, ``triton_repo``, the cache).
         CheckpointError (2), ValidationError (3), EngineBuildError (4), NoCandidateError (5),
         TritonConfigError (6). On any error nothing is left at ``opts.out`` (a previous OUT stays untouched).
     """
@@ -458,17 +602,18 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
             opts.max_accuracy_drop = 0.01
         else:
             raise InputError("give either --max-accuracy-drop or --min-accuracy, not both")
+    for flag, value in (("--max-accuracy-drop", opts.max_accuracy_drop), ("--min-accuracy", opts.min_accuracy)):
+        if value is not None and not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
+            raise InputError(f"{flag} {value!r} is outside [0, 1] (a fraction in the task's metric: 0.01 is one "
+                             "accuracy point)")
     if opts.eval_data is not None and not Path(opts.eval_data).is_file():
         raise InputError(f"{opts.eval_data}: evaluation file not found")
     if opts.accuracy_table is not None:
         read_accuracy_table(Path(opts.accuracy_table))  # fail fast
     ckpts = discover_checkpoints(checkpoints)
+    task = _task_of(ckpts)
     if opts.eval_data is not None:  # fail fast on a bad evaluation file, before anything is built
-        from prumux_compile.bench.data import find_tokenizer_dir, load_eval_data
-        cfg = json.loads((ckpts[0][1] / "config.json").read_text()) if (ckpts[0][1] / "config.json").is_file() else {}
-        label2id = {str(v): int(k) for k, v in (cfg.get("id2label") or {}).items()} or None
-        load_eval_data(opts.eval_data, tokenizer_dir=find_tokenizer_dir(ckpts[0][1]), seq_len=opts.seq_len,
-                       label2id=label2id, limit=8)
+        _check_eval_data(opts, ckpts[0][1], task)
 
     avail = registry.availability()
     backends = []
@@ -491,15 +636,17 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
     try:
         eval_hash = _file_hash(opts.eval_data)
         infos = []
+        total = len(ckpts) * len(backends)
         for cid, path in ckpts:
             for b in backends:
                 full_id = cid if len(backends) == 1 else f"{cid}@{b}"
+                _candidate_event(opts, len(infos), total, full_id, None)
                 infos.append(_build_candidate(full_id, path, b, opts, tmp / "candidates" / full_id, eval_hash))
+                _candidate_event(opts, len(infos), total, full_id, infos[-1])
+        _log(opts, "accuracy and selection")
         baseline = _baseline_id(infos)
         kind = _accuracies(infos, tmp, opts, baseline)
-        if opts.eval_data is not None and not kind.startswith("accuracy (measured"):
-            notes.append(f"{opts.eval_data} has no label column (accepted: label, gold_label, is_duplicate); "
-                         f"accuracy is {kind.split(' (')[0]}, not measured accuracy")
+        notes.extend(_accuracy_notes(infos, opts, kind))
         for i in infos:
             for side in ("engine", "eager"):
                 lat = i["benchmark"][-1][side]["latencies_ms"]
@@ -512,10 +659,16 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                            backend=i["backend"], precision=i["precision"], throughput=i["throughput"],
                            accuracy=i["accuracy"], accuracy_source=(i["accuracy_source"]
                                                                     if i["accuracy_source"] != "unknown" else "measured"),
-                           latency_p50_ms=i["latency_p50_ms"], latency_p99_ms=i["latency_p99_ms"])
+                           latency_p50_ms=i["latency_p50_ms"], latency_p99_ms=i["latency_p99_ms"],
+                           metric=i.get("metric", "accuracy"))
                  for i in infos]
         selection = select(cands, max_accuracy_drop=opts.max_accuracy_drop, min_accuracy=opts.min_accuracy,
                            baseline_id=baseline)
+        if selection.clamped_from is not None:  # fault class F23: a drop larger than the baseline's value
+            notes.append(f"budget: the baseline's {kind.split(' (')[0]} {selection.baseline.accuracy:.4f} minus "
+                         f"--max-accuracy-drop {opts.max_accuracy_drop:g} is {selection.clamped_from:.4f}, below the "
+                         f"lowest possible value; clamped to {selection.threshold:g}, so the budget does not "
+                         "constrain the choice")
         front = {c.id for c in pareto_front(cands)}
         for i in infos:
             i["pareto"] = i["id"] in front
@@ -531,12 +684,14 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                                  sparsities=np.linspace(0.0, s_max, 16)).to_dict()
         report = {
             "tool": {"name": "prumux-compile", "version": _tool_version()},
-            "environment": environment(),
+            "environment": environment(threads=opts.threads),
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()
-                        if k not in ("progress", "out", "cache_dir")},
+                        if k not in ("out", "cache_dir") and not callable(v)},
             "inputs": [{"id": cid, "path": str(p)} for cid, p in ckpts],
             "backends": {name: {"available": ok, "detail": why} for name, (ok, why) in avail.items()},
             "accuracy_kind": kind,
+            "task": "regression" if infos[0].get("metric") == "pearson" else "classification",
+            "metric": infos[0].get("metric", "accuracy"),
             "candidates": infos,
             "selection": {**selection.to_dict(), "chosen": selection.chosen.id if selection.chosen else None,
                           "baseline": baseline,
@@ -549,6 +704,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         chosen = next(i for i in infos if i["id"] == selection.chosen.id)
         pareto_plot(infos, chosen["id"], tmp / "pareto.png", accuracy_label=kind.split(" (")[0],
                     threshold=selection.threshold)
+        _log(opts, "writing outputs (pareto.png, model_repository, report.json)")
         repo = _write_triton(chosen, tmp, opts)
         report["model_repository"] = str(repo.relative_to(tmp))
         write_report(report, tmp / "report.json")

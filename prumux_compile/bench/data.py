@@ -11,7 +11,11 @@ Column choice (header names matched case-insensitively, surrounding blanks ignor
   (e.g. MNLI ``premise``/``hypothesis`` or ``sentence1``/``sentence2``, QNLI ``question``/``sentence``,
   QQP ``question1``/``question2``);
 - otherwise one text column, first match wins: :data:`TEXT_COLUMNS`;
-- label, first match wins: :data:`LABEL_COLUMNS` (absent -> ``labels`` is None).
+- label, first match wins: :data:`LABEL_COLUMNS` (absent -> ``labels`` is None; ``columns`` lists what the
+  file has, so a caller can refuse a label column it does not recognise).
+
+Labels of a classifier are class ids or names (mapped with ``label2id``); a head with one output is a
+regression (STS-B style) and its labels are real numbers (float64).
 
 Tokenizer files sit in the checkpoint directory or, in upstream's layout, in its parent (spec
 section 1.2: ``evaluation.py`` loads the model from ``.../best`` and the tokenizer from ``...``).
@@ -29,8 +33,8 @@ import numpy as np
 
 from prumux_compile.errors import CheckpointError, InputError
 
-__all__ = ["EvalSet", "load_eval_data", "find_tokenizer_dir", "PAIR_COLUMNS", "TEXT_COLUMNS", "LABEL_COLUMNS",
-           "TOKENIZER_FILES"]
+__all__ = ["EvalSet", "load_eval_data", "find_tokenizer_dir", "task_for_labels", "PAIR_COLUMNS", "TEXT_COLUMNS",
+           "LABEL_COLUMNS", "TOKENIZER_FILES", "TASKS"]
 
 #: (first, second) text columns of sentence-pair tasks, in order of preference.
 PAIR_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -57,11 +61,14 @@ class EvalSet:
 
     Attributes:
         input_ids, attention_mask, token_type_ids: int64 arrays [n, seq_len] (padded to seq_len).
-        labels: int64 array [n] of class ids, or None when the file has no labels.
+        labels: int64 array [n] of class ids (classification) or float64 array [n] of targets (regression),
+            or None when the file has no labels.
         source: the file path as given.
         n: number of examples (rows).
         text_columns: header names of the text column(s) used, one or two (pair).
         label_column: header name of the label column, or None.
+        columns: every column name of the file, in file order.
+        task: ``"classification"`` or ``"regression"`` (how the labels were read).
     """
 
     input_ids: np.ndarray
@@ -72,6 +79,8 @@ class EvalSet:
     n: int
     text_columns: tuple[str, ...] = ()
     label_column: str | None = None
+    columns: tuple[str, ...] = ()
+    task: str = "classification"
 
     def feeds(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """Engine inputs for rows ``[start:stop]``: name -> int64 array [rows, seq_len]."""
@@ -237,6 +246,47 @@ class _LabelMapper:
         return _MISSING if value == -1 else self._check_id(value, raw, lineno)
 
 
+class _TargetMapper:
+    """Maps one raw label cell of a regression head to a float target (empty / null: no label)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, raw: object, lineno: int) -> object:
+        if raw is None:
+            return _MISSING
+        if isinstance(raw, bool):
+            raise self._bad(raw, lineno)
+        if isinstance(raw, str):
+            if raw.strip() == "":
+                return _MISSING
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                raise self._bad(raw, lineno) from None
+        elif isinstance(raw, (int, float, np.integer, np.floating)):
+            value = float(raw)
+        else:
+            raise self._bad(raw, lineno)
+        if not np.isfinite(value):
+            raise self._bad(raw, lineno)
+        return value
+
+    def _bad(self, raw: object, lineno: int) -> InputError:
+        return InputError(f"eval data {self.path}, line {lineno}: label {raw!r} is not a finite number; the model "
+                          "has one output (a regression head, e.g. STS-B similarity), so labels are real numbers")
+
+
+#: Values of ``load_eval_data(task=...)``.
+TASKS = ("classification", "regression")
+
+
+def task_for_labels(label2id: dict | None) -> str:
+    """``"regression"`` for a head with exactly one output (``label2id`` of one entry, HF's ``num_labels == 1``),
+    else ``"classification"``."""
+    return "regression" if label2id is not None and len(label2id) == 1 else "classification"
+
+
 # --------------------------------------------------------------------------------------------------
 # tokenizer
 
@@ -271,7 +321,8 @@ def _load_tokenizer(tokenizer_dir: str | Path):
 
 
 def load_eval_data(path: str | Path, *, tokenizer_dir: str | Path, seq_len: int = 128,
-                   label2id: dict[str, int] | None = None, limit: int | None = None) -> EvalSet:
+                   label2id: dict[str, int] | None = None, limit: int | None = None,
+                   task: str | None = None) -> EvalSet:
     """Read and tokenize a labelled (or unlabelled) evaluation file.
 
     Args:
@@ -287,18 +338,25 @@ def load_eval_data(path: str | Path, *, tokenizer_dir: str | Path, seq_len: int 
             integer. Empty cells, JSON null and -1 (GLUE test splits) mean "no label"; if every row is
             unlabelled ``labels`` is None.
         limit: keep only the first ``limit`` examples (>= 1), or all when None.
+        task: ``"classification"`` (labels as above) or ``"regression"`` (a one-output head: every label is a
+            finite real number, read as float64; empty cells and JSON null mean "no label"); None picks
+            :func:`task_for_labels` of ``label2id`` (one entry: regression).
 
     Returns:
         :class:`EvalSet` with int64 ``input_ids``/``attention_mask``/``token_type_ids`` [n, seq_len] and
-        int64 ``labels`` [n] or None.
+        int64 (classification) or float64 (regression) ``labels`` [n], or None.
 
     Raises:
         InputError: missing file, unsupported extension, empty file, no text column (lists the columns
             found and the accepted names), a malformed row, an unknown label (names the label, the line
-            and the known labels), only some rows labelled, or a bad ``seq_len``/``limit``.
+            and the known labels) or a regression label that is not a number, only some rows labelled, or a
+            bad ``seq_len``/``limit``/``task``.
         CheckpointError: no tokenizer in ``tokenizer_dir`` or its parent, or it cannot be loaded.
     """
     p = Path(path)
+    task = task_for_labels(label2id) if task is None else task
+    if task not in TASKS:
+        raise InputError(f"eval data: task must be one of {', '.join(TASKS)}, got {task!r}")
     if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
         raise InputError(f"eval data: seq_len must be an integer >= 2, got {seq_len!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
@@ -316,7 +374,7 @@ def load_eval_data(path: str | Path, *, tokenizer_dir: str | Path, seq_len: int 
     else:
         header, rows = _iter_delimited(p, "\t" if fmt == "tsv" else ",")
     text_col, pair_col, label_col = _pick_columns(header, p)
-    mapper = _LabelMapper(label2id, p)
+    mapper = _LabelMapper(label2id, p) if task == "classification" else _TargetMapper(p)
 
     texts: list[str] = []
     pairs: list[str] = []
@@ -347,7 +405,7 @@ def load_eval_data(path: str | Path, *, tokenizer_dir: str | Path, seq_len: int 
             raise InputError(f"eval data {p}, line {missing[0]}: no label in column {label_col!r} while other rows "
                              f"have one ({len(missing)} of {len(labels)} rows unlabelled)")
         else:
-            label_arr = np.asarray(labels, dtype=np.int64)
+            label_arr = np.asarray(labels, dtype=np.int64 if task == "classification" else np.float64)
 
     tokenizer = _load_tokenizer(tokenizer_dir)
     enc = tokenizer(texts, pairs if pair_col is not None else None, padding="max_length", max_length=int(seq_len),
@@ -362,4 +420,5 @@ def load_eval_data(path: str | Path, *, tokenizer_dir: str | Path, seq_len: int 
             raise InputError(f"eval data {p}: tokenizer returned {name} of shape {arr.shape}, expected {(n, seq_len)}")
     return EvalSet(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                    labels=label_arr, source=str(path), n=n,
-                   text_columns=(text_col,) if pair_col is None else (text_col, pair_col), label_column=label_col)
+                   text_columns=(text_col,) if pair_col is None else (text_col, pair_col), label_column=label_col,
+                   columns=tuple(str(c) for c in header), task=task)

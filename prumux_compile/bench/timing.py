@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -39,7 +40,8 @@ class Timing:
         seq_len: tokens per sequence (>= 1); recorded, not used in any formula.
         rounds: number of timed calls, equal to ``len(latencies_ms)`` (may exceed the requested
             rounds when ``min_time_s`` asked for more).
-        threads: torch intra-op threads set for the run, or None when left as found.
+        threads: torch intra-op threads of the run: the value set, or (:func:`interleaved`) the one in effect;
+            None when torch was neither set nor imported.
         latencies_ms: one wall-clock latency per timed call, ms per batch, in call order.
         p50_ms, p90_ms, p99_ms: percentiles of ``latencies_ms`` (numpy linear interpolation), ms.
         mean_ms: arithmetic mean of ``latencies_ms``, ms.
@@ -150,7 +152,7 @@ def time_callable(fn: Callable[[], object], *, batch_size: int, seq_len: int, wa
 
 
 def interleaved(fns: dict[str, Callable[[], object]], *, batch_size: int, seq_len: int, warmup: int = 3,
-                rounds: int = 10) -> dict[str, Timing]:
+                rounds: int = 10, threads: int | None = None) -> dict[str, Timing]:
     """Time several contenders in turn, A B C A B C ..., so machine drift hits them alike.
 
     Warm-up is interleaved the same way (``warmup`` untimed passes over all contenders), then
@@ -159,28 +161,42 @@ def interleaved(fns: dict[str, Callable[[], object]], *, batch_size: int, seq_le
     Args:
         fns: name -> zero-argument callable running one batch of ``batch_size`` sequences.
         batch_size, seq_len, warmup, rounds: as in :func:`time_callable` (same for every contender).
+        threads: as in :func:`time_callable`. When None, torch's setting is left as found and recorded if torch
+            is already imported (the threads the run actually used), else None.
 
     Returns:
-        name -> :class:`Timing` (``threads`` None), in the order of ``fns``.
+        name -> :class:`Timing`, in the order of ``fns``.
 
     Raises:
         InputError: ``fns`` is empty, a value is not callable, or an argument is out of range.
     """
-    _check_args(batch_size=batch_size, seq_len=seq_len, warmup=warmup, rounds=rounds)
+    _check_args(batch_size=batch_size, seq_len=seq_len, warmup=warmup, rounds=rounds, threads=threads)
     if not fns:
         raise InputError("timing: interleaved() needs at least one callable")
     for name, fn in fns.items():
         if not callable(fn):
             raise InputError(f"timing: contender {name!r} is not callable ({type(fn).__name__})")
     items = list(fns.items())
-    for _ in range(warmup):
-        for _name, fn in items:
-            fn()
-    latencies: dict[str, list[float]] = {name: [] for name, _ in items}
-    for _ in range(rounds):
-        for name, fn in items:
-            latencies[name].append(_timed_call(fn))
-    return {name: _summarize(lat, batch_size=batch_size, seq_len=seq_len, threads=None)
+    torch = sys.modules.get("torch")
+    previous_threads = None
+    if threads is not None:
+        import torch  # lazily: timing ONNX Runtime alone must not import torch
+
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+    try:
+        used = int(torch.get_num_threads()) if torch is not None else None
+        for _ in range(warmup):
+            for _name, fn in items:
+                fn()
+        latencies: dict[str, list[float]] = {name: [] for name, _ in items}
+        for _ in range(rounds):
+            for name, fn in items:
+                latencies[name].append(_timed_call(fn))
+    finally:
+        if previous_threads is not None:
+            torch.set_num_threads(previous_threads)
+    return {name: _summarize(lat, batch_size=batch_size, seq_len=seq_len, threads=used)
             for name, lat in latencies.items()}
 
 
@@ -205,18 +221,44 @@ def _torch_threads() -> int | None:
         return None
 
 
-def environment() -> dict:
+def cpu_model_name() -> str | None:
+    """The CPU's model name: ``platform.processor()`` where it says something, else the first ``model name`` of
+    ``/proc/cpuinfo`` (Linux, where ``platform.processor()`` is usually empty), else None."""
+    try:
+        name = platform.processor()
+    except Exception:
+        name = ""
+    if name and name.strip() and name.strip() not in ("x86_64", "aarch64", "arm64", "i386", "i686"):
+        return name.strip()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip().lower() in ("model name", "cpu model", "processor name"):
+                    if value.strip():
+                        return value.strip()
+    except OSError:
+        pass
+    return name.strip() or None
+
+
+def environment(threads: int | None = None) -> dict:
     """Describe the machine and library versions a measurement was taken on.
 
     Never raises: a missing package (or one whose metadata cannot be read) is recorded as None.
+
+    Args:
+        threads: the intra-op threads the measurements used (ONNX Runtime sessions and PyTorch), if known.
 
     Returns:
         dict with keys ``python`` (e.g. "3.11.7"), ``torch``, ``onnxruntime`` (the ``onnxruntime``
         or ``onnxruntime-gpu`` distribution, whichever is installed), ``onnx``, ``transformers``,
         ``numpy`` (version strings or None), ``cpu_count`` (logical CPUs, ``os.cpu_count()``),
         ``cpu_affinity`` (CPUs this process may run on, or None where unsupported),
-        ``torch_threads`` (``torch.get_num_threads()`` or None), ``platform`` (``platform.platform()``),
-        ``processor`` (``platform.processor()``, may be "" on Linux) and ``machine``.
+        ``torch_threads`` (``torch.get_num_threads()`` or None), ``threads`` (``threads`` as given),
+        ``platform`` (``platform.platform()``), ``processor`` and ``cpu_model`` (the CPU model name,
+        :func:`cpu_model_name`; ``processor`` keeps ``platform.processor()`` when that is not empty) and
+        ``machine``.
     """
     try:
         affinity: int | None = len(os.sched_getaffinity(0))
@@ -232,6 +274,7 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
         "torch_threads": _torch_threads(),
+        "threads": None if threads is None else int(threads),
     }
     for key, getter in (("platform", platform.platform), ("processor", platform.processor),
                         ("machine", platform.machine)):
@@ -239,4 +282,7 @@ def environment() -> dict:
             info[key] = getter()
         except Exception:
             info[key] = None
+    info["cpu_model"] = cpu_model_name()
+    if not info["processor"]:
+        info["processor"] = info["cpu_model"]
     return info

@@ -6,12 +6,11 @@ budget, 6 Triton config invalid.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
-from prumux_compile.cli.common import fancy_output, handle_errors
+from prumux_compile.cli.common import fancy_output, handle_errors, stderr_is_terminal
 
 
 def _int_list(ctx, param, value):
@@ -26,12 +25,18 @@ def _int_list(ctx, param, value):
     return sizes
 
 
+_BUDGET = click.FloatRange(0.0, 1.0)
+
+
 @click.command("build")
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder (must not exist).")
-@click.option("--max-accuracy-drop", type=float, default=None,
-              help="Budget: accuracy may drop at most this much (absolute, 0..1) below the baseline. Default 0.01.")
-@click.option("--min-accuracy", type=float, default=None, help="Budget: absolute accuracy floor (0..1).")
+@click.option("--max-accuracy-drop", type=_BUDGET, default=None,
+              help="Budget: the task's metric (accuracy; Pearson r for one-output regression heads) may drop at most "
+                   "this much (absolute, 0..1) below the baseline. Default 0.01. A drop larger than the baseline's "
+                   "value is clamped (floor 0).")
+@click.option("--min-accuracy", type=_BUDGET, default=None,
+              help="Budget: absolute floor (0..1) of the task's metric (accuracy, or Pearson r).")
 @click.option("--backend", "backends", multiple=True,
               help="Engine backend (repeatable): ort-cpu, ort-cuda, torch-cuda, tensorrt. Default ort-cpu.")
 @click.option("--seq-len", default=128, show_default=True, help="Compiled sequence length (tokens).")
@@ -41,25 +46,34 @@ def _int_list(ctx, param, value):
 @click.option("--rounds", default=5, show_default=True, help="Timed benchmark rounds (median reported).")
 @click.option("--warmup", default=2, show_default=True, help="Untimed warm-up rounds.")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None,
-              help="Labelled data (TSV/CSV/JSONL: text, optional text pair, label) run through each engine.")
+              help="Labelled data (TSV/CSV/JSONL: text, optional text pair, label) run through each engine. Labels: "
+                   "class names or ids; real numbers for a one-output regression head (STS-B style).")
+@click.option("--eval-unlabelled", is_flag=True,
+              help="--eval-data has no labels: use its texts for teacher agreement (without this flag a file with "
+                   "no label column is refused).")
 @click.option("--eval-limit", type=int, default=None, help="Use at most this many examples of --eval-data.")
 @click.option("--accuracy-table", type=click.Path(path_type=Path), default=None,
               help="CSV checkpoint,accuracy of recorded accuracies (used when no --eval-data is given).")
 @click.option("--no-cache", is_flag=True, help="Rebuild everything instead of reusing cached candidates.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
-              help="Build cache (default $PRUMUX_CACHE_DIR or ~/.cache/prumux-compile).")
+              help="Build cache (default $PRUMUX_CACHE_DIR or ~/.cache/prumux-compile; see 'prumux-compile cache').")
 @click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
               help="Also write the chosen model into this Triton model repository.")
 @click.option("--triton-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime",
               show_default=True, help="Triton backend of the emitted model.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (atomically, after a successful build).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-@click.option("--no-progress", is_flag=True, help="No progress display or tables.")
+@click.option("--no-progress", is_flag=True, help="No progress display, progress lines or tables.")
 @handle_errors
 def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, seq_len, batch_sizes, threads, rounds,
-              warmup, eval_data, eval_limit, accuracy_table, no_cache, cache_dir, triton_repo, triton_backend,
-              force, as_json, no_progress):
-    """Compile, validate, benchmark and select among CHECKPOINTS (checkpoint folders, or folders of them)."""
+              warmup, eval_data, eval_unlabelled, eval_limit, accuracy_table, no_cache, cache_dir, triton_repo,
+              triton_backend, force, as_json, no_progress):
+    """Compile, validate, benchmark and select among CHECKPOINTS (checkpoint folders, or folders of them).
+
+    Progress goes to stderr: on a terminal a live line (stage, "k of n candidates", elapsed time), otherwise one
+    line per finished candidate and per stage.
+    """
+    from prumux_compile.cli.progress import build_progress
     from prumux_compile.driver import BuildOptions, build
     from prumux_compile.report.console import print_candidates
 
@@ -68,16 +82,14 @@ def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, seq_l
                         seq_len=seq_len, batch_sizes=batch_sizes, threads=threads, rounds=rounds, warmup=warmup,
                         eval_data=eval_data, eval_limit=eval_limit, accuracy_table=accuracy_table,
                         max_accuracy_drop=max_accuracy_drop, min_accuracy=min_accuracy, cache=not no_cache,
-                        cache_dir=cache_dir, triton_repo=triton_repo, triton_backend=triton_backend, force=force)
-    if fancy:
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        with console.status("building") as status:
-            opts.progress = lambda msg: status.update(msg)
-            report = build(list(checkpoints), opts)
-    else:
+                        cache_dir=cache_dir, triton_repo=triton_repo, triton_backend=triton_backend, force=force,
+                        eval_unlabelled=eval_unlabelled)
+    if no_progress:
         report = build(list(checkpoints), opts)
+    else:
+        with build_progress(stderr_is_terminal()) as progress:
+            opts.progress, opts.on_candidate = progress.stage, progress.candidate
+            report = build(list(checkpoints), opts)
     if as_json:
         from prumux_compile.report.builder import _clean
 

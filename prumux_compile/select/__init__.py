@@ -7,11 +7,13 @@ predict the (N, s) configuration to train next. Pure Python + numpy.
 from prumux_compile.select.auto_prumux import (
     ACCURACY_SOURCES,
     ACCURACY_TOLERANCE,
+    METRICS,
     Candidate,
     Selection,
     SelectInputError,
     pareto_front,
     raise_if_none,
+    metric_range,
     select,
 )
 from prumux_compile.select.meta_model import (
@@ -31,11 +33,13 @@ __all__ = [
     "THROUGHPUT_TERMS",
     "Candidate",
     "FitReport",
+    "METRICS",
     "Prediction",
     "Selection",
     "SelectInputError",
     "pareto_front",
     "predict",
+    "metric_range",
     "raise_if_none",
     "select",
 ]

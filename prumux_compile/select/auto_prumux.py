@@ -6,8 +6,10 @@ the measured half of that (DESIGN.md, "Auto-PruMUX", *Selection*): among measure
 highest throughput whose accuracy is within the budget, with deterministic tie-breaks. The predictive half (the
 paper's meta-model) lives in :mod:`prumux_compile.select.meta_model`.
 
-Units throughout: throughput in sequences per second, accuracy as a fraction in [0, 1], latency in
-milliseconds, sparsity as the fraction of encoder parameters removed, in [0, 1).
+Units throughout: throughput in sequences per second, latency in milliseconds, sparsity as the fraction of
+encoder parameters removed, in [0, 1). "Accuracy" is the task's metric (:data:`METRICS`): accuracy as a fraction
+in [0, 1] for classifiers, Pearson's r (or Spearman's rho) in [-1, 1] for a one-output regression head (STS-B
+style); a budget is expressed in that metric.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import numpy as np
 from prumux_compile.errors import InputError, NoCandidateError
 
 __all__ = [
+    "METRICS",
+    "metric_range",
     "ACCURACY_SOURCES",
     "ACCURACY_TOLERANCE",
     "Candidate",
@@ -30,6 +34,26 @@ __all__ = [
     "raise_if_none",
     "select",
 ]
+
+#: The task's metric (:attr:`Candidate.metric`) -> (lowest value, highest value, short name used in messages).
+METRICS: dict[str, tuple[float, float, str]] = {
+    "accuracy": (0.0, 1.0, "accuracy"),
+    "pearson": (-1.0, 1.0, "Pearson r"),
+    "spearman": (-1.0, 1.0, "Spearman rho"),
+}
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """(lowest, highest) value of ``metric`` (a key of :data:`METRICS`).
+
+    Raises:
+        SelectInputError: unknown metric.
+    """
+    if metric not in METRICS:
+        raise SelectInputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    lo, hi, _ = METRICS[metric]
+    return lo, hi
+
 
 #: Allowed values of :attr:`Candidate.accuracy_source`.
 ACCURACY_SOURCES = ("measured", "recorded", "teacher-agreement")
@@ -61,9 +85,11 @@ class Candidate:
         sparsity: measured fraction of encoder parameters removed, float in [0, 1).
         backend, precision: engine backend (e.g. ``"ort"``) and precision (e.g. ``"fp32"``), non-empty strings.
         throughput: measured sequences per second, finite and > 0.
-        accuracy: fraction in [0, 1], or ``None`` when unknown (such a candidate is never chosen).
+        accuracy: the task's metric (``metric``) within its range (:data:`METRICS`: a fraction in [0, 1] for
+            accuracy, [-1, 1] for a correlation), or ``None`` when unknown (such a candidate is never chosen).
         accuracy_source: one of :data:`ACCURACY_SOURCES`.
         latency_p50_ms, latency_p99_ms: optional latency percentiles in milliseconds, finite and >= 0.
+        metric: what ``accuracy`` measures, a key of :data:`METRICS` (default ``"accuracy"``).
 
     Raises:
         SelectInputError: any field out of range (one-line message naming the candidate and the field).
@@ -79,6 +105,7 @@ class Candidate:
     accuracy_source: str = "measured"
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    metric: str = "accuracy"
 
     def __post_init__(self) -> None:
         name = self.id if isinstance(self.id, str) and self.id else repr(self.id)
@@ -100,10 +127,12 @@ class Candidate:
             raise SelectInputError(
                 f"candidate {name}: throughput must be a finite number > 0 (sequences/s), got {self.throughput!r}"
             )
-        if self.accuracy is not None and (not _finite(self.accuracy) or not 0.0 <= float(self.accuracy) <= 1.0):
-            raise SelectInputError(
-                f"candidate {name}: accuracy must be None or a fraction in [0, 1], got {self.accuracy!r}"
-            )
+        if self.metric not in METRICS:
+            raise SelectInputError(f"candidate {name}: metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        lo, hi = metric_range(self.metric)
+        if self.accuracy is not None and (not _finite(self.accuracy) or not lo <= float(self.accuracy) <= hi):
+            what = "a fraction in [0, 1]" if self.metric == "accuracy" else f"a {self.metric} value in [{lo:g}, {hi:g}]"
+            raise SelectInputError(f"candidate {name}: accuracy must be None or {what}, got {self.accuracy!r}")
         if self.accuracy_source not in ACCURACY_SOURCES:
             raise SelectInputError(
                 f"candidate {name}: accuracy_source must be one of {', '.join(ACCURACY_SOURCES)}, "
@@ -121,8 +150,10 @@ class Candidate:
                 object.__setattr__(self, attr, float(value))
 
     def describe(self) -> str:
-        """One short human string, e.g. ``"c3 (N=4, s=0.600, ort/fp32, acc 0.8412, 1234.5 seq/s)"``."""
-        acc = "acc unknown" if self.accuracy is None else f"acc {self.accuracy:.4f}"
+        """One short human string, e.g. ``"c3 (N=4, s=0.600, ort/fp32, acc 0.8412, 1234.5 seq/s)"`` (``pearson``
+        instead of ``acc`` for a regression head)."""
+        short = "acc" if self.metric == "accuracy" else self.metric
+        acc = f"{short} unknown" if self.accuracy is None else f"{short} {self.accuracy:.4f}"
         if self.accuracy is not None and self.accuracy_source != "measured":
             acc += f" [{self.accuracy_source}]"
         return (
@@ -143,6 +174,7 @@ class Candidate:
             "accuracy_source": self.accuracy_source,
             "latency_p50_ms": self.latency_p50_ms,
             "latency_p99_ms": self.latency_p99_ms,
+            "metric": self.metric,
         }
 
 
@@ -153,13 +185,18 @@ class Selection:
     Attributes:
         chosen: the selected candidate, or ``None`` when none meets the budget (see :func:`raise_if_none`).
         baseline: the reference candidate the budget was measured against.
-        threshold: the accuracy floor used (fraction in [0, 1]).
+        threshold: the floor used, in the candidates' metric (within its range: a floor below the metric's lowest
+            value is clamped to it, see ``clamped_from``).
         qualifying: every candidate meeting the floor, best first (the selection order).
         nearest: when none qualifies, up to 3 candidates with the highest known accuracy (closest to the
             budget), best first; empty otherwise.
         reason: one human sentence saying why ``chosen`` (or why nothing) was selected.
         budget: how the floor was set, e.g. ``{"max_accuracy_drop": 0.01}`` or ``{"min_accuracy": 0.8}``.
         unknown_accuracy: candidates that were not considered because their accuracy is ``None``.
+        metric: the candidates' metric (a key of :data:`METRICS`).
+        clamped_from: the floor the budget asked for when it lay below the metric's lowest value (e.g. baseline
+            0.60 minus a drop of 0.90 = -0.30 for accuracy), which was then clamped to that value (every candidate
+            with a known value qualifies); None otherwise.
     """
 
     chosen: Candidate | None
@@ -170,6 +207,8 @@ class Selection:
     reason: str
     budget: dict = field(default_factory=dict)
     unknown_accuracy: list[Candidate] = field(default_factory=list)
+    metric: str = "accuracy"
+    clamped_from: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict (candidates by id plus the chosen and baseline candidates in full)."""
@@ -182,6 +221,8 @@ class Selection:
             "nearest": [c.id for c in self.nearest],
             "unknown_accuracy": [c.id for c in self.unknown_accuracy],
             "reason": self.reason,
+            "metric": self.metric,
+            "clamped_from": self.clamped_from,
         }
 
 
@@ -259,9 +300,12 @@ def select(
     sparsity (ties: highest accuracy, then id). Without any N == 1 candidate, ``min_accuracy`` falls back to the
     smallest N (same tie-breaks, noted in ``reason``); ``max_accuracy_drop`` then needs ``baseline_id``.
 
-    Budget (exactly one): ``max_accuracy_drop`` is an *absolute* drop in the [0, 1] accuracy scale, floor =
-    ``baseline.accuracy - max_accuracy_drop``; ``min_accuracy`` is the floor itself. A candidate qualifies when
-    ``accuracy >= floor - ACCURACY_TOLERANCE``. Candidates with ``accuracy is None`` never qualify.
+    Budget (exactly one), in the candidates' metric (they must share one, :data:`METRICS`): ``max_accuracy_drop``
+    is an *absolute* drop on that scale, floor = ``baseline.accuracy - max_accuracy_drop``; ``min_accuracy`` is
+    the floor itself. A floor below the metric's lowest value (0 for accuracy: a drop larger than the baseline's
+    accuracy) is clamped to that value — the same candidates qualify — and reported (``clamped_from`` and the
+    reason); it is never an error. A candidate qualifies when ``accuracy >= floor - ACCURACY_TOLERANCE``.
+    Candidates with ``accuracy is None`` never qualify.
 
     Choice: the highest throughput among qualifying candidates; ties broken by higher accuracy, then lower N,
     then lower sparsity, then id (lexicographic) — fully deterministic and independent of input order.
@@ -271,8 +315,8 @@ def select(
 
     Args:
         candidates: non-empty iterable of :class:`Candidate` with unique ids.
-        max_accuracy_drop: finite, >= 0, fraction (0.01 = one accuracy point).
-        min_accuracy: finite, in [0, 1].
+        max_accuracy_drop: finite, >= 0, in the metric's units (0.01 = one accuracy point).
+        min_accuracy: finite, within the metric's range ([0, 1] for accuracy, [-1, 1] for a correlation).
         baseline_id: id of the reference candidate.
 
     Returns:
@@ -280,13 +324,22 @@ def select(
 
     Raises:
         SelectInputError (a ValueError, exit 2): not exactly one budget given, budget out of range, no/duplicate
-            candidates, unknown ``baseline_id``, baseline without accuracy under ``max_accuracy_drop``.
+            candidates, candidates of different metrics, unknown ``baseline_id``, baseline without accuracy under
+            ``max_accuracy_drop``.
     """
     items = _as_list(candidates)
     if (max_accuracy_drop is None) == (min_accuracy is None):
         raise SelectInputError("give exactly one of max_accuracy_drop and min_accuracy")
     relative = max_accuracy_drop is not None
+    metrics = sorted({c.metric for c in items})
+    if len(metrics) > 1:
+        raise SelectInputError(f"candidates measure different metrics ({', '.join(metrics)}): select among "
+                               "candidates of one task")
+    metric = metrics[0]
+    lo, hi = metric_range(metric)
+    name = METRICS[metric][2]
     baseline, base_note = _choose_baseline(items, baseline_id, relative)
+    clamped_from = None
 
     if relative:
         if not _finite(max_accuracy_drop) or float(max_accuracy_drop) < 0.0:
@@ -298,16 +351,21 @@ def select(
             )
         threshold = float(baseline.accuracy) - float(max_accuracy_drop)
         budget = {"max_accuracy_drop": float(max_accuracy_drop)}
+        clamp_text = ""
+        if threshold < lo:
+            clamped_from, threshold = threshold, lo
+            clamp_text = f" = {clamped_from:.4f}, below the lowest possible {name}, clamped to {lo:g}"
         budget_text = (
-            f"accuracy >= {threshold:.4f} (baseline {baseline.id} {baseline.accuracy:.4f} minus "
-            f"{float(max_accuracy_drop):.4f}{base_note})"
+            f"{name} >= {threshold:.4f} (baseline {baseline.id} {baseline.accuracy:.4f} minus "
+            f"{float(max_accuracy_drop):.4f}{clamp_text}{base_note})"
         )
     else:
-        if not _finite(min_accuracy) or not 0.0 <= float(min_accuracy) <= 1.0:
-            raise SelectInputError(f"min_accuracy must be a fraction in [0, 1], got {min_accuracy!r}")
+        if not _finite(min_accuracy) or not lo <= float(min_accuracy) <= hi:
+            what = "a fraction in [0, 1]" if metric == "accuracy" else f"in [{lo:g}, {hi:g}] for {name}"
+            raise SelectInputError(f"min_accuracy must be {what}, got {min_accuracy!r}")
         threshold = float(min_accuracy)
         budget = {"min_accuracy": threshold}
-        budget_text = f"accuracy >= {threshold:.4f}"
+        budget_text = f"{name} >= {threshold:.4f}"
 
     known = [c for c in items if c.accuracy is not None]
     unknown = sorted((c for c in items if c.accuracy is None), key=lambda c: c.id)
@@ -354,6 +412,8 @@ def select(
         reason=reason,
         budget=budget,
         unknown_accuracy=unknown,
+        metric=metric,
+        clamped_from=clamped_from,
     )
 
 
@@ -372,8 +432,9 @@ def raise_if_none(selection: Selection) -> Candidate:
         listed = "; ".join(c.describe() for c in selection.nearest)
     else:
         listed = "none (no candidate has a known accuracy)"
+    name = METRICS.get(selection.metric, METRICS["accuracy"])[2]
     raise NoCandidateError(
-        f"no candidate meets the accuracy budget (accuracy >= {selection.threshold:.4f}, baseline "
+        f"no candidate meets the accuracy budget ({name} >= {selection.threshold:.4f}, baseline "
         f"{selection.baseline.id}); closest: {listed}"
     )
 

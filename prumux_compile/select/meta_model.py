@@ -32,7 +32,14 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from prumux_compile.select.auto_prumux import ACCURACY_TOLERANCE, Candidate, SelectInputError, _as_list, _finite
+from prumux_compile.select.auto_prumux import (
+    ACCURACY_TOLERANCE,
+    Candidate,
+    SelectInputError,
+    _as_list,
+    _finite,
+    metric_range,
+)
 
 __all__ = [
     "ACCURACY_TERMS",
@@ -268,7 +275,9 @@ def predict(
     Args:
         candidates: non-empty iterable of :class:`Candidate`, unique ids, one (backend, precision), at least
             one with known accuracy.
-        threshold: accuracy floor (fraction in [0, 1]), e.g. ``Selection.threshold`` from :func:`select`.
+        threshold: floor in the candidates' metric (within its range, e.g. [0, 1] for accuracy, [-1, 1] for
+            Pearson's r), e.g. ``Selection.threshold`` from :func:`select`. Predicted values are clipped to that
+            range.
         nums: grid of multiplexing widths N (ints >= 1).
         sparsities: grid of sparsities, each in [0, 1).
 
@@ -279,8 +288,13 @@ def predict(
         SelectInputError (exit 2): bad threshold or grid, mixed backends/precisions, no accuracy known.
     """
     items = _as_list(candidates)
-    if not _finite(threshold) or not 0.0 <= float(threshold) <= 1.0:
-        raise SelectInputError(f"threshold must be an accuracy fraction in [0, 1], got {threshold!r}")
+    metrics = sorted({c.metric for c in items})
+    if len(metrics) > 1:
+        raise SelectInputError(f"predict needs candidates of one metric, got {', '.join(metrics)}")
+    lo, hi = metric_range(metrics[0])
+    if not _finite(threshold) or not lo <= float(threshold) <= hi:
+        what = "an accuracy fraction in [0, 1]" if metrics[0] == "accuracy" else f"a {metrics[0]} value in [{lo:g}, {hi:g}]"
+        raise SelectInputError(f"threshold must be {what}, got {threshold!r}")
     threshold = float(threshold)
     nums = list(nums)
     if not nums or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in nums):
@@ -333,7 +347,7 @@ def predict(
     grid_n = np.repeat(np.array(nums, dtype=np.float64), len(sparsities))
     grid_s = np.tile(np.array(sparsities, dtype=np.float64), len(nums))
     grid_ln = np.log(grid_n)
-    pred_acc = np.clip(_evaluate(_accuracy_features(grid_ln, grid_s), acc_terms, acc_coef), 0.0, 1.0)
+    pred_acc = np.clip(_evaluate(_accuracy_features(grid_ln, grid_s), acc_terms, acc_coef), lo, hi)
     pred_thr = np.exp(_evaluate(_throughput_features(grid_ln, grid_s), thr_terms, thr_coef))
     (nr_lo, nr_hi), (sr_lo, sr_hi) = measured_range["num_instances"], measured_range["sparsity"]
     grid = []

@@ -59,7 +59,9 @@ def test_select_max_accuracy_drop_matches_brute_force(drop):
     cands = surface_candidates()
     sel = select(cands, max_accuracy_drop=drop)
     assert sel.baseline.id == "n1-s0.0"
-    assert sel.threshold == pytest.approx(0.90 - drop)
+    # a floor below 0 (drop 1.0 from 0.90) is clamped to 0: the same candidates qualify (fault class F23)
+    assert sel.threshold == pytest.approx(max(0.0, 0.90 - drop))
+    assert sel.clamped_from == (None if drop <= 0.90 else pytest.approx(0.90 - drop))
     expected = brute_force_best(cands, 0.90 - drop)
     assert sel.chosen is expected
     assert sel.chosen.id in sel.reason
