@@ -221,9 +221,9 @@ def _torch_threads() -> int | None:
         return None
 
 
-def cpu_model_name() -> str | None:
-    """The CPU's model name: ``platform.processor()`` where it says something, else the first ``model name`` of
-    ``/proc/cpuinfo`` (Linux, where ``platform.processor()`` is usually empty), else None."""
+def cpu_model_name(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's model name: ``platform.processor()`` where it names a model, else the first ``model name`` line of
+    ``cpuinfo`` (Linux, where ``platform.processor()`` is empty or just the architecture), else None."""
     try:
         name = platform.processor()
     except Exception:
@@ -231,7 +231,7 @@ def cpu_model_name() -> str | None:
     if name and name.strip() and name.strip() not in ("x86_64", "aarch64", "arm64", "i386", "i686"):
         return name.strip()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, sep, value = line.partition(":")
                 if sep and key.strip().lower() in ("model name", "cpu model", "processor name"):

@@ -137,3 +137,43 @@ def test_candidate_metric_ranges():
         cand("a", 1, 0.0, 1.0, 0.5, "f1")
     with pytest.raises(SelectInputError, match="different metrics"):
         select([cand("a", 1, 0.0, 1.0, 0.5), cand("b", 1, 0.1, 2.0, 0.5, "pearson")], min_accuracy=0.1)
+
+
+# ------------------------------------------------------------------------------------------------ environment
+
+
+@pytest.mark.parametrize("processor, cpuinfo, want", [
+    ("", "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz\n"
+         "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz\n",
+     "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"),
+    ("x86_64", "model name\t: AMD EPYC 7763 64-Core Processor\n", "AMD EPYC 7763 64-Core Processor"),
+    ("Apple M2", "", "Apple M2"),
+    ("", None, None),  # no cpuinfo file, nothing known
+])
+def test_cpu_model_name(processor, cpuinfo, want, tmp_path, monkeypatch):
+    import platform
+
+    from prumux_compile.bench.timing import cpu_model_name
+
+    monkeypatch.setattr(platform, "processor", lambda: processor)
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    assert cpu_model_name(str(path)) == want
+
+
+def test_environment_records_threads_and_cpu_model():
+    from prumux_compile.bench.timing import cpu_model_name, environment, interleaved
+
+    env = environment(threads=3)
+    assert env["threads"] == 3 and env["cpu_model"] == cpu_model_name()
+    assert env["processor"]  # never the empty string platform.processor() gives on Linux
+    import torch
+
+    before = torch.get_num_threads()
+    seen = []
+    t = interleaved({"a": lambda: seen.append(torch.get_num_threads())}, batch_size=1, seq_len=4, warmup=0, rounds=2,
+                    threads=1)
+    assert seen == [1, 1] and t["a"].threads == 1 and torch.get_num_threads() == before
+    t = interleaved({"a": lambda: None}, batch_size=1, seq_len=4, warmup=0, rounds=1)
+    assert t["a"].threads == torch.get_num_threads()  # the threads in effect, not null
