@@ -16,6 +16,35 @@ import click
 from prumux_compile.cli.common import handle_errors
 
 
+def unservable_models(repo: Path) -> str | None:
+    """Why the local server (Python backend only) cannot serve ``repo``, as one line, or None when it can.
+
+    Every model's ``config.pbtxt`` must say ``backend: "python"``; for any other (``onnxruntime_onnx`` or
+    ``tensorrt_plan``, which need backends the ``nvidia-pytriton`` server lacks) the line names the models and
+    the command that writes a servable repository from the same ``model.onnx``.
+    """
+    from prumux_compile.triton.config import load_config
+
+    models = sorted(d for d in repo.iterdir() if d.is_dir() and (d / "config.pbtxt").is_file())
+    if not models:
+        return f"{repo}: no model in this repository (expected <name>/config.pbtxt)"
+    other = []
+    for d in models:
+        cfg = load_config(d / "config.pbtxt")
+        if cfg.backend != "python":
+            other.append((d, cfg.backend or cfg.platform or "unknown"))
+    if not other:
+        return None
+    d, backend = other[0]
+    fix = (f"prumux-compile triton {d / '1' / 'model.onnx'} -o {repo.parent / (repo.name + '-python')} "
+           f"--backend python --name {d.name}")
+    names = ", ".join(f"{m.name} ({b})" for m, b in other)
+    return (f"{repo}: {names} need{'s' if len(other) == 1 else ''} Triton's {backend} backend, but the local "
+            f"tritonserver (from nvidia-pytriton) has only the Python backend, so it would start and then fail to "
+            f"load {'it' if len(other) == 1 else 'them'}. Write a servable repository with: {fix} (or serve this one "
+            f"with a full Triton: tritonserver --model-repository {repo})")
+
+
 @click.command("serve")
 @click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="HTTP port on 127.0.0.1.")
@@ -24,23 +53,23 @@ from prumux_compile.cli.common import handle_errors
               help="Seconds to wait for the server to become ready.")
 @handle_errors
 def serve_cmd(repo: Path, http_port: int, grpc_port: int, startup_timeout: float) -> None:
-    """Start tritonserver on REPO (127.0.0.1 only) and keep it running until Ctrl-C."""
+    """Start tritonserver on REPO (127.0.0.1 only) and keep it running until Ctrl-C (or SIGTERM / SIGHUP: a clean
+    stop, exit 0).
+
+    The local server has only Triton's Python backend: a repository with another backend (the default
+    onnxruntime_onnx one) is refused up front with the command that writes a servable one.
+    """
     from prumux_compile.errors import InputError
     from prumux_compile.triton.server import TritonServer
 
-    if not any((d / "config.pbtxt").is_file() for d in repo.iterdir() if d.is_dir()):
-        raise InputError(f"{repo}: no model in this repository (expected <name>/config.pbtxt)")
-    platforms = [d.name for d in repo.iterdir() if (d / "config.pbtxt").is_file()
-                 and 'backend: "python"' not in (d / "config.pbtxt").read_text()]
-    if platforms:
-        click.echo(f"warning: {', '.join(platforms)} need an onnxruntime/TensorRT backend, which this local server "
-                   "lacks; write them with --backend python (prumux-compile triton ... --backend python)", err=True)
+    unservable = unservable_models(repo)
+    if unservable:
+        raise InputError(unservable)
 
     def _stop(signum, frame):  # SIGTERM / SIGHUP stop the server like Ctrl-C does
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGHUP, _stop)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, startup_timeout_s=startup_timeout)
     try:
         server.start()
@@ -52,3 +81,5 @@ def serve_cmd(repo: Path, http_port: int, grpc_port: int, startup_timeout: float
         pass
     finally:
         server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

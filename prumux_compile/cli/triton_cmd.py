@@ -30,7 +30,7 @@ def _sources(source: Path, name: str | None, all_candidates: bool) -> list[tuple
 
     if source.is_dir():
         source = source / "model.onnx"
-    if source.suffix == ".json":
+    if source.suffix == ".json" and source.name != "candidate.json":
         from prumux_compile.driver import _model_name
         from prumux_compile.report.builder import read_report
 
@@ -40,11 +40,38 @@ def _sources(source: Path, name: str | None, all_candidates: bool) -> list[tuple
         if name is not None and len(picked) > 1:
             raise InputError("--name names one model; drop it with --all-candidates")
         return [(name or _model_name(c), source.parent / "candidates" / c["id"] / "model.onnx") for c in picked]
+    if source.name == "candidate.json":
+        source = source.parent / "model.onnx"
     if not source.is_file():
         raise InputError(f"{source}: model file not found (give a model.onnx, a candidate folder or a build report.json)")
     if name is None:
-        raise InputError("--name is required when SOURCE is a model file")
+        name = _candidate_name(source.parent / "candidate.json")
+    if name is None:
+        raise InputError(f"--name is required when SOURCE is a model file without a candidate.json beside it ({source})")
     return [(name, source)]
+
+
+def _candidate_name(path: Path) -> str | None:
+    """``prumux_<id>`` from a candidate folder's ``candidate.json`` (as ``build`` names the chosen model), or None
+    when there is no such file.
+
+    Raises:
+        InputError: the file exists but is not a candidate record with an ``id``.
+    """
+    import json
+
+    from prumux_compile.driver import _model_name
+    from prumux_compile.errors import InputError
+
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the candidate record ({exc}); pass --name") from None
+    if not isinstance(info, dict) or not isinstance(info.get("id"), str) or not info["id"]:
+        raise InputError(f"{path}: no candidate id in it; pass --name")
+    return _model_name(info)
 
 
 @click.command("triton")
@@ -52,7 +79,8 @@ def _sources(source: Path, name: str | None, all_candidates: bool) -> list[tuple
 @click.option("-o", "--output", "repo", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Triton model repository directory (created if missing).")
 @click.option("--name", default=None,
-              help="Model name (directory under the repository); default prumux_<candidate id> for a report.")
+              help="Model name (directory under the repository); default prumux_<candidate id> for a report or a "
+                   "candidate folder (its candidate.json).")
 @click.option("--all-candidates", is_flag=True, help="With a report.json: write every candidate, not only the chosen one.")
 @click.option("--num-instances", type=click.IntRange(min=1), default=None,
               help="Mux width N (default: the model's prumux.num_instances metadata).")

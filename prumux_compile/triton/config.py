@@ -26,6 +26,10 @@ INSTANCE_KINDS: tuple[str, ...] = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 PARAM_NUM_INSTANCES = "prumux.num_instances"
 PARAM_ISOLATE = "prumux.isolate_requests"
 PARAM_INTRA_OP_THREADS = "prumux.intra_op_num_threads"
+#: Longest sequence (tokens) the model accepts: the compiled length of a multiplexed model, else the position table
+#: (ONNX metadata ``prumux.max_seq_len``). Triton's ``dims`` cannot bound a variable (-1) axis, so the bound is a
+#: parameter: the Python-backend ``model.py`` refuses longer requests, and a comment in ``config.pbtxt`` says it.
+PARAM_MAX_SEQ_LEN = "prumux.max_seq_len"
 
 #: Default ``max_batch_size`` is this many mux groups (8·N), when neither the caller nor the model says.
 DEFAULT_GROUPS = 8
@@ -105,6 +109,7 @@ def build_model_config(
     isolate_requests: bool = True,
     intra_op_num_threads: int | None = None,
     default_model_filename: str | None = None,
+    max_seq_len: int | None = None,
 ):
     """Assemble a ``ModelConfig`` message (no validation; see :mod:`prumux_compile.triton.validate`).
 
@@ -122,6 +127,8 @@ def build_model_config(
             batch is not a multiple of N run alone, so no request shares a mux group with another.
         intra_op_num_threads: python backend only: onnxruntime intra-op threads (None: ORT default).
         default_model_filename: written when given.
+        max_seq_len: longest accepted sequence in tokens (ONNX metadata ``prumux.max_seq_len``), written as
+            parameter :data:`PARAM_MAX_SEQ_LEN` when given.
 
     Returns:
         ``tritonclient.grpc.model_config_pb2.ModelConfig``.
@@ -160,6 +167,8 @@ def build_model_config(
     group.count = int(instance_count)
     group.kind = pb2.ModelInstanceGroup.Kind.Value(instance_kind)
     cfg.parameters[PARAM_NUM_INSTANCES].string_value = str(int(num_instances))
+    if max_seq_len is not None:
+        cfg.parameters[PARAM_MAX_SEQ_LEN].string_value = str(int(max_seq_len))
     if backend == "python":
         cfg.parameters[PARAM_ISOLATE].string_value = "true" if isolate_requests else "false"
         if intra_op_num_threads is not None:
@@ -168,10 +177,29 @@ def build_model_config(
 
 
 def config_to_text(config) -> str:
-    """``config.pbtxt`` text of a ``ModelConfig`` (protobuf text format, ends with a newline)."""
+    """``config.pbtxt`` text of a ``ModelConfig`` (protobuf text format, ends with a newline).
+
+    When the config carries :data:`PARAM_MAX_SEQ_LEN` and an input's sequence axis is variable (-1), ``#`` comment
+    lines first say what bounds the sequence length and why ``dims`` cannot (comments are part of the text format,
+    so the file parses back into the same message).
+    """
     from google.protobuf import text_format
 
-    return text_format.MessageToString(config)
+    return sequence_bound_comment(config) + text_format.MessageToString(config)
+
+
+def sequence_bound_comment(config) -> str:
+    """The ``#`` comment lines :func:`config_to_text` puts first ('' when there is nothing to say)."""
+    raw = config.parameters[PARAM_MAX_SEQ_LEN].string_value if PARAM_MAX_SEQ_LEN in config.parameters else ""
+    if not raw or not any(len(i.dims) >= 1 and i.dims[-1] == -1 for i in config.input):
+        return ""
+    refusal = ("model.py refuses a longer request with an error naming the limit"
+               if config.backend == "python" else
+               "the onnxruntime backend passes a longer request to the graph, which fails inside ONNX Runtime")
+    return (f"# Sequence axis: dims -1 (any length up to {raw} tokens). Triton's model configuration cannot bound a\n"
+            f"# variable dimension, so the limit is parameter {PARAM_MAX_SEQ_LEN} = {raw} (the compiled length of a\n"
+            f"# multiplexed model, else the position table): {refusal}.\n"
+            f"# Clients truncate to {raw} tokens.\n")
 
 
 def parse_config_text(text: str, *, source: str = "<text>"):

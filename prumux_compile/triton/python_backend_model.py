@@ -8,6 +8,11 @@ package. Inside Triton it needs only ``numpy``, ``onnxruntime`` and the backend'
 Requests: ``input_ids``, ``attention_mask``, ``token_type_ids`` int64 ``[batch, sequence]``;
 response: ``logits`` float32 ``[batch, num_labels]`` (as declared in ``config.pbtxt``).
 
+Sequence length: at most ``prumux.max_seq_len`` tokens (config parameter, else the ONNX metadata of the same
+name: the compiled length of a multiplexed model, else the position table). Triton's ``dims`` cannot bound a
+variable axis, so a longer request reaches this model, which answers it with an error naming the limit instead of
+passing it to ONNX Runtime (where it would fail with a shape or index error).
+
 Batching: one ``execute`` call receives the requests the dynamic batcher gathered. Requests with the
 same non-batch shapes are concatenated along axis 0 and run in one ONNX Runtime call, then split.
 The model multiplexes N = ``prumux.num_instances`` CONSECUTIVE rows into one mux group
@@ -46,6 +51,9 @@ class TritonPythonModel:
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model.onnx")
         self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        limit = _param(cfg, "prumux.max_seq_len", "") or self.session.get_modelmeta().custom_metadata_map.get(
+            "prumux.max_seq_len", "")
+        self.max_seq_len = int(limit) if limit else None
         self.output_names = [o["name"] for o in cfg["output"]]
         self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in cfg["output"]}
 
@@ -62,6 +70,15 @@ class TritonPythonModel:
         shapes = {a.shape for a in feeds.values()}
         if len(shapes) != 1:
             raise ValueError(f"inputs must share one [batch, sequence] shape, got {sorted(shapes)}")
+        shape = shapes.pop()
+        if len(shape) != 2:
+            raise ValueError(f"inputs must have shape [batch, sequence], got {list(shape)}")
+        if self.max_seq_len is not None and shape[1] > self.max_seq_len:
+            raise ValueError(
+                f"sequence length {shape[1]} exceeds {self.max_seq_len} tokens, the longest this model accepts "
+                f"(prumux.max_seq_len: the compiled length of a multiplexed model, else its position embeddings); "
+                f"truncate the input to {self.max_seq_len} tokens"
+            )
         return feeds
 
     def _plan(self, feeds_per_request):

@@ -18,6 +18,7 @@ from typing import Sequence
 from prumux_compile.errors import InputError, TritonConfigError
 from prumux_compile.triton.config import (
     BACKENDS,
+    PARAM_MAX_SEQ_LEN,
     PLATFORM_BACKENDS,
     build_model_config,
     config_to_text,
@@ -27,6 +28,7 @@ from prumux_compile.triton.config import (
 from prumux_compile.triton.interface import (
     ModelInterface,
     TensorSpec,
+    _positive_meta,
     onnx_external_data_files,
     read_onnx_interface,
 )
@@ -163,6 +165,7 @@ def write_repository(
         max_queue_delay_us=max_queue_delay_us,
         isolate_requests=isolate_requests,
         intra_op_num_threads=intra_op_num_threads,
+        max_seq_len=_positive_meta(model.metadata, PARAM_MAX_SEQ_LEN, str(model_path)),
     )
     if is_plan:
         problems = validate_plan_config(
