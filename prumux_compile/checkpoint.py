@@ -108,19 +108,158 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: First line of a Git LFS pointer file (what a clone without ``git lfs`` leaves instead of the weights).
+_LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
+#: Opening bytes of torch's legacy (pre-1.6, non-zip) format: a protocol-2 pickle of torch's magic number.
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8"
+_ZIP_MAGIC = b"PK\x03\x04"
+_SNIFF_BYTES = 4096
+
+
+def sniff_file(path: Path) -> str:
+    """What a weights file holds, judged from its first bytes (never unpickled).
+
+    Returns one of ``"empty"``, ``"lfs-pointer"``, ``"zip"`` (torch.save's archive format),
+    ``"torch-legacy"`` (torch.save's pre-1.6 pickle format), ``"pickle"`` (a pickle that is not torch's
+    format), ``"safetensors"``, ``"text"`` or ``"unknown"``.
+    """
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if not head:
+        return "empty"
+    if head.startswith(_LFS_HEADER):
+        return "lfs-pointer"
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        return "torch-legacy"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) > 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= 100_000_000:
+            return "safetensors"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "text"
+        except UnicodeDecodeError as exc:
+            if len(head) == _SNIFF_BYTES and exc.start >= len(head) - 3:  # a character cut by the sniff window
+                return "text"
+    return "unknown"
+
+
+def _not_a_checkpoint(path: Path, kind: str, expected: str) -> CheckpointError | None:
+    """The error for a file that is not a checkpoint at all (fault class F28), or None when it may be one."""
+    size = path.stat().st_size
+    if kind == "empty":
+        return CheckpointError(f"{path}: empty (0 bytes), not {expected}; copy the file again from its source")
+    if kind == "lfs-pointer":
+        return CheckpointError(
+            f"{path}: a Git LFS pointer ({size} bytes), not the weights: run `git lfs pull` in the repository "
+            "the checkpoint was cloned from (or download the real file)"
+        )
+    if kind == "text":
+        with open(path, "rb") as f:
+            first = f.read(60).decode("utf-8", "replace").splitlines()
+        start = first[0] if first else ""
+        return CheckpointError(f"{path}: a text file ({size} bytes, starts {start!r}), not {expected}")
+    if kind == "unknown":
+        with open(path, "rb") as f:
+            head = f.read(4).hex(" ")
+        return CheckpointError(
+            f"{path}: not a PyTorch file (unrecognised first bytes {head}; {size} bytes), not {expected}"
+        )
+    return None
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """``module.name`` of every global a plain pickle refers to, read with ``pickletools`` (nothing executed).
+
+    Raises:
+        CheckpointError: the pickle stream is truncated or malformed.
+    """
+    import pickletools
+
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(str(arg))
+                elif op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    found.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
+                elif op.name == "STOP":
+                    break
+    except Exception as exc:  # pickletools raises ValueError and friends on malformed streams
+        raise CheckpointError(f"{path}: a truncated or corrupt pickle ({str(exc)[:120]}); copy it again") from None
+    return found
+
+
 def _safe_torch_load(path: Path):
-    """``torch.load`` with ``weights_only=True``; refuses pickles that need arbitrary code."""
+    """``torch.load`` with ``weights_only=True`` after checking what the file is (fault class F28).
+
+    Raises:
+        CheckpointError: the file is empty, a Git LFS pointer, text, unrecognised bytes, a plain pickle, a
+            safetensors file under a PyTorch name, a pickle that needs arbitrary code (named global), or a
+            truncated / corrupt torch archive.
+    """
+    kind = sniff_file(path)
+    bad = _not_a_checkpoint(path, kind, "a PyTorch checkpoint")
+    if bad is not None:
+        raise bad
+    if kind == "safetensors":
+        raise CheckpointError(
+            f"{path}: a safetensors file under a PyTorch name; rename it to model.safetensors (or to the name its "
+            "index lists)"
+        )
+    if kind == "pickle":
+        code = _pickle_globals(path)
+        if code:
+            raise CheckpointError(
+                f"{path}: refusing to load: the file needs arbitrary code to unpickle (it calls {code[0]}). "
+                "Re-save it as plain tensors (torch.save of a dict of tensors) or as model.safetensors."
+            )
+        raise CheckpointError(
+            f"{path}: a plain pickle, not a PyTorch checkpoint (torch.save writes a zip archive); re-save it with "
+            "torch.save of a dict of tensors"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Unsupported global" in text:
+            what = text.split("Unsupported global:", 1)[1].split(" was not", 1)[0].replace("GLOBAL", "").strip()
+            raise CheckpointError(
+                f"{path}: refusing to load: the file needs arbitrary code to unpickle (it calls {what}). "
+                "Re-save it as plain tensors (torch.save of a dict of tensors) or as model.safetensors."
+            ) from None
         raise CheckpointError(
-            f"{path}: refusing to load: the file needs arbitrary code to unpickle ({str(exc).splitlines()[0][:160]}). "
-            "Re-save it as plain tensors (torch.save of a dict of tensors) or as model.safetensors."
+            f"{path}: cannot read: the PyTorch archive is corrupt ({text.splitlines()[0][:120]}); copy it again"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
             "the file is truncated or not a PyTorch checkpoint. Copy it again from its source."
+        ) from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file as a dict of tensors (F28 checks first)."""
+    bad = _not_a_checkpoint(path, sniff_file(path), "a safetensors file")
+    if bad is not None:
+        raise bad
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot read safetensors ({str(exc)[:160]}); the file is truncated or corrupt."
         ) from None
 
 
@@ -136,15 +275,7 @@ def _read_state_dict(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.T
         )
     files[name] = _sha256(p)
     if name.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            sd = load_file(str(p))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"{p}: cannot read safetensors ({str(exc)[:160]}); the file is truncated or corrupt."
-            ) from None
+        sd = _load_safetensors(p)
     else:
         sd = _safe_torch_load(p)
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
