@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ DEMUX_VARIANTS = ("index_pos", "index", "mlp")
 MASK_KEYS = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
 
 _WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
+#: Index files of sharded checkpoints as HF ``save_pretrained`` writes them (fault class F25).
+_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_SHARD_NAME = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
 _DEMUX_ALIAS_PREFIXES = ("demultiplexer.demux_module.", "retrieval_head.demux_module.")
 
 
@@ -263,18 +267,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _read_state_dict(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.Tensor]:
-    for name in _WEIGHT_FILES:
-        p = ckpt_dir / name
-        if p.is_file():
-            break
-    else:
-        raise CheckpointError(
-            f"{ckpt_dir}: no weights file (expected one of {', '.join(_WEIGHT_FILES)}); "
-            "point at the directory that holds the checkpoint (upstream keeps it in best/)."
-        )
-    files[name] = _sha256(p)
-    if name.endswith(".safetensors"):
+def _load_weights_file(p: Path) -> dict[str, torch.Tensor]:
+    """One weights file (single or shard) as a dict of tensors."""
+    if p.name.endswith(".safetensors"):
         sd = _load_safetensors(p)
     else:
         sd = _safe_torch_load(p)
@@ -283,6 +278,73 @@ def _read_state_dict(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.T
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{p}: expected a dict of tensors (a state dict)")
     return sd
+
+
+def _read_sharded(ckpt_dir: Path, index_name: str, files: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Every shard named by an HF index file (``{"metadata": ..., "weight_map": {key: shard file}}``), merged.
+
+    The index and every shard are hashed into ``files``. Each shard must hold exactly the keys the index assigns
+    to it, and no key may appear in two shards.
+    """
+    idx = ckpt_dir / index_name
+    files[index_name] = _sha256(idx)
+    kind = sniff_file(idx)
+    if kind != "text":
+        raise _not_a_checkpoint(idx, kind, "an index file") or CheckpointError(f"{idx}: not a JSON index file")
+    try:
+        index = json.loads(idx.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{idx}: not valid JSON ({str(exc)[:120]})") from None
+    wm = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wm, dict) or not wm or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+        raise CheckpointError(f"{idx}: no \"weight_map\" of tensor name -> shard file; not an HF index file")
+    shards = sorted(set(wm.values()))
+    for name in shards:
+        if Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"{idx}: shard {name!r} is not a file name in the checkpoint directory")
+    missing = [name for name in shards if not (ckpt_dir / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{idx}: {len(missing)} of {len(shards)} shard(s) listed in the index are missing "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); copy every shard into {ckpt_dir}"
+        )
+    sd: dict[str, torch.Tensor] = {}
+    for name in shards:
+        p = ckpt_dir / name
+        files[name] = _sha256(p)
+        part = _load_weights_file(p)
+        want = {k for k, v in wm.items() if v == name}
+        lacking, extra = sorted(want - set(part)), sorted(set(part) - want)
+        if lacking or extra:
+            what = (f"lacks {len(lacking)} tensor(s) the index assigns to it (first: {', '.join(lacking[:3])})"
+                    if lacking else f"holds {len(extra)} tensor(s) the index does not list (first: "
+                    f"{', '.join(extra[:3])})")
+            raise CheckpointError(f"{p}: {what}; the shard and {index_name} belong to different saves")
+        sd.update(part)
+    return sd
+
+
+def _read_state_dict(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint directory: one weights file, or the shards of an HF index (fault class
+    F25). Files are looked for in the order of :data:`_WEIGHT_FILES`, then :data:`_INDEX_FILES`."""
+    for name in _WEIGHT_FILES:
+        p = ckpt_dir / name
+        if p.is_file():
+            files[name] = _sha256(p)
+            return _load_weights_file(p)
+    for name in _INDEX_FILES:
+        if (ckpt_dir / name).is_file():
+            return _read_sharded(ckpt_dir, name, files)
+    shards = sorted(p.name for p in ckpt_dir.iterdir() if _SHARD_NAME.match(p.name))
+    if shards:
+        raise CheckpointError(
+            f"{ckpt_dir}: shard files ({', '.join(shards[:2])}{', ...' if len(shards) > 2 else ''}) without their "
+            f"index ({' or '.join(_INDEX_FILES)}); copy the index file that was saved with them"
+        )
+    raise CheckpointError(
+        f"{ckpt_dir}: no weights file (expected one of {', '.join(_WEIGHT_FILES + _INDEX_FILES)}); "
+        "point at the directory that holds the checkpoint (upstream keeps it in best/)."
+    )
 
 
 def _canonical(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
@@ -373,12 +435,15 @@ def read_raw(path: str | Path) -> RawCheckpoint:
     """Read a checkpoint directory (spec §1) into a :class:`RawCheckpoint`.
 
     Args:
-        path: directory holding ``config.json`` and ``pytorch_model.bin`` or ``model.safetensors``
-            (and ``zs.pt`` for the full + masks families B and E).
+        path: directory holding ``config.json`` and ``pytorch_model.bin`` or ``model.safetensors``, or the
+            shards of an HF index (``model.safetensors.index.json`` / ``pytorch_model.bin.index.json`` with the
+            ``model-0000k-of-0000n.*`` files it names; every shard and the index are hashed into ``files``),
+            and ``zs.pt`` for the full + masks families B and E.
 
     Raises:
-        CheckpointError: missing/unreadable files, a pickle needing code, NaN/Inf in weights or
-            masks, an unknown ``muxing_variant``/``demuxing_variant``.
+        CheckpointError: missing/unreadable files (a missing shard is named), a file that is not a checkpoint
+            (Git LFS pointer, empty, text, unknown bytes; fault class F28), a pickle needing code, NaN/Inf in
+            weights or masks, an unknown ``muxing_variant``/``demuxing_variant``.
     """
     ckpt_dir = Path(path)
     if not ckpt_dir.exists():

@@ -28,14 +28,17 @@ F28_CASES = [
     ("bin-lfs", dict(family="bert", broken_file="lfs-pointer"), "a Git LFS pointer"),
     ("safetensors-lfs", dict(family="bert", safetensors=True, broken_file="lfs-pointer"), "a Git LFS pointer"),
     ("zs-lfs", dict(family="cofi_masked", broken_file="lfs-pointer", broken_target="zs"), "a Git LFS pointer"),
+    ("shard-lfs", dict(family="muxplm", shards=3, broken_file="lfs-pointer"), "a Git LFS pointer"),
     ("bin-empty", dict(family="bert", broken_file="empty"), "empty (0 bytes)"),
     ("safetensors-empty", dict(family="bert", safetensors=True, broken_file="empty"), "empty (0 bytes)"),
     ("zs-empty", dict(family="prumux_masked", broken_file="empty", broken_target="zs"), "empty (0 bytes)"),
+    ("shard-empty", dict(family="bert", shards=2, safetensors=True, broken_file="empty"), "empty (0 bytes)"),
     ("bin-text", dict(family="bert", broken_file="text"), "a text file"),
     ("safetensors-text", dict(family="bert", safetensors=True, broken_file="text"), "a text file"),
     ("zs-text", dict(family="cofi_masked", broken_file="text", broken_target="zs"), "a text file"),
     ("bin-random", dict(family="bert", broken_file="random"), "not a PyTorch file"),
     ("zs-random", dict(family="cofi_masked", broken_file="random", broken_target="zs"), "not a PyTorch file"),
+    ("shard-random", dict(family="bert", shards=2, broken_file="random"), "not a PyTorch file"),
     ("bin-plain-pickle", dict(family="bert", broken_file="plain-pickle"), "a plain pickle"),
     ("bin-code-pickle", dict(family="bert", broken_file="code-pickle"), "needs arbitrary code"),
     ("zs-code-pickle", dict(family="cofi_masked", broken_file="code-pickle", broken_target="zs"),
@@ -79,3 +82,80 @@ def test_f28_lfs_pointer_is_130_bytes_like_git_writes(tmp_path):
     text = (path / "pytorch_model.bin").read_text()
     assert text.startswith("version https://git-lfs.github.com/spec/v1\noid sha256:")
     assert 120 <= len(text) <= 140
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# F25: sharded checkpoints (safetensors and .bin, with their index files); hashes cover every shard
+# ------------------------------------------------------------------------------------------------------------------
+F25_CASES = [
+    # (id, SynthSpec fields, index file, number of shards)
+    ("bert-safetensors-2", dict(family="bert", safetensors=True, shards=2), "model.safetensors.index.json", 2),
+    ("bert-bin-3", dict(family="bert", shards=3), "pytorch_model.bin.index.json", 3),
+    ("muxplm-safetensors-4", dict(family="muxplm", num_instances=2, safetensors=True, shards=4),
+     "model.safetensors.index.json", 4),
+    ("prumux-masked-bin-2", dict(family="prumux_masked", num_instances=2, shards=2, hidden_kept=list(range(12))),
+     "pytorch_model.bin.index.json", 2),
+    ("cofi-compressed-safetensors-3", dict(family="cofi_compressed", safetensors=True, shards=3,
+                                           heads_kept=[[0], [1]]), "model.safetensors.index.json", 3),
+]
+
+
+@pytest.mark.parametrize("fields,index,n", [c[1:] for c in F25_CASES], ids=[c[0] for c in F25_CASES])
+def test_f25_sharded_equals_single_file(tmp_path, fields, index, n):
+    import hashlib
+
+    single = read_raw(_write(tmp_path, "single", **{**fields, "shards": 0}))
+    path = _write(tmp_path, "sharded", **fields)
+    shard_files = sorted(p.name for p in path.iterdir() if "-of-" in p.name)
+    assert len(shard_files) == n and all(f"-of-{n:05d}." in f for f in shard_files)
+    raw = read_raw(path)
+    assert raw.family == single.family
+    assert sorted(raw.state_dict) == sorted(single.state_dict)
+    for k, v in single.state_dict.items():
+        assert torch.equal(raw.state_dict[k], v), k
+    # provenance: the index and every shard, each with its own sha256
+    assert set(raw.files) >= {"config.json", index, *shard_files}
+    for name in (index, *shard_files):
+        assert raw.files[name] == hashlib.sha256((path / name).read_bytes()).hexdigest()
+
+
+def _shard_dir(tmp_path, **extra):
+    return _write(tmp_path, family="bert", safetensors=True, shards=3, **extra)
+
+
+def _drop_key_from_index(path):
+    idx = json.loads((path / "model.safetensors.index.json").read_text())
+    idx["weight_map"].pop(sorted(idx["weight_map"])[0])
+    (path / "model.safetensors.index.json").write_text(json.dumps(idx))
+
+
+def _add_key_to_index(path):
+    idx = json.loads((path / "model.safetensors.index.json").read_text())
+    idx["weight_map"]["bert.extra.weight"] = "model-00001-of-00003.safetensors"
+    (path / "model.safetensors.index.json").write_text(json.dumps(idx))
+
+
+F25_BAD = [
+    ("missing-shard", lambda p: (p / "model-00002-of-00003.safetensors").unlink(),
+     "1 of 3 shard(s) listed in the index are missing (model-00002-of-00003.safetensors)"),
+    ("two-missing", lambda p: [(p / f"model-0000{k}-of-00003.safetensors").unlink() for k in (1, 3)],
+     "2 of 3 shard(s)"),
+    ("no-index", lambda p: (p / "model.safetensors.index.json").unlink(), "without their index"),
+    ("index-not-json", lambda p: (p / "model.safetensors.index.json").write_text("{oops"), "not valid JSON"),
+    ("index-lfs", lambda p: break_file(p / "model.safetensors.index.json", "lfs-pointer"), "a Git LFS pointer"),
+    ("index-no-weight-map", lambda p: (p / "model.safetensors.index.json").write_text('{"metadata": {}}'),
+     "no \"weight_map\""),
+    ("shard-has-unlisted-key", _drop_key_from_index, "does not list"),
+    ("index-lists-absent-key", _add_key_to_index, "lacks 1 tensor(s) the index assigns to it (first: bert.extra"),
+    ("shard-path-escapes", lambda p: (p / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "../x.safetensors"}})), "is not a file name"),
+]
+
+
+@pytest.mark.parametrize("corrupt,expected", [c[1:] for c in F25_BAD], ids=[c[0] for c in F25_BAD])
+def test_f25_bad_shards(tmp_path, corrupt, expected):
+    path = _shard_dir(tmp_path)
+    corrupt(path)
+    with pytest.raises(CheckpointError) as err:
+        read_raw(path)
+    assert expected in str(err.value)
