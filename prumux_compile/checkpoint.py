@@ -63,6 +63,7 @@ class RawCheckpoint:
         zs: the masks of ``zs.pt`` (keys of §1.5, float32) or ``None``.
         family: one of :data:`FAMILIES`.
         files: file name -> sha256 hex of each file read (provenance).
+        key_prefix: the uniform wrapper prefix removed from every key (``"module."`` ...), ``""`` if none.
     """
 
     path: Path
@@ -71,6 +72,7 @@ class RawCheckpoint:
     zs: dict[str, torch.Tensor] | None
     family: str
     files: dict[str, str] = field(default_factory=dict)
+    key_prefix: str = ""
 
     @property
     def num_instances(self) -> int:
@@ -347,6 +349,60 @@ def _read_state_dict(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.T
     )
 
 
+def _first_keys(keys, n: int = 5) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} keys)" if len(keys) > n else "")
+
+
+#: What a bare BERT encoder's state dict (``BertModel``, no task head) holds at its top level.
+_ENCODER_ROOTS = ("embeddings.", "encoder.", "pooler.")
+
+
+def strip_wrapper_prefix(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Remove a uniform wrapper prefix from every key (fault class F21), e.g. ``module.`` (DataParallel /
+    DistributedDataParallel) or ``model.`` (training frameworks that keep the model as an attribute).
+
+    The wrapper is what precedes ``bert.embeddings.`` in the keys; it is removed only when every key starts
+    with it. Returns ``(state dict, wrapper)`` (``""`` when there was none).
+
+    Raises:
+        CheckpointError: the BERT keys sit under different prefixes, or some keys lack the common one; a bare
+            encoder (``embeddings.*`` / ``encoder.*`` without ``bert.`` and without ``classifier.*``) gets "no
+            classifier head"; no BERT keys at all gets "not a BERT checkpoint". Each message lists the first keys.
+    """
+    keys = list(sd)
+    anchors = sorted({"" if k.startswith("bert.") else k[: k.index(".bert.") + 1] for k in keys
+                      if k.startswith("bert.") or ".bert." in k})
+    if anchors == [""]:
+        return sd, ""
+    if len(anchors) == 1 and all(k.startswith(anchors[0]) for k in keys):
+        w = anchors[0]
+        return {k[len(w):]: v for k, v in sd.items()}, w
+    if anchors:
+        outside = [k for k in keys if not k.startswith(anchors[-1])]
+        raise CheckpointError(
+            f"{path}: the BERT keys sit under the prefix(es) {', '.join(repr(a or 'bert.') for a in anchors)}, "
+            f"which not every key shares (e.g. {_first_keys(outside, 3)}); save the classifier's own state_dict. "
+            f"First keys: {_first_keys(keys)}"
+        )
+    marker = "embeddings.word_embeddings.weight"
+    bare = sorted({k[: -len(marker)] for k in keys if k.endswith(marker)})
+    if len(bare) == 1 and all(k.startswith(bare[0]) for k in keys):
+        rest = [k[len(bare[0]):] for k in keys]
+        if not any(k.startswith("classifier.") for k in rest):
+            raise CheckpointError(
+                f"{path}: no classifier head: the weights are a bare BERT encoder (keys {', '.join(_ENCODER_ROOTS)} "
+                "without 'bert.' and without classifier.*), not a fine-tuned classifier; compile the "
+                f"BertForSequenceClassification / PruMUX checkpoint instead. First keys: {_first_keys(keys)}"
+            )
+        raise CheckpointError(
+            f"{path}: the encoder keys lack the 'bert.' prefix the classifier families use (spec §1.4); re-save the "
+            f"model with its standard names. First keys: {_first_keys(keys)}"
+        )
+    raise CheckpointError(f"{path}: no BERT word embeddings in the weights; not a BERT checkpoint. First keys: "
+                          f"{_first_keys(keys)}")
+
+
 def _canonical(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
@@ -367,7 +423,8 @@ def _canonical(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tenso
     if we not in out and "retrieval_head.decoder.weight" in out:
         out[we] = out["retrieval_head.decoder.weight"]
     if we not in out:
-        raise CheckpointError(f"{path}: no word embeddings ({we}); not a BERT checkpoint")
+        raise CheckpointError(f"{path}: no word embeddings ({we}); not a BERT checkpoint. First keys: "
+                              f"{_first_keys(sd)}")
     for k, v in out.items():
         if v.is_floating_point() and not k.startswith("retrieval_head.") and not torch.isfinite(v).all():
             raise CheckpointError(
@@ -463,10 +520,16 @@ def read_raw(path: str | Path) -> RawCheckpoint:
             raise CheckpointError(f"{cfg_path}: missing {key!r} (needed for the per-head width)")
         if not isinstance(config[key], int) or config[key] < 1:
             raise CheckpointError(f"{cfg_path}: {key} must be a positive integer, got {config[key]!r}")
-    sd = _canonical(_read_state_dict(ckpt_dir, files), ckpt_dir)
+    sd, wrapper = strip_wrapper_prefix(_read_state_dict(ckpt_dir, files), ckpt_dir)
+    sd = _canonical(sd, ckpt_dir)
+    if "classifier.weight" not in sd:
+        raise CheckpointError(
+            f"{ckpt_dir}: no classifier head (classifier.weight is missing); compile a fine-tuned sequence "
+            f"classifier. First keys: {_first_keys(sd)}"
+        )
     zs = _read_zs(ckpt_dir, files)
     family = detect_family(sd, zs is not None)
-    raw = RawCheckpoint(ckpt_dir, config, sd, zs, family, files)
+    raw = RawCheckpoint(ckpt_dir, config, sd, zs, family, files, wrapper)
     if raw.is_muxed:
         if raw.muxing_variant not in MUX_VARIANTS:
             raise CheckpointError(

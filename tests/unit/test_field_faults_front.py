@@ -159,3 +159,75 @@ def test_f25_bad_shards(tmp_path, corrupt, expected):
     with pytest.raises(CheckpointError) as err:
         read_raw(path)
     assert expected in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# F21: uniform wrapper prefixes are removed; a bare encoder gets "no classifier head"; errors list the first keys
+# ------------------------------------------------------------------------------------------------------------------
+F21_PREFIXES = [
+    ("bert-module", dict(family="bert"), "module."),
+    ("bert-model-safetensors", dict(family="bert", safetensors=True), "model."),
+    ("muxplm-module-model", dict(family="muxplm", num_instances=2), "module.model."),
+    ("prumux-masked-module-shards", dict(family="prumux_masked", num_instances=2, shards=2,
+                                          hidden_kept=list(range(10))), "module."),
+    ("cofi-compressed-lightning", dict(family="cofi_compressed", heads_kept=[[1], []]), "model.classifier_model."),
+    ("prumux-compressed-gamma-beta", dict(family="prumux_compressed", num_instances=3, legacy_ln_names=True,
+                                          ffn_kept=[[0, 5], list(range(24))]), "module."),
+]
+
+
+@pytest.mark.parametrize("fields,prefix", [c[1:] for c in F21_PREFIXES], ids=[c[0] for c in F21_PREFIXES])
+def test_f21_wrapper_prefix_is_removed(tmp_path, fields, prefix):
+    from prumux_compile import reference
+
+    plain = read_raw(_write(tmp_path, "plain", **fields))
+    wrapped_dir = _write(tmp_path, "wrapped", key_prefix=prefix, **fields)
+    stored = (torch.load(wrapped_dir / "pytorch_model.bin", weights_only=True)
+              if (wrapped_dir / "pytorch_model.bin").is_file() else None)
+    if stored is not None:
+        assert all(k.startswith(prefix) for k in stored)
+    raw = read_raw(wrapped_dir)
+    assert raw.key_prefix == prefix and plain.key_prefix == ""
+    assert raw.family == plain.family
+    assert sorted(raw.state_dict) == sorted(plain.state_dict)
+    ids = torch.tensor([[101, 7, 9, 102], [101, 30, 102, 0]])
+    torch.testing.assert_close(reference.forward(raw, ids, seq_len=8), reference.forward(plain, ids, seq_len=8),
+                               atol=0, rtol=0)
+
+
+def _bare_encoder(sd, prefix=""):
+    return {prefix + k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.")}
+
+
+def _save(path, sd):
+    torch.save(sd, path / "pytorch_model.bin")
+
+
+F21_BAD = [
+    ("bare-encoder", lambda sd: _bare_encoder(sd), "no classifier head: the weights are a bare BERT encoder"),
+    ("bare-encoder-module", lambda sd: _bare_encoder(sd, "module."), "no classifier head: the weights are a bare"),
+    ("bert-without-classifier", lambda sd: {k: v for k, v in sd.items() if not k.startswith("classifier.")},
+     "no classifier head (classifier.weight is missing)"),
+    ("pretraining-heads-only", lambda sd: {**{k: v for k, v in sd.items() if not k.startswith("classifier.")},
+                                           "cls.predictions.bias": torch.zeros(4)}, "no classifier head"),
+    ("bare-trunk-with-classifier", lambda sd: {**_bare_encoder(sd), "classifier.weight": sd["classifier.weight"],
+                                               "classifier.bias": sd["classifier.bias"]}, "lack the 'bert.' prefix"),
+    ("mixed-prefixes", lambda sd: {("module." + k if i % 2 else k): v for i, (k, v) in enumerate(sd.items())},
+     "prefix(es) 'bert.', 'module.', which not every key shares"),
+    ("two-wrappers", lambda sd: {("a." if "embeddings" in k else "b.") + k: v for k, v in sd.items()},
+     "prefix(es) 'a.', 'b.', which not every key shares"),
+    ("not-bert", lambda sd: {"conv1.weight": torch.ones(2), "fc.bias": torch.ones(2)},
+     "not a BERT checkpoint. First keys: conv1.weight, fc.bias"),
+]
+
+
+@pytest.mark.parametrize("edit,expected", [c[1:] for c in F21_BAD], ids=[c[0] for c in F21_BAD])
+def test_f21_bad_keys(tmp_path, edit, expected):
+    path = _write(tmp_path, family="bert")
+    sd = torch.load(path / "pytorch_model.bin", weights_only=True)
+    _save(path, edit(sd))
+    with pytest.raises(CheckpointError) as err:
+        read_raw(path)
+    msg = str(err.value)
+    assert expected in msg and "First keys:" in msg
+    assert "not a BERT checkpoint" not in msg or "not-bert" in msg or expected.startswith("not")
