@@ -17,6 +17,7 @@ message naming the file and the fix.
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import json
 import math
 import pickle
@@ -415,6 +416,11 @@ def _canonical(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tenso
             if k.startswith(prefix):
                 k = "demux_module." + k[len(prefix) :]
         if k in out and k.startswith("demux_module."):
+            if out[k].shape != value.shape or not torch.equal(out[k], value.detach().to(out[k].dtype)):
+                raise CheckpointError(
+                    f"{path}: {key} differs from another alias of the shared demux tensor {k}; upstream stores one "
+                    "tensor under every alias, so the file is inconsistent"
+                )
             continue  # the same shared tensor seen under another alias
         if value.is_floating_point():
             value = value.detach().to(torch.float32)
@@ -452,9 +458,15 @@ def _read_zs(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.Tensor] |
         )
     if not isinstance(zs, dict):
         raise CheckpointError(f"{zs_path}: expected a dict of mask tensors, got {type(zs).__name__}")
+    unknown = sorted(str(k) for k, v in zs.items() if k not in MASK_KEYS and v is not None)
+    if unknown:
+        raise CheckpointError(
+            f"{zs_path}: mask(s) {', '.join(unknown[:5])} are not implemented (known: {', '.join(MASK_KEYS)}); "
+            "ignoring them would change the model silently"
+        )
     out = {}
     for k, v in zs.items():
-        if k not in MASK_KEYS:
+        if v is None:
             continue
         t = torch.as_tensor(v).detach().to(torch.float32).cpu()
         if not torch.isfinite(t).all():
@@ -488,6 +500,128 @@ def _looks_pruned(sd: dict[str, torch.Tensor]) -> bool:
     return len(widths) > 1 or len(ffn) > 1 or att_layers != layers or ffn_layers != layers
 
 
+# ---------------------------------------------------------------------------------------------- config.json
+#: How each ``config.json`` field that upstream code (transformers' BERT, CoFi, PruMUX / MUX-PLM) reads is treated
+#: (fault class F22). "implemented" fields are honoured by BOTH the reference and the compiled model; values they do
+#: not implement are refused at load (exit 2, naming field and value). "no effect" fields do not change the logits
+#: of a classifier in eval mode. Fields not listed are read by none of that code, so they cannot change its forward
+#: pass; they are reported by :func:`unread_config_fields` and otherwise ignored.
+CONFIG_FIELDS: dict[str, str] = {
+    # maths: implemented (values outside the implemented set are refused)
+    "hidden_act": "implemented: FFN activation, one of prumux_compile.ir.ACTIVATIONS (demux: erf GELU, pooler: tanh)",
+    "layer_norm_eps": "implemented: epsilon of every LayerNorm (embeddings, encoder, demultiplexer); > 0",
+    "position_embedding_type": "implemented: 'absolute' only (relative_key / relative_key_query refused; null "
+                               "makes old transformers add no position embeddings at all: refused)",
+    "is_decoder": "implemented: false only (a decoder adds a causal mask)",
+    "add_cross_attention": "implemented: false only (cross-attention needs encoder states)",
+    "model_type": "implemented: 'bert' only (RoBERTa/ELECTRA/... embed differently)",
+    "hidden_size": "implemented: original width; head size = hidden_size / num_attention_heads",
+    "num_attention_heads": "implemented: original head count; head size = hidden_size / num_attention_heads",
+    "intermediate_size": "implemented: original FFN width (masks of full + zs checkpoints)",
+    "num_hidden_layers": "implemented: original depth (reports); layers present come from the weights",
+    "pad_token_id": "implemented: multiplexed models pad sequences with [PAD] = 0 internally (bert-base-uncased, "
+                    "whose [CLS] = 101 upstream hard-codes): other values refused; N = 1: embedding init only",
+    "problem_type": "implemented: how logits are read (ModelIR.problem_type); the loss only otherwise; values "
+                    "outside transformers' three refused",
+    "num_instances": "implemented: N; must equal the rows of instance_embedding",
+    "muxing_variant": "implemented: one of MUX_VARIANTS",
+    "demuxing_variant": "implemented: one of DEMUX_VARIANTS",
+    "num_hidden_demux_layers": "implemented (index_pos): Kd, 2 when absent; an integer >= 2 (legacy: >= 1)",
+    "legacy_demuxing": "implemented (index_pos): true/false",
+    "pruned_heads": "cross-check only: never re-applied (spec Q13)",
+    # sizes: the weights are authoritative (spec §1.4)
+    "vocab_size": "sizes come from the weights", "max_position_embeddings": "sizes come from the weights",
+    "type_vocab_size": "sizes come from the weights (token type ids are checked against the table)",
+    "embedding_size": "not read by BERT (ELECTRA / ALBERT only)",
+    # no effect at inference
+    "hidden_dropout_prob": "no effect: dropout is the identity in eval mode",
+    "attention_probs_dropout_prob": "no effect: dropout is the identity in eval mode",
+    "classifier_dropout": "no effect: dropout is the identity in eval mode",
+    "chunk_size_feed_forward": "no effect: chunking the FFN over positions computes the same values",
+    "initializer_range": "no effect: initialisation only",
+    "use_cache": "no effect: decoder key/value cache",
+    "output_attentions": "no effect on logits", "output_hidden_states": "no effect on logits",
+    "return_dict": "no effect on logits", "use_return_dict": "no effect on logits",
+    "torchscript": "no effect on logits", "tie_word_embeddings": "no effect on a classifier",
+    "torch_dtype": "storage dtype; weights are read as float32", "dtype": "storage dtype; weights are read as float32",
+    "gradient_checkpointing": "training only", "use_bfloat16": "no effect (TF only)",
+    "_attn_implementation": "eager and SDPA attention compute the same function",
+    "attn_implementation": "eager and SDPA attention compute the same function",
+    "is_encoder_decoder": "not read by BERT's forward", "tie_encoder_decoder": "not read by BERT's forward",
+    "cross_attention_hidden_size": "only with add_cross_attention (refused)",
+    "id2label": "label names (class order)", "label2id": "label names (class order)",
+    "num_labels": "classifier width comes from the weights", "finetuning_task": "metadata",
+    "architectures": "informational (the family comes from the weights)", "_name_or_path": "metadata",
+    "transformers_version": "metadata", "tokenizer_class": "tokenizer only", "prefix": "generation only",
+    "bos_token_id": "generation only", "eos_token_id": "generation only", "sep_token_id": "generation only",
+    "decoder_start_token_id": "generation only", "task_specific_params": "generation only",
+    # multiplexing / pruning training fields (spec §1.3)
+    "gaussian_hadamard_norm": "only regenerates instance vectors; the stored tensor is used",
+    "binary_hadamard_epsilon": "only regenerates instance vectors; the stored tensor is used",
+    "learn_muxing": "training only", "retrieval_loss_coeff": "training only", "task_loss_coeff": "training only",
+    "retrieval_percentage": "training only", "retrieval_pretraining": "training only",
+    "do_layer_distill": "training only (layer_transformation.* is ignored)", "head_temperature": "training only",
+    "hierarchical_softmax_buckets": "training only (retrieval head)",
+    "use_hierarchical_softmax": "training only (retrieval head)",
+}
+
+
+def unread_config_fields(config: dict) -> list[str]:
+    """Fields of ``config`` that no upstream code reads (not in :data:`CONFIG_FIELDS`, nor generation settings)."""
+    return sorted(k for k in config if k not in CONFIG_FIELDS)
+
+
+def check_config(config: dict, cfg_path: Path, sd: dict[str, torch.Tensor]) -> None:
+    """Refuse every ``config.json`` value that changes the forward pass and is not implemented by both the reference
+    and the compiled model (fault class F22; :data:`CONFIG_FIELDS`).
+
+    Raises:
+        CheckpointError: ``"<path>: config.json <field>=<value>: <why>"`` for the first such field.
+    """
+    from prumux_compile.ir import ACTIVATIONS, PROBLEM_TYPES
+
+    def refuse(name: str, why: str):
+        raise CheckpointError(f"{cfg_path}: config.json {name}={config.get(name)!r}: {why}")
+
+    act = config.get("hidden_act", "gelu")
+    if not isinstance(act, str) or act not in ACTIVATIONS:
+        refuse("hidden_act", f"not implemented by the compiled model and the reference; implemented: "
+                             f"{', '.join(ACTIVATIONS)}")
+    eps = config.get("layer_norm_eps", 1e-12)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        refuse("layer_norm_eps", "must be a positive number")
+    if "position_embedding_type" in config and config["position_embedding_type"] != "absolute":
+        refuse("position_embedding_type", "only 'absolute' position embeddings are implemented")
+    for name in ("is_decoder", "add_cross_attention"):
+        if config.get(name, False) is not False:
+            refuse(name, "only the bidirectional encoder of a classifier is implemented")
+    if config.get("model_type", "bert") != "bert":
+        refuse("model_type", "only BERT checkpoints are implemented (their embeddings differ)")
+    if config.get("problem_type") is not None and config["problem_type"] not in PROBLEM_TYPES:
+        refuse("problem_type", f"expected one of {', '.join(PROBLEM_TYPES)}")
+    muxed = "instance_embedding" in sd
+    n_cfg = config.get("num_instances")
+    if muxed:
+        rows = int(sd["instance_embedding"].shape[0])
+        if n_cfg is not None and (isinstance(n_cfg, bool) or n_cfg != rows):
+            refuse("num_instances", f"the instance_embedding has {rows} rows")
+        if config.get("pad_token_id", 0) not in (0, None):
+            refuse("pad_token_id", "multiplexed models pad sequences with [PAD] = 0 (the bert-base-uncased vocabulary "
+                                   "whose [CLS] = 101 upstream hard-codes)")
+        if config.get("demuxing_variant", "index_pos") == "index_pos":
+            legacy = config.get("legacy_demuxing", False)
+            if not isinstance(legacy, bool):
+                refuse("legacy_demuxing", "expected true or false")
+            if "num_hidden_demux_layers" in config:
+                kd = config["num_hidden_demux_layers"]
+                if isinstance(kd, bool) or not isinstance(kd, int) or kd < (1 if legacy else 2):
+                    refuse("num_hidden_demux_layers", "the index_pos demultiplexer needs an integer >= 2 (it uses "
+                                                      "dense_1 .. dense_{K-1}; upstream's default 2 applies only "
+                                                      "when the field is absent)")
+    elif isinstance(n_cfg, int) and not isinstance(n_cfg, bool) and n_cfg > 1:
+        refuse("num_instances", "the weights have no instance_embedding (not a multiplexed model)")
+
+
 def read_raw(path: str | Path) -> RawCheckpoint:
     """Read a checkpoint directory (spec §1) into a :class:`RawCheckpoint`.
 
@@ -515,6 +649,8 @@ def read_raw(path: str | Path) -> RawCheckpoint:
         config = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")
     for key in ("hidden_size", "num_attention_heads"):
         if key not in config:
             raise CheckpointError(f"{cfg_path}: missing {key!r} (needed for the per-head width)")
@@ -527,6 +663,7 @@ def read_raw(path: str | Path) -> RawCheckpoint:
             f"{ckpt_dir}: no classifier head (classifier.weight is missing); compile a fine-tuned sequence "
             f"classifier. First keys: {_first_keys(sd)}"
         )
+    check_config(config, cfg_path, sd)
     zs = _read_zs(ckpt_dir, files)
     family = detect_family(sd, zs is not None)
     raw = RawCheckpoint(ckpt_dir, config, sd, zs, family, files, wrapper)
@@ -597,8 +734,83 @@ def _check_masks(raw: RawCheckpoint, L: int, H: int, F: int, d: int) -> dict[str
     return masks
 
 
+class _ReadRecorder(dict):
+    """A state dict that records which keys were read (``get`` / ``[]``); ``in`` tests are not reads."""
+
+    def __init__(self, sd: dict):
+        super().__init__(sd)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        if key in self:
+            self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+#: Keys no inference path reads, by design (docs/checkpoint-formats.md §1.4 "Ignore (training-only)").
+_TRAINING_ONLY_PREFIXES = ("retrieval_head.", "layer_transformation.", "mha_layer_transformation.",
+                           "emb_transformation.")
+#: Integer buffers some transformers versions save with the embeddings.
+_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
+
+
+def _unread_on_purpose(raw: RawCheckpoint, key: str, layers) -> bool:
+    """True for a key the compiled model legitimately never reads (the list is docs/checkpoint-formats.md §1.4):
+
+    * training-only modules: ``retrieval_head.*`` (MLM retrieval head, with its tied decoder), ``layer_transformation.*``,
+      ``mha_layer_transformation.*``, ``emb_transformation.*`` (distillation);
+    * the integer ``position_ids`` / ``token_type_ids`` buffers of the embeddings;
+    * ``bert.pooler.*`` of the multiplexed families (randomly initialised and unused, §2.5);
+    * the parts of the shared index_pos demux module that only the retrieval head uses: ``layer_norm_k`` (k <= Kd;
+      ``layer_norm_1`` is read in legacy mode) and ``dense_k`` beyond the classifier's ``Kd - 1`` (k <= Kd);
+    * the LayerNorm of a removed sublayer (a compressed checkpoint keeps it, spec Q14).
+
+    NOT on this list, so an error when present: MLM / NSP heads (``cls.*``), relative-position tables
+    (``distance_embedding``), cross-attention, another wrapper's keys, demux tensors beyond Kd — parts of a model the
+    compiler does not implement, whose silent omission would change the outputs or hide a wrong config.
+    """
+    if key.startswith(_TRAINING_ONLY_PREFIXES) or key in _BUFFERS:
+        return True
+    if raw.is_muxed and key.startswith("bert.pooler."):
+        return True
+    if raw.is_muxed and raw.demuxing_variant == "index_pos":
+        m = re.fullmatch(r"demux_module\.(dense|layer_norm)_(\d+)\.(weight|bias)", key)
+        if m:
+            kd = raw.config.get("num_hidden_demux_layers", 2)
+            return 1 <= int(m.group(2)) <= kd
+    m = re.fullmatch(r"bert\.encoder\.layer\.(\d+)\.(attention\.output|output)\.LayerNorm\.(weight|bias)", key)
+    if m:
+        layer = layers.get(int(m.group(1)))
+        sub = None if layer is None else (layer.attention if m.group(2) == "attention.output" else layer.ffn)
+        return sub is None
+    return False
+
+
 def from_raw(raw: RawCheckpoint, *, seq_len: int = 128) -> "ModelIR":
-    """Build the IR from a :class:`RawCheckpoint` (see :func:`load`)."""
+    """Build the IR from a :class:`RawCheckpoint` (see :func:`load`).
+
+    Raises:
+        CheckpointError: as :func:`load`, and for tensors that nothing reads (neither the IR nor the list of
+            :func:`_unread_on_purpose`): they are parts of a model the compiler does not implement (fault class F22).
+    """
+    recorder = _ReadRecorder(raw.state_dict)
+    ir = _build_ir(dataclasses.replace(raw, state_dict=recorder), seq_len)
+    layers = {layer.index: layer for layer in ir.layers}
+    unread = [k for k in raw.state_dict if k not in recorder.read and not _unread_on_purpose(raw, k, layers)]
+    if unread:
+        raise CheckpointError(
+            f"{raw.path}: {len(unread)} tensor(s) that nothing reads: {_first_keys(unread)}. They belong to a part of "
+            "the model the compiler does not implement (or the config disagrees with the weights); dropping them "
+            "would change the outputs silently"
+        )
+    return ir
+
+
+def _build_ir(raw: RawCheckpoint, seq_len: int) -> "ModelIR":
     from prumux_compile.ir import FFN, Attention, Demux, Embeddings, Layer, ModelIR, Mux, check_invariants
 
     sd = raw.state_dict
@@ -709,10 +921,18 @@ def from_raw(raw: RawCheckpoint, *, seq_len: int = 128) -> "ModelIR":
         eps=float(cfg.get("layer_norm_eps", 1e-12)), embeddings=embeddings, layers=layers,
         hidden_ids=list(range(d)), classifier=classifier, mux=mux, demux=demux, pooler=pooler,
         masks=masks, seq_len=seq_len if raw.is_muxed else None, id2label=id2label, provenance=dict(raw.files),
+        activation=str(cfg.get("hidden_act", "gelu")),
     )
     if ir.original["layers"] < n_layers:
         ir.original["layers"] = n_layers
     if raw.is_muxed:
+        # the special tokens the model writes itself (spec §2.1): [CLS] = 101; index prefixes up to 680
+        top = 680 if demux.variant == "index" else 101
+        if word.shape[0] <= top:
+            raise CheckpointError(
+                f"{raw.path}: the {demux.variant} demultiplexer writes token id {top} itself (upstream's "
+                f"bert-base-uncased ids), but the vocabulary has {word.shape[0]} rows"
+            )
         need = seq_len + (ir.num_instances + 1 if demux.variant == "index" else 0)
         if embeddings.position.shape[0] < need:
             raise CheckpointError(
@@ -731,8 +951,8 @@ def _load_demux(raw: RawCheckpoint, N: int, d: int):
     sd = raw.state_dict
     t: dict[str, torch.Tensor] = {}
     if variant == "index_pos":
-        kd = int(cfg.get("num_hidden_demux_layers") or 2)  # absent or null: upstream's default 2
-        legacy = bool(cfg.get("legacy_demuxing", False))
+        kd = int(cfg.get("num_hidden_demux_layers", 2))  # upstream's default 2 when absent (check_config)
+        legacy = cfg.get("legacy_demuxing", False) is True
         if kd < 2 and not legacy:
             raise CheckpointError(
                 f"{raw.path / 'config.json'}: num_hidden_demux_layers={kd}; the index_pos demultiplexer needs >= 2 "

@@ -28,6 +28,11 @@ def _bare(path):
                path / "pytorch_model.bin")
 
 
+def _mlm_head(path):
+    sd = torch.load(path / "pytorch_model.bin", weights_only=True)
+    torch.save({**sd, "cls.predictions.bias": torch.zeros(256)}, path / "pytorch_model.bin")
+
+
 # (id, SynthSpec fields, edit after writing, text expected in the one error line)
 BAD = [
     ("F28-lfs-pointer", dict(family="bert", broken_file="lfs-pointer"), None, "a Git LFS pointer"),
@@ -37,6 +42,12 @@ BAD = [
     ("F25-missing-shard", dict(family="muxplm", shards=3, safetensors=True),
      lambda p: (p / "model-00003-of-00003.safetensors").unlink(), "model-00003-of-00003.safetensors"),
     ("F21-bare-encoder-module", dict(family="bert", key_prefix="module."), _bare, "no classifier head"),
+    ("F22-hidden-act", dict(family="prumux_compressed", num_instances=2, config_overrides={"hidden_act": "laplace"}),
+     None, "config.json hidden_act='laplace'"),
+    ("F22-relative-positions", dict(family="bert", config_overrides={"position_embedding_type": "relative_key"}),
+     None, "config.json position_embedding_type='relative_key'"),
+    ("F22-unread-mlm-head", dict(family="cofi_compressed", heads_kept=[[0], [1]]), _mlm_head,
+     "1 tensor(s) that nothing reads: cls.predictions.bias"),
 ]
 
 
@@ -54,6 +65,7 @@ def test_bad_kind_exits_2_with_one_line(tmp_path, fields, edit, expected):
 GOOD = [
     ("F25-sharded-bin", dict(family="prumux_compressed", num_instances=2, shards=3, heads_kept=[[0], [0, 1]])),
     ("F21-module-prefix", dict(family="cofi_compressed", key_prefix="module.", ffn_kept=[[1, 2], []])),
+    ("F22-relu-sharded", dict(family="muxplm", num_instances=2, hidden_act="relu", shards=2)),
 ]
 
 

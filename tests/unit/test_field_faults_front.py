@@ -11,7 +11,7 @@ from prumux_compile.checkpoint import read_raw
 from prumux_compile.errors import CheckpointError
 from prumux_compile.synthetic import SynthSpec, break_file, write_checkpoint
 
-SMALL = dict(vocab=256, max_pos=40, num_layers=2, hidden=16, heads=2, ffn=24)
+SMALL = dict(vocab=1024, max_pos=40, num_layers=2, hidden=16, heads=2, ffn=24)
 
 
 def _write(tmp_path, name="ckpt", **fields):
@@ -231,3 +231,321 @@ def test_f21_bad_keys(tmp_path, edit, expected):
     msg = str(err.value)
     assert expected in msg and "First keys:" in msg
     assert "not a BERT checkpoint" not in msg or "not-bert" in msg or expected.startswith("not")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# F22: every config field that changes the forward pass is implemented on both sides or refused; nothing unread
+# ------------------------------------------------------------------------------------------------------------------
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from prumux_compile import reference  # noqa: E402
+from prumux_compile.checkpoint import from_raw, unread_config_fields  # noqa: E402
+from prumux_compile.ir import ACTIVATIONS  # noqa: E402
+from prumux_compile.kernels import build_module  # noqa: E402
+from prumux_compile.kernels.activations import activation_function  # noqa: E402
+from prumux_compile.passes import compile_ir  # noqa: E402
+
+
+def _sig(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _erf_gelu(x):
+    return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def _tanh_gelu(x):
+    return 0.5 * x * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+# Scalar formulas of transformers' ACT2FN, written out here a third time (Python floats).
+FORMULAS = {
+    "gelu": _erf_gelu, "gelu_python": _erf_gelu, "gelu_new": _tanh_gelu, "gelu_pytorch_tanh": _tanh_gelu,
+    "gelu_python_tanh": _tanh_gelu, "gelu_accurate": _tanh_gelu,
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + math.tanh(0.7978845608 * x * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: min(10.0, max(-10.0, _erf_gelu(x))), "quick_gelu": lambda x: x * _sig(1.702 * x),
+    "relu": lambda x: max(x, 0.0), "relu2": lambda x: max(x, 0.0) ** 2, "relu6": lambda x: min(max(x, 0.0), 6.0),
+    "leaky_relu": lambda x: x if x >= 0 else 0.01 * x, "silu": lambda x: x * _sig(x), "swish": lambda x: x * _sig(x),
+    "mish": lambda x: x * math.tanh(math.log1p(math.exp(x))),
+    "hardswish": lambda x: x * min(max(x + 3.0, 0.0), 6.0) / 6.0, "tanh": math.tanh, "sigmoid": _sig,
+    "linear": lambda x: x,
+}
+POINTS = [-7.5, -3.0, -1.0, -0.25, 0.0, 0.4, 1.0, 2.5, 7.0, 12.0]
+
+
+def test_f22_activation_names_agree_everywhere():
+    assert set(FORMULAS) == set(ACTIVATIONS) == set(reference._ACTIVATIONS)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_f22_activation_values(name):
+    import transformers.activations as hf
+
+    x = torch.tensor(POINTS, dtype=torch.float64)
+    want = torch.tensor([FORMULAS[name](v) for v in POINTS], dtype=torch.float64)
+    torch.testing.assert_close(reference._ACTIVATIONS[name](x), want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(activation_function(name)(x), want, atol=1e-9, rtol=1e-9)
+    if name in hf.ACT2CLS:  # transformers' own module, where this version has the name
+        torch.testing.assert_close(hf.get_activation(name)(x), want, atol=1e-9, rtol=1e-9)
+
+
+F22_FAMILIES = [
+    ("bert", dict(family="bert")),
+    ("cofi-compressed", dict(family="cofi_compressed", heads_kept=[[1], [0, 1]], ffn_kept=[[0, 3, 9], []])),
+    ("cofi-masked-soft", dict(family="cofi_masked", soft_masks=True, hidden_kept=list(range(2, 16)),
+                              ffn_kept=[list(range(10)), list(range(24))])),
+    ("prumux-compressed", dict(family="prumux_compressed", num_instances=2, ffn_kept=[list(range(20)), [4]])),
+    ("muxplm-index", dict(family="muxplm", num_instances=3, demuxing_variant="index")),
+]
+F22_ACTS = ["relu", "gelu_new", "quick_gelu", "silu", "mish", "gelu_fast", "leaky_relu", "hardswish"]
+
+
+def _logits_both(path, b=5, s=12, seq_len=16):
+    from tests.conftest import make_inputs
+
+    raw = read_raw(path)
+    ir, _ = compile_ir(from_raw(raw, seq_len=seq_len), "all")
+    ids, mask, tt = make_inputs(b, s, SMALL["vocab"], seed=3)
+    with torch.no_grad():
+        got = build_module(ir)(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(tt))
+    ref = reference.forward(raw, ids, mask, tt, seq_len=seq_len, dtype=torch.float64)
+    return got.double(), ref, ir
+
+
+@pytest.mark.parametrize("act", F22_ACTS)
+@pytest.mark.parametrize("fields", [c[1] for c in F22_FAMILIES], ids=[c[0] for c in F22_FAMILIES])
+def test_f22_activation_compiled_equals_reference(tmp_path, one_torch_thread, fields, act):
+    got, ref, ir = _logits_both(_write(tmp_path, "act", hidden_act=act, **fields))
+    assert ir.activation == act
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    _, gelu_ref, _ = _logits_both(_write(tmp_path, "gelu", **fields))
+    assert (ref - gelu_ref).abs().max() > 1e-6  # the field is not ignored: same weights, other activation
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu", "silu", "mish", "gelu_10"])
+def test_f22_reference_equals_transformers_bert(tmp_path, act):
+    import transformers
+
+    path = _write(tmp_path, family="bert", hidden_act=act, layer_norm_eps=1e-7)
+    raw = read_raw(path)
+    cfg = transformers.BertConfig(**{k: v for k, v in raw.config.items() if k not in ("architectures",)})
+    cfg._attn_implementation = "eager"
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    sd = {k: v for k, v in raw.state_dict.items() if k in model.state_dict()}
+    model.load_state_dict(sd, strict=False)
+    from tests.conftest import make_inputs
+
+    ids, mask, tt = make_inputs(4, 10, SMALL["vocab"], seed=5)
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                     token_type_ids=torch.from_numpy(tt)).logits.double()
+    torch.testing.assert_close(reference.forward(raw, ids, mask, tt, dtype=torch.float64), want, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("eps", [1e-12, 1e-5, 0.3])
+@pytest.mark.parametrize("fields", [
+    dict(family="bert"), dict(family="muxplm", num_instances=2), dict(family="muxplm", num_instances=2,
+                                                                      demuxing_variant="mlp"),
+    dict(family="prumux_compressed", num_instances=2, legacy_demuxing=True, hidden_kept=list(range(12))),
+    dict(family="prumux_masked", num_instances=2, demuxing_variant="index", soft_masks=True),
+], ids=["bert", "index-pos", "mlp", "legacy-hidden-pruned", "index-masked-soft"])
+def test_f22_layer_norm_eps_everywhere(tmp_path, one_torch_thread, fields, eps):
+    """A large eps changes every LayerNorm's output, the demultiplexer's included: compiled and reference agree
+    only if both apply config.layer_norm_eps in the same LayerNorms."""
+    got, ref, ir = _logits_both(_write(tmp_path, "eps", layer_norm_eps=eps, **fields))
+    assert ir.eps == eps
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    if eps == 0.3:
+        _, ref_small, _ = _logits_both(_write(tmp_path, "small", **fields))
+        assert (ref - ref_small).abs().max() > 1e-2
+
+
+F22_REFUSED = [
+    # (id, family, config changes, field named)
+    ("act-laplace", "bert", dict(hidden_act="laplace"), "hidden_act='laplace'"),
+    ("act-prelu", "prumux_compressed", dict(hidden_act="prelu"), "hidden_act='prelu'"),
+    ("act-xielu", "muxplm", dict(hidden_act="xielu"), "hidden_act='xielu'"),
+    ("act-swiglu", "cofi_masked", dict(hidden_act="swiglu"), "hidden_act='swiglu'"),
+    ("act-null", "bert", dict(hidden_act=None), "hidden_act=None"),
+    ("act-number", "bert", dict(hidden_act=3), "hidden_act=3"),
+    ("pos-relative-key", "bert", dict(position_embedding_type="relative_key"), "position_embedding_type='relative_key'"),
+    ("pos-relative-key-query", "muxplm", dict(position_embedding_type="relative_key_query"),
+     "position_embedding_type='relative_key_query'"),
+    ("pos-null", "cofi_compressed", dict(position_embedding_type=None), "position_embedding_type=None"),
+    ("decoder", "bert", dict(is_decoder=True), "is_decoder=True"),
+    ("cross-attention", "muxplm", dict(add_cross_attention=True), "add_cross_attention=True"),
+    ("eps-zero", "bert", dict(layer_norm_eps=0), "layer_norm_eps=0"),
+    ("eps-negative", "prumux_masked", dict(layer_norm_eps=-1e-5), "layer_norm_eps=-1e-05"),
+    ("eps-string", "bert", dict(layer_norm_eps="1e-12"), "layer_norm_eps='1e-12'"),
+    ("eps-bool", "bert", dict(layer_norm_eps=True), "layer_norm_eps=True"),
+    ("model-roberta", "bert", dict(model_type="roberta"), "model_type='roberta'"),
+    ("model-electra", "muxplm", dict(model_type="electra"), "model_type='electra'"),
+    ("problem-ranking", "bert", dict(problem_type="ranking"), "problem_type='ranking'"),
+    ("n-disagrees", "muxplm", dict(num_instances=3), "num_instances=3"),
+    ("n-without-mux", "bert", dict(num_instances=2), "num_instances=2"),
+    ("pad-id-1-muxed", "prumux_compressed", dict(pad_token_id=1), "pad_token_id=1"),
+    ("demux-layers-null", "muxplm", dict(num_hidden_demux_layers=None), "num_hidden_demux_layers=None"),
+    ("demux-layers-zero", "muxplm", dict(num_hidden_demux_layers=0), "num_hidden_demux_layers=0"),
+    ("demux-layers-string", "prumux_compressed", dict(num_hidden_demux_layers="3"), "num_hidden_demux_layers='3'"),
+    ("legacy-string", "prumux_compressed", dict(legacy_demuxing="false"), "legacy_demuxing='false'"),
+]
+
+
+@pytest.mark.parametrize("family,changes,named", [c[1:] for c in F22_REFUSED], ids=[c[0] for c in F22_REFUSED])
+def test_f22_refused_at_load_and_by_the_reference(tmp_path, family, changes, named):
+    import dataclasses
+
+    path = _write(tmp_path, family=family, num_instances=2, config_overrides=changes)
+    with pytest.raises(CheckpointError) as err:
+        read_raw(path)
+    assert f"config.json {named}" in str(err.value)
+    # the reference refuses on its own too (it never relies on the loader's checks)
+    good = read_raw(_write(tmp_path, "good", family=family, num_instances=2))
+    bad = dataclasses.replace(good, config={**good.config, **changes})
+    field_name = named.split("=")[0]
+    if field_name in ("hidden_act", "layer_norm_eps", "position_embedding_type", "is_decoder",
+                      "add_cross_attention", "model_type", "num_hidden_demux_layers", "legacy_demuxing"):
+        with pytest.raises(CheckpointError, match=field_name):
+            reference.forward(bad, torch.tensor([[101, 5, 102, 0]]), seq_len=8)
+
+
+NO_EFFECT = [
+    dict(chunk_size_feed_forward=3), dict(classifier_dropout=0.9, hidden_dropout_prob=0.5,
+                                          attention_probs_dropout_prob=0.7),
+    dict(use_cache=False, torchscript=True, output_attentions=False, return_dict=False),
+    dict(problem_type="multi_label_classification"), dict(tie_word_embeddings=False, dtype="float16"),
+    dict(position_embedding_type="absolute", is_decoder=False, add_cross_attention=False, model_type="bert"),
+    dict(gradient_checkpointing=True, initializer_range=0.5, pooler_type="first_token_transform"),
+]
+
+
+@pytest.mark.parametrize("family", ["bert", "prumux_compressed"])
+def test_f22_fields_without_effect_change_nothing(tmp_path, family):
+    _, base, _ = _logits_both(_write(tmp_path, "base", family=family), b=3, s=9, seq_len=12)
+    for i, changes in enumerate(NO_EFFECT):
+        got, ref, _ = _logits_both(_write(tmp_path, f"c{i}", family=family, config_overrides=changes), b=3, s=9,
+                                   seq_len=12)
+        torch.testing.assert_close(ref, base, atol=0, rtol=0)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    raw = read_raw(_write(tmp_path, "unread", family=family, config_overrides={"pooler_type": "x", "my_field": 1}))
+    assert unread_config_fields(raw.config) == ["my_field", "pooler_type"]
+
+
+def _add(key, shape=(4,)):
+    def edit(sd):
+        sd[key] = torch.ones(shape)
+    return edit
+
+
+def _drop_config(name):
+    def edit(path):
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.pop(name)
+        (path / "config.json").write_text(json.dumps(cfg))
+    return edit
+
+
+F22_UNREAD = [
+    # (id, family, state-dict edit (or None), directory edit (or None), first unread key named)
+    ("mlm-head", "bert", _add("cls.predictions.bias"), None, "cls.predictions.bias"),
+    ("nsp-head", "cofi_compressed", _add("cls.seq_relationship.weight", (2, 16)), None, "cls.seq_relationship"),
+    ("relative-positions", "bert", _add("bert.encoder.layer.0.attention.self.distance_embedding.weight", (79, 8)),
+     None, "distance_embedding"),
+    ("demux-beyond-kd", "muxplm", _add("demux_module.dense_7.weight", (16, 16)), None, "demux_module.dense_7"),
+    ("kd-missing-from-config", "muxplm", None, _drop_config("num_hidden_demux_layers"), "demux_module.dense_3"),
+    ("extra-wrapper-key", "prumux_masked", _add("optimizer.step", (1,)), None, "optimizer.step"),
+    ("second-classifier", "bert", _add("classifier2.weight", (3, 16)), None, "classifier2.weight"),
+]
+
+
+@pytest.mark.parametrize("sd_edit,dir_edit,named", [c[2:] for c in F22_UNREAD], ids=[c[0] for c in F22_UNREAD])
+def test_f22_unread_weights_are_an_error(tmp_path, request, sd_edit, dir_edit, named):
+    family = next(c[1] for c in F22_UNREAD if c[0] == request.node.callspec.id)
+    path = _write(tmp_path, family=family, num_instances=2)
+    if sd_edit is not None:
+        sd = torch.load(path / "pytorch_model.bin", weights_only=True)
+        sd_edit(sd)
+        torch.save(sd, path / "pytorch_model.bin")
+    if dir_edit is not None:
+        dir_edit(path)
+    with pytest.raises(CheckpointError) as err:
+        from_raw(read_raw(path), seq_len=16)
+    assert "that nothing reads" in str(err.value) and named in str(err.value)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(family="prumux_compressed", heads_kept=[[], [0]], ffn_kept=[[], [1, 2]]),  # removed sublayers keep LNs
+    dict(family="prumux_masked", hidden_kept=list(range(8))),  # pooler, layer_transformation, retrieval head
+    dict(family="muxplm", legacy_demuxing=True),  # dense_2.., layer_norm_2.. belong to the retrieval head
+    dict(family="muxplm", demuxing_variant="mlp"), dict(family="cofi_masked"),
+], ids=["removed-sublayers", "masked-training-modules", "legacy-retrieval-demux", "mlp", "cofi-masked"])
+def test_f22_keys_unread_on_purpose_are_accepted_and_read_alike(tmp_path, fields):
+    """Loader and reference read the same tensors (an audit of their shared assumptions about what matters)."""
+    import dataclasses
+
+    from prumux_compile.checkpoint import _build_ir, _ReadRecorder
+
+    raw = read_raw(_write(tmp_path, num_instances=2, **fields))
+    from_raw(raw, seq_len=16)  # no unread tensor
+    loader = _ReadRecorder(raw.state_dict)
+    _build_ir(dataclasses.replace(raw, state_dict=loader), seq_len=16)
+    ref = _ReadRecorder(raw.state_dict)
+    reference.forward(dataclasses.replace(raw, state_dict=ref), torch.tensor([[101, 7, 102]]), seq_len=16)
+    assert ref.read == loader.read
+
+
+def test_f22_unknown_zs_masks_and_inconsistent_aliases(tmp_path):
+    path = _write(tmp_path, family="cofi_masked")
+    zs = torch.load(path / "zs.pt", weights_only=True)
+    torch.save({**zs, "qk_head_dim_z": torch.ones(2, 8)}, path / "zs.pt")
+    with pytest.raises(CheckpointError, match="mask\\(s\\) qk_head_dim_z are not implemented"):
+        read_raw(path)
+    torch.save({**zs, "unused": None}, path / "zs.pt")  # a None entry carries nothing
+    assert read_raw(path).zs.keys() == zs.keys()
+    path = _write(tmp_path, "mux", family="muxplm", num_instances=2)
+    sd = torch.load(path / "pytorch_model.bin", weights_only=True)
+    sd["retrieval_head.demux_module.dense_1.bias"] = sd["retrieval_head.demux_module.dense_1.bias"] + 1.0
+    torch.save(sd, path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="differs from another alias"):
+        read_raw(path)
+
+
+def test_f22_problem_type_and_activation_in_the_ir(tmp_path):
+    from prumux_compile.errors import IRInvariantError
+    from prumux_compile.ir import check_invariants
+
+    reg = from_raw(read_raw(_write(tmp_path, "reg", family="bert", num_labels=1)))
+    assert reg.problem_type == "regression"
+    assert from_raw(read_raw(_write(tmp_path, "cls", family="bert"))).problem_type == "single_label_classification"
+    multi = from_raw(read_raw(_write(tmp_path, "multi", family="bert",
+                                     config_overrides={"problem_type": "multi_label_classification"})))
+    assert multi.problem_type == "multi_label_classification"
+    reg.activation = "swiglu"
+    with pytest.raises(IRInvariantError, match="swiglu"):
+        check_invariants(reg)
+    with pytest.raises(IRInvariantError, match="swiglu"):
+        build_module(reg)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_f22_every_activation_exports_to_standard_onnx_and_validates(tmp_path, one_torch_thread, act):
+    import onnxruntime as ort
+
+    from prumux_compile.export.inputs import realistic_inputs
+    from prumux_compile.export.onnx_export import check_onnx, export_onnx
+    from prumux_compile.export.spec import spec_for_ir
+
+    fields = dict(family="prumux_compressed", num_instances=2) if act in ("mish", "hardswish", "gelu_fast") \
+        else dict(family="bert")
+    raw = read_raw(_write(tmp_path, hidden_act=act, **fields))
+    ir, _ = compile_ir(from_raw(raw, seq_len=12), "all")
+    spec = spec_for_ir(ir)
+    export_onnx(build_module(ir), spec, tmp_path / "model.onnx")
+    check_onnx(tmp_path / "model.onnx", spec)  # standard ONNX domain only, opset >= 17
+    feeds = realistic_inputs(5, 12, SMALL["vocab"], seed=1)
+    (logits,) = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    ref = reference.forward(raw, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"], seq_len=12,
+                            dtype=torch.float64).numpy()
+    np.testing.assert_allclose(logits, ref, atol=1e-5, rtol=0)
