@@ -730,7 +730,8 @@ def validate_runner(runner, raw, precision: str, *, seq_len: int, seq: int | Non
     length = int(seq or (seq_len if raw.is_muxed else 32))
     results, outs, refs = [], [], []
     for i, b in enumerate(batches or validation_batches(raw.num_instances)):
-        feeds = realistic_inputs(b, length, vocab, seed=seed + i)
+        feeds = realistic_inputs(b, length, vocab, seed=seed + i, type_vocab_size=int(
+            raw.state_dict["bert.embeddings.token_type_embeddings.weight"].shape[0]))  # F20
         before = {k: v.copy() for k, v in feeds.items()}
         logits = runner.run(feeds)["logits"]
         again = runner.run(feeds)["logits"]

@@ -287,7 +287,8 @@ def validate_onnx(onnx_path: str | Path, raw, *, precision: str, seq_len: int, s
     length = int(seq or seq_len)
     results, outs, refs = [], [], []
     for i, b in enumerate(batches or validation_batches(n)):
-        feeds = realistic_inputs(b, length, vocab, seed=seed + i)
+        feeds = realistic_inputs(b, length, vocab, seed=seed + i, type_vocab_size=int(
+            raw.state_dict["bert.embeddings.token_type_embeddings.weight"].shape[0]))  # F20
         (logits,) = session.run(None, {k: v for k, v in feeds.items() if k in names})
         ref = reference.forward(raw, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"],
                                 seq_len=seq_len, dtype=torch.float64).numpy()

@@ -71,7 +71,8 @@ def _quiet():
 
 
 def _example_inputs(spec: ExportSpec) -> tuple[torch.Tensor, ...]:
-    feeds = realistic_inputs(spec.example_batch, spec.example_seq, spec.vocab_size, seed=0)
+    feeds = realistic_inputs(spec.example_batch, spec.example_seq, spec.vocab_size, seed=0,
+                             type_vocab_size=spec.type_vocab_size)
     return tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
 
 

@@ -549,3 +549,87 @@ def test_f22_every_activation_exports_to_standard_onnx_and_validates(tmp_path, o
     ref = reference.forward(raw, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"], seq_len=12,
                             dtype=torch.float64).numpy()
     np.testing.assert_allclose(logits, ref, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# F20: example and validation inputs stay inside every embedding table; runners refuse out-of-range segment ids
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("type_vocab", [1, 2, 3])
+@pytest.mark.parametrize("batch,seq,vocab", [(7, 16, 1024), (2, 5, 110), (12, 64, 30522)])
+def test_f20_realistic_inputs_stay_inside_the_tables(batch, seq, vocab, type_vocab):
+    from prumux_compile.export.inputs import realistic_inputs
+
+    f = realistic_inputs(batch, seq, vocab, seed=4, type_vocab_size=type_vocab)
+    assert f["input_ids"].min() >= 0 and f["input_ids"].max() < vocab
+    assert f["token_type_ids"].min() == 0 and f["token_type_ids"].max() <= min(type_vocab, 2) - 1
+    if batch >= 7:  # there are sentence pairs: their second segment uses type 1 where the table has it
+        assert f["token_type_ids"].max() == min(type_vocab, 2) - 1
+    # the same rows otherwise: only the segment ids depend on the table
+    two = realistic_inputs(batch, seq, vocab, seed=4, type_vocab_size=2)
+    assert np.array_equal(f["input_ids"], two["input_ids"]) and np.array_equal(f["attention_mask"],
+                                                                              two["attention_mask"])
+
+
+F20_TABLES = [
+    # (id, SynthSpec fields): N = 1 families use the token types; one muxed family ignores them (upstream Q3)
+    ("bert-1-type", dict(family="bert", type_vocab_size=1)),
+    ("cofi-compressed-1-type", dict(family="cofi_compressed", type_vocab_size=1, heads_kept=[[0], [1]])),
+    ("cofi-masked-3-types", dict(family="cofi_masked", type_vocab_size=3)),
+    ("bert-2-types", dict(family="bert")),
+]
+
+
+@pytest.mark.parametrize("fields", [c[1] for c in F20_TABLES], ids=[c[0] for c in F20_TABLES])
+def test_f20_export_validate_and_refuse(tmp_path, one_torch_thread, fields):
+    from prumux_compile.engines import registry
+    from prumux_compile.engines.base import BuildSpec
+    from prumux_compile.errors import InputError
+    from prumux_compile.export.inputs import realistic_inputs
+    from prumux_compile.export.onnx_export import export_onnx, read_metadata
+    from prumux_compile.export.spec import ExportSpec, spec_for_ir
+    from prumux_compile.export.validate import validate_artifacts
+
+    raw = read_raw(_write(tmp_path, **fields))
+    t = fields.get("type_vocab_size", 2)
+    ir, _ = compile_ir(from_raw(raw), "all")
+    spec = spec_for_ir(ir)
+    assert spec.type_vocab_size == t
+    export_onnx(build_module(ir), spec, tmp_path / "model.onnx")  # the example inputs fit the table
+    assert ExportSpec.from_metadata(read_metadata(tmp_path / "model.onnx")).type_vocab_size == t
+    backend = registry.get("ort-cpu")
+    art = backend.build(tmp_path / "model.onnx", BuildSpec(threads=1, optimize=False, prefer="plain",
+                                                          bench_rounds=1, bench_warmup=0))
+    with backend.load(art) as runner:
+        results = validate_artifacts({"model.onnx": runner}, raw, spec, tolerance=1e-4)
+        assert results["model.onnx"].passed
+        feeds = realistic_inputs(3, 9, SMALL["vocab"], seed=0, type_vocab_size=t)
+        ok = runner.run(feeds)["logits"]
+        ref = reference.forward(raw, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"])
+        np.testing.assert_allclose(ok, ref.numpy(), atol=1e-5, rtol=0)
+        for bad in (t, t + 1, 7):
+            f = dict(feeds, token_type_ids=np.where(feeds["attention_mask"] > 0, 0, 0) + (np.arange(9) == 4) * bad)
+            with pytest.raises(InputError) as err:
+                runner.run(f)
+            assert f"token-type table of {t} row(s)" in str(err.value) and f"segment id {bad}" in str(err.value)
+            assert err.value.exit_code == 2
+
+
+def test_f20_muxed_models_ignore_segment_ids_as_upstream(tmp_path, one_torch_thread):
+    from prumux_compile.engines import registry
+    from prumux_compile.engines.base import BuildSpec
+    from prumux_compile.export.inputs import realistic_inputs
+    from prumux_compile.export.onnx_export import export_onnx
+    from prumux_compile.export.spec import spec_for_ir
+
+    raw = read_raw(_write(tmp_path, family="prumux_compressed", num_instances=2, type_vocab_size=1))
+    ir, _ = compile_ir(from_raw(raw, seq_len=12), "all")
+    spec = spec_for_ir(ir)
+    assert spec.type_vocab_size == 1 and "token_type_ids" in spec.ignored_inputs
+    export_onnx(build_module(ir), spec, tmp_path / "model.onnx")
+    backend = registry.get("ort-cpu")
+    art = backend.build(tmp_path / "model.onnx", BuildSpec(threads=1, optimize=False, prefer="plain",
+                                                          bench_rounds=1, bench_warmup=0))
+    feeds = realistic_inputs(5, 12, SMALL["vocab"], seed=0, type_vocab_size=2)  # has segment id 1
+    with backend.load(art) as runner:
+        got = runner.run(feeds)["logits"]
+    np.testing.assert_allclose(got, reference.forward(raw, feeds["input_ids"], seq_len=12).numpy(), atol=1e-5)
