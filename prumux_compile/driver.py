@@ -25,7 +25,8 @@ import numpy as np
 from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError
 
 #: Files of a candidate folder that the cache stores and restores.
-_CACHED = ("model.onnx", "model.ort.onnx", "validation.json", "candidate.json", "predictions.npz")
+_CACHED = ("model.onnx", "model.ort.onnx", "validation.json", "candidate.json", "predictions.npz",
+           "model.onnx.data", "model.ort.onnx.data")  # external data of models past 2 GiB (F26)
 
 
 @dataclass

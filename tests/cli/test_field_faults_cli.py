@@ -79,3 +79,37 @@ def test_good_instances_of_the_kinds_inspect(tmp_path, fields):
     got = json.loads(res.output)
     for key in ("family", "num_instances", "layers", "params", "flops_per_sequence", "sparsity"):
         assert got[key] == want[key], key
+
+
+@pytest.fixture
+def external_everything(monkeypatch):
+    import prumux_compile.export.onnx_export as ox
+
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1)  # tiny models take the > 2 GiB path (F26)
+
+
+def test_f26_export_command_carries_external_data(tmp_path, one_torch_thread, external_everything):
+    ckpt = _ckpt(tmp_path, family="prumux_compressed", num_instances=2, heads_kept=[[0, 1], [1]])
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(out), "--seq-len", "16", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "model.onnx.data", "model.ort.onnx", "model.ort.onnx.data"} <= names
+    assert json.loads((out / "validation.json").read_text())["passed"] is True
+
+
+def test_f26_build_cache_and_repository_carry_external_data(tmp_path, one_torch_thread, external_everything):
+    ckpt = _ckpt(tmp_path, family="muxplm", num_instances=2, vocab=30522)
+    fast = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1",
+            "--min-accuracy", "0.0", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    for run in ("first", "cached"):
+        out = tmp_path / run
+        res = CliRunner().invoke(cli, ["build", str(ckpt), "-o", str(out), *fast])
+        assert res.exit_code == 0, res.output
+        report = json.loads((out / "report.json").read_text())
+        (cand,) = report["candidates"]
+        assert cand["cached"] is (run == "cached") and cand["validation"]["passed"]
+        d = out / "candidates" / cand["id"]
+        assert (d / "model.onnx.data").is_file() and (d / "model.ort.onnx.data").is_file()
+        version = out / report["model_repository"] / "1"
+        assert any(p.name.endswith(".onnx.data") for p in version.iterdir()), sorted(version.iterdir())

@@ -3,6 +3,7 @@ reference and kernels, example inputs, feeds, external-data export. Each kind is
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -633,3 +634,112 @@ def test_f20_muxed_models_ignore_segment_ids_as_upstream(tmp_path, one_torch_thr
     with backend.load(art) as runner:
         got = runner.run(feeds)["logits"]
     np.testing.assert_allclose(got, reference.forward(raw, feeds["input_ids"], seq_len=12).numpy(), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# F26: models past the 2 GiB protobuf limit are saved with external data, and every later step carries it along.
+# The threshold is lowered so that tiny models take that path.
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def external_everything(monkeypatch):
+    import prumux_compile.export.onnx_export as ox
+
+    assert ox.EXTERNAL_DATA_THRESHOLD == 2**31 - 2**28  # 1.75 GiB: the real limit minus room for the graph
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1)
+
+
+F26_CASES = [
+    ("bert", dict(family="bert")),
+    ("cofi-compressed", dict(family="cofi_compressed", heads_kept=[[0, 1], [1]])),
+    ("prumux-compressed-n2", dict(family="prumux_compressed", num_instances=2, ffn_kept=[list(range(9)), []])),
+    ("muxplm-index-n3", dict(family="muxplm", num_instances=3, demuxing_variant="index")),
+]
+
+
+@pytest.mark.parametrize("fields", [c[1] for c in F26_CASES], ids=[c[0] for c in F26_CASES])
+def test_f26_external_data_through_export_engine_validation_and_triton(tmp_path, one_torch_thread,
+                                                                       external_everything, fields):
+    import onnx
+    import onnxruntime as ort
+
+    from prumux_compile.engines import registry
+    from prumux_compile.engines.base import BuildSpec
+    from prumux_compile.export.inputs import realistic_inputs
+    from prumux_compile.export.onnx_export import check_onnx, export_onnx, onnx_data_files, read_metadata
+    from prumux_compile.export.spec import spec_for_ir
+    from prumux_compile.export.validate import validate_artifacts
+    from prumux_compile.triton import write_repository
+
+    raw = read_raw(_write(tmp_path, "ckpt", **fields))
+    ir, _ = compile_ir(from_raw(raw, seq_len=12), "all")
+    spec = spec_for_ir(ir)
+    out = tmp_path / "out"
+    out.mkdir()
+    info = export_onnx(build_module(ir), spec, out / "model.onnx")
+    assert info["external_data"] == "model.onnx.data"
+    data = out / "model.onnx.data"
+    weights = sum(p.numel() * 4 for p in build_module(ir).parameters())
+    assert data.stat().st_size >= 0.9 * weights
+    stored = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in stored.graph.initializer
+               if np.prod(t.dims) * 4 >= 1024)  # small shape tensors stay in the graph
+    assert onnx_data_files(out / "model.onnx") == [data]
+    check_onnx(out / "model.onnx", spec)
+    assert read_metadata(out / "model.onnx")["prumux.family"] == raw.family
+    # the engine build writes the fused graph with ITS OWN data file; both graphs validate against the reference
+    backend = registry.get("ort-cpu")
+    art = backend.build(out / "model.onnx", BuildSpec(threads=1, bench_rounds=1, bench_warmup=0))
+    assert set(art.files) == {"plain", "fused"}
+    assert onnx_data_files(out / "model.ort.onnx") == [out / "model.ort.onnx.data"]
+    runners = {role: backend.load(art.using(role)) for role in art.files}
+    try:
+        results = validate_artifacts(runners, raw, spec, tolerance=1e-4)
+        assert all(r.passed for r in results.values()), {k: v.max_abs_diff for k, v in results.items()}
+    finally:
+        for r in runners.values():
+            r.close()
+    # the Triton repository receives the data file beside model.onnx, and ONNX Runtime loads the copy
+    repo = tmp_path / "repo"
+    write_repository(repo, name="m", model_path=art.path, num_instances=spec.num_instances)
+    version = repo / "m" / "1"
+    copied = sorted(p.name for p in version.iterdir())
+    assert "model.onnx" in copied and Path(art.path).name + ".data" in copied
+    feeds = realistic_inputs(5, 12, SMALL["vocab"], seed=3, type_vocab_size=spec.type_vocab_size)
+    sess = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    (logits,) = sess.run(None, {k: v for k, v in feeds.items() if k in names})
+    ref = reference.forward(raw, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"], seq_len=12)
+    np.testing.assert_allclose(logits, ref.numpy(), atol=1e-4, rtol=0)
+
+
+def test_f26_default_threshold_keeps_small_models_self_contained(tmp_path, one_torch_thread):
+    from prumux_compile.export.onnx_export import export_onnx, onnx_data_files
+    from prumux_compile.export.spec import spec_for_ir
+
+    raw = read_raw(_write(tmp_path, family="bert"))
+    ir, _ = compile_ir(from_raw(raw), "all")
+    info = export_onnx(build_module(ir), spec_for_ir(ir), tmp_path / "model.onnx")
+    assert info["external_data"] is None and onnx_data_files(tmp_path / "model.onnx") == []
+    assert not (tmp_path / "model.onnx.data").exists()
+
+
+def test_f26_resave_replaces_the_data_file_and_a_missing_one_is_named(tmp_path, one_torch_thread,
+                                                                       external_everything):
+    from prumux_compile.errors import InputError
+    from prumux_compile.export.onnx_export import copy_onnx, export_onnx, onnx_data_files
+    from prumux_compile.export.spec import spec_for_ir
+
+    raw = read_raw(_write(tmp_path, family="bert"))
+    ir, _ = compile_ir(from_raw(raw), "all")
+    spec = spec_for_ir(ir)
+    export_onnx(build_module(ir), spec, tmp_path / "model.onnx")
+    size = (tmp_path / "model.onnx.data").stat().st_size
+    export_onnx(build_module(ir), spec, tmp_path / "model.onnx")  # again, over the old files
+    assert (tmp_path / "model.onnx.data").stat().st_size == size  # replaced, not appended to
+    (tmp_path / "copy").mkdir()
+    written = copy_onnx(tmp_path / "model.onnx", tmp_path / "copy" / "renamed.onnx")
+    assert [p.name for p in written] == ["renamed.onnx", "model.onnx.data"]
+    assert onnx_data_files(tmp_path / "copy" / "renamed.onnx") == [tmp_path / "copy" / "model.onnx.data"]
+    (tmp_path / "model.onnx.data").unlink()
+    with pytest.raises(InputError, match="external data file model.onnx.data is missing"):
+        onnx_data_files(tmp_path / "model.onnx")
