@@ -743,3 +743,66 @@ def test_f26_resave_replaces_the_data_file_and_a_missing_one_is_named(tmp_path, 
     (tmp_path / "model.onnx.data").unlink()
     with pytest.raises(InputError, match="external data file model.onnx.data is missing"):
         onnx_data_files(tmp_path / "model.onnx")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# inspect: "before" is the unpruned geometry of config.json, also for a compressed checkpoint
+# ------------------------------------------------------------------------------------------------------------------
+UNPRUNED = [
+    ("bert", dict(family="bert")),
+    ("muxplm-index-pos", dict(family="muxplm", num_instances=2)),
+    ("muxplm-index", dict(family="muxplm", num_instances=3, demuxing_variant="index")),
+    ("muxplm-mlp-ortho", dict(family="muxplm", num_instances=2, demuxing_variant="mlp",
+                              muxing_variant="random_ortho")),
+    ("muxplm-legacy", dict(family="muxplm", num_instances=2, legacy_demuxing=True)),
+    ("muxplm-kd4", dict(family="muxplm", num_instances=2, num_hidden_demux_layers=4)),
+    ("prumux-masked", dict(family="prumux_masked", num_instances=2, hidden_kept=list(range(9)))),
+    ("cofi-masked", dict(family="cofi_masked", heads_kept=[[0], []])),
+]
+
+
+@pytest.mark.parametrize("fields", [c[1] for c in UNPRUNED], ids=[c[0] for c in UNPRUNED])
+def test_unpruned_geometry_formula_equals_a_loaded_full_model(tmp_path, fields):
+    from prumux_compile.report.stats import flops_per_sequence, unpruned_flops_per_sequence, unpruned_params
+
+    ir = from_raw(read_raw(_write(tmp_path, **fields)), seq_len=16)
+    ir.masks = None  # the full model as stored
+    assert unpruned_params(ir) == {"total": ir.total_params(), "encoder": ir.encoder_params()}
+    assert unpruned_flops_per_sequence(ir) == pytest.approx(flops_per_sequence(ir), rel=1e-12)
+
+
+TWINS = [
+    ("prumux", "prumux_masked", "prumux_compressed", dict(num_instances=2, heads_kept=[[0], []],
+                                                          ffn_kept=[list(range(5)), list(range(24))],
+                                                          hidden_kept=list(range(12)))),
+    ("prumux-index", "prumux_masked", "prumux_compressed", dict(num_instances=3, demuxing_variant="index",
+                                                                heads_kept=[[1], [0, 1]], ffn_kept=[[], [3]])),
+    ("cofi", "cofi_masked", "cofi_compressed", dict(heads_kept=[[1], [0]], ffn_kept=[[2, 3], []],
+                                                    hidden_kept=list(range(2, 16)))),
+]
+
+
+@pytest.mark.parametrize("masked,compressed,fields", [c[1:] for c in TWINS], ids=[c[0] for c in TWINS])
+def test_inspect_before_is_the_unpruned_model_for_compressed_checkpoints(tmp_path, masked, compressed, fields):
+    from click.testing import CliRunner
+
+    from prumux_compile.cli.main import cli
+
+    fields = {**fields, "max_pos": 140}
+    out = {}
+    for fam in (masked, compressed):
+        res = CliRunner().invoke(cli, ["inspect", "--json", str(_write(tmp_path, fam, family=fam, **fields))])
+        assert res.exit_code == 0, res.output
+        out[fam] = json.loads(res.output)
+    m, c = out[masked], out[compressed]
+    for key in ("params", "encoder_params", "flops_per_sequence"):
+        assert c[key]["before"] == pytest.approx(m[key]["before"], rel=1e-12), key  # the same unpruned model
+        assert c[key]["after"] == pytest.approx(m[key]["after"], rel=1e-12), key  # the same compiled model
+        assert c[key]["before"] > c[key]["after"], key
+    assert m["stored"]["params"] == m["params"]["before"]  # a masked checkpoint stores the full model
+    assert c["stored"]["params"] < c["params"]["before"]  # a compressed one is already pruned
+    assert c["geometry"]["before"] == {"layers": 2, "hidden": 16, "heads": 4, "ffn": 48}
+    assert c["geometry"]["after"]["hidden"] == len(fields.get("hidden_kept", range(16)))
+    text = CliRunner().invoke(cli, ["inspect", str(tmp_path / compressed)]).output
+    assert "unpruned (config.json) -> compiled: 2 -> " in text and "(already pruned)" in text
+    assert f"params: {c['params']['before']:,} -> {c['params']['after']:,}" in text
