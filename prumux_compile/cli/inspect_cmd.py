@@ -18,7 +18,7 @@ def inspect_cmd(checkpoint: str, as_json: bool, seq_len: int) -> None:
 
     "Before" is the unpruned model that config.json describes (its original sizes), also for a compressed
     checkpoint whose file already holds the pruned weights; "after" is the compiled model."""
-    from prumux_compile.checkpoint import load
+    from prumux_compile.checkpoint import load, unread_config_fields
     from prumux_compile.passes import compile_ir
     from prumux_compile.report.stats import summary
 
@@ -30,6 +30,7 @@ def inspect_cmd(checkpoint: str, as_json: bool, seq_len: int) -> None:
     after, reports = compile_ir(ir, stage="pruning")
     info = summary(stored, after)  # "before" = the unpruned geometry of config.json
     info["checkpoint"] = checkpoint
+    info["config_fields_unread"] = unread_config_fields(ir.config)  # read by no upstream code (F22)
     info["passes"] = [r.to_dict() for r in reports if r.changed]
     if as_json:
         click.echo(json.dumps(info, indent=2))

@@ -432,6 +432,13 @@ def test_f22_fields_without_effect_change_nothing(tmp_path, family):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     raw = read_raw(_write(tmp_path, "unread", family=family, config_overrides={"pooler_type": "x", "my_field": 1}))
     assert unread_config_fields(raw.config) == ["my_field", "pooler_type"]
+    from click.testing import CliRunner
+
+    from prumux_compile.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["inspect", "--json", "--seq-len", "16", str(raw.path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["config_fields_unread"] == ["my_field", "pooler_type"]
 
 
 def _add(key, shape=(4,)):
