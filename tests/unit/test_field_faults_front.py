@@ -813,3 +813,21 @@ def test_inspect_before_is_the_unpruned_model_for_compressed_checkpoints(tmp_pat
     text = CliRunner().invoke(cli, ["inspect", str(tmp_path / compressed)]).output
     assert "unpruned (config.json) -> compiled: 2 -> " in text and "(already pruned)" in text
     assert f"params: {c['params']['before']:,} -> {c['params']['after']:,}" in text
+
+
+@pytest.mark.parametrize("act", ["relu", "quick_gelu", "gelu_new", "mish"])
+@pytest.mark.parametrize("fields", [dict(family="bert"), dict(family="prumux_compressed", num_instances=2,
+                                                               ffn_kept=[list(range(7)), list(range(24))])],
+                         ids=["bert", "prumux"])
+def test_f22_cuda_compact_model_honours_the_activation(tmp_path, one_torch_thread, fields, act):
+    """The CUDA engine's own model, run on the CPU (fp32, torch kernels, math attention)."""
+    from prumux_compile.engines.torch_cuda import CudaCompactModel, compile_for_cuda
+    from tests.conftest import make_inputs
+
+    raw = read_raw(_write(tmp_path, hidden_act=act, **fields))
+    ir, _ = compile_for_cuda(from_raw(raw, seq_len=16), align=None)
+    model = CudaCompactModel(ir, "fp32", attention="math")
+    ids, mask, tt = make_inputs(4, 10, SMALL["vocab"], seed=6)
+    with torch.no_grad():
+        got = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(tt))
+    torch.testing.assert_close(got, reference.forward(raw, ids, mask, tt, seq_len=16), atol=1e-5, rtol=0)
