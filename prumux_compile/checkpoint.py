@@ -13,6 +13,13 @@ Two levels:
 Safety: pickled files are read with ``torch.load(..., weights_only=True)``; ``l0_module.pt`` is never
 unpickled (spec Q16). Errors are :class:`~prumux_compile.errors.CheckpointError` with a one-line
 message naming the file and the fix.
+
+Field faults (docs/fault-classes.md): a file that is not a checkpoint is named for what it is (Git LFS pointer,
+empty, text, unknown bytes, plain pickle; F28, :func:`sniff_file`); sharded checkpoints are read through their HF
+index, every shard hashed (F25); a uniform wrapper prefix such as ``module.`` is removed and a bare encoder gets
+"no classifier head" (F21, :func:`strip_wrapper_prefix`); every ``config.json`` value that changes the forward
+pass is implemented or refused (F22, :data:`CONFIG_FIELDS`, :func:`check_config`), and :func:`from_raw` refuses
+tensors that nothing reads (:func:`_unread_on_purpose` lists the ones ignored by design).
 """
 from __future__ import annotations
 
@@ -761,8 +768,8 @@ _BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
 def _unread_on_purpose(raw: RawCheckpoint, key: str, layers) -> bool:
     """True for a key the compiled model legitimately never reads (the list is docs/checkpoint-formats.md §1.4):
 
-    * training-only modules: ``retrieval_head.*`` (MLM retrieval head, with its tied decoder), ``layer_transformation.*``,
-      ``mha_layer_transformation.*``, ``emb_transformation.*`` (distillation);
+    * training-only modules: ``retrieval_head.*`` (MLM retrieval head, with its tied decoder),
+      ``layer_transformation.*``, ``mha_layer_transformation.*``, ``emb_transformation.*`` (distillation);
     * the integer ``position_ids`` / ``token_type_ids`` buffers of the embeddings;
     * ``bert.pooler.*`` of the multiplexed families (randomly initialised and unused, §2.5);
     * the parts of the shared index_pos demux module that only the retrieval head uses: ``layer_norm_k`` (k <= Kd;

@@ -31,6 +31,10 @@ Semantic choices (documented here because they are decisions, not facts of the c
   restricted to the kept dims; a compressed ``random_ortho`` checkpoint must store ``[N, d', d']``.
 * **Batch padding of partial mux groups** (spec §2.1 step 1, Q1, fault class F18): see
   :func:`forward`.
+* **config.json** (fault class F22): the FFN activation is ``hidden_act``, each implemented name written here
+  from its formula (:data:`_ACTIVATIONS`); the demultiplexer keeps the erf GELU and the pooler tanh that upstream
+  hard-codes; ``layer_norm_eps`` is used by every LayerNorm. Values this module does not implement are refused by
+  :func:`_config_checks` on its own, whatever the loader already checked.
 """
 from __future__ import annotations
 

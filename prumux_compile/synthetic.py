@@ -335,7 +335,8 @@ def _check_spec(spec: SynthSpec) -> None:
         bad(f"key_prefix {spec.key_prefix!r} must end with '.'")
     if spec.broken_file is not None and spec.broken_file not in BROKEN_FILE_KINDS:
         bad(f"broken_file {spec.broken_file!r}; expected one of {', '.join(BROKEN_FILE_KINDS)}")
-    if spec.broken_target not in ("weights", "zs") or (spec.broken_target == "zs" and spec.family not in MASKED_FAMILIES):
+    if spec.broken_target not in ("weights", "zs") or (spec.broken_target == "zs"
+                                                       and spec.family not in MASKED_FAMILIES):
         bad("broken_target must be 'weights', or 'zs' for a masked family")
     pruned = spec.heads_kept is not None or spec.ffn_kept is not None or spec.hidden_kept is not None
     if spec.family in ("muxplm", "bert") and pruned:
