@@ -178,7 +178,7 @@ def run_checkpoint(label: str, ckpt: Path, work: Path, args, sparsity: float | N
     fusion = ort_fuse(work / "model.onnx", work / "model.ort.onnx", layer_heads=list(spec.layer_heads))
     t_fuse = time.perf_counter() - t0
     del ir
-    feeds = realistic_inputs(batch, SEQ, spec.vocab_size, seed=0)
+    feeds = realistic_inputs(batch, SEQ, spec.vocab_size, seed=0, type_vocab_size=spec.type_vocab_size)
     tfeeds = tuple(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
     plain = OrtRunner(work / "model.onnx", spec, threads=args.threads)
     fused = OrtRunner(work / "model.ort.onnx", spec, threads=args.threads)

@@ -25,7 +25,8 @@ import numpy as np
 from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError
 
 #: Files of a candidate folder that the cache stores and restores.
-_CACHED = ("model.onnx", "model.ort.onnx", "validation.json", "candidate.json", "predictions.npz")
+_CACHED = ("model.onnx", "model.ort.onnx", "validation.json", "candidate.json", "predictions.npz",
+           "model.onnx.data", "model.ort.onnx.data")  # external data of models past 2 GiB (F26)
 
 
 @dataclass
@@ -199,7 +200,7 @@ def _cache_key(files: dict[str, str], backend: str, opts: BuildOptions, batch_si
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _eval_inputs(opts: BuildOptions, ckpt: Path, label2id: dict | None, vocab: int):
+def _eval_inputs(opts: BuildOptions, ckpt: Path, label2id: dict | None, vocab: int, type_vocab: int = 2):
     """(EvalSet or None, feeds dict) for accuracy / agreement of one checkpoint."""
     from prumux_compile.bench.data import find_tokenizer_dir, load_eval_data
 
@@ -223,7 +224,7 @@ def _eval_inputs(opts: BuildOptions, ckpt: Path, label2id: dict | None, vocab: i
         return None, feeds
     from prumux_compile.export.inputs import realistic_inputs
 
-    return None, realistic_inputs(opts.agreement_samples, opts.seq_len, vocab, seed=1234)
+    return None, realistic_inputs(opts.agreement_samples, opts.seq_len, vocab, seed=1234, type_vocab_size=type_vocab)
 
 
 def _predict(runner, feeds: dict[str, np.ndarray], batch: int) -> np.ndarray:
@@ -297,7 +298,7 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     vocab = int(final.embeddings.word.shape[0])
     with backend.load(artifact) as runner:
         for b in batch_sizes:
-            feeds = realistic_inputs(b, opts.seq_len, vocab, seed=b)
+            feeds = realistic_inputs(b, opts.seq_len, vocab, seed=b, type_vocab_size=spec.type_vocab_size)
             tensors = [torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
 
             def eager_fn(t=tensors):
@@ -313,7 +314,7 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
                             "speedup_vs_eager": t["engine"].throughput / t["eager"].throughput})
         _log(opts, f"{cid}: predictions")
         label2id = {str(v): int(k) for k, v in final.id2label.items()}
-        es, feeds = _eval_inputs(opts, ckpt, label2id, vocab)
+        es, feeds = _eval_inputs(opts, ckpt, label2id, vocab, spec.type_vocab_size)
         logits = _predict(runner, feeds, max(batch_sizes[-1], n))
     labels = es.labels if es is not None and es.labels is not None else np.zeros(0, dtype=np.int64)
     np.savez(cand_dir / "predictions.npz", logits=logits, labels=labels)

@@ -29,6 +29,20 @@ from torch import Tensor
 
 from prumux_compile.errors import IRInvariantError
 
+#: ``config.hidden_act`` values the compiled model implements (kernels/activations.py) and the reference implements
+#: from their formulas (reference.py); every other value is refused at load (fault class F22). Names and formulas
+#: are transformers' ``ACT2FN`` (``activations.py``): ``gelu``/``gelu_python`` exact erf GELU; ``gelu_new``,
+#: ``gelu_pytorch_tanh``, ``gelu_python_tanh``, ``gelu_accurate`` the tanh approximation
+#: ``0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))``; ``gelu_fast`` the same with the constant 0.7978845608;
+#: ``gelu_10`` erf GELU clipped to [-10, 10]; ``quick_gelu`` ``x·sigmoid(1.702x)``; ``relu``; ``relu2`` ``relu(x)^2``;
+#: ``relu6``; ``leaky_relu`` (slope 0.01); ``silu``/``swish`` ``x·sigmoid(x)``; ``mish`` ``x·tanh(softplus(x))``;
+#: ``hardswish`` ``x·relu6(x+3)/6``; ``tanh``; ``sigmoid``; ``linear`` (identity).
+ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_accurate",
+               "gelu_fast", "gelu_10", "quick_gelu", "relu", "relu2", "relu6", "leaky_relu", "silu", "swish", "mish",
+               "hardswish", "tanh", "sigmoid", "linear")
+#: ``config.problem_type`` values of transformers' sequence classifiers (they choose the loss, not the logits).
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
 
 @dataclass
 class Embeddings:
@@ -85,7 +99,8 @@ class Attention:
 
 @dataclass
 class FFN:
-    """One feed-forward sublayer: ``x = LN(x + gelu(x W1ᵀ + b1) W2ᵀ + b2)`` (erf GELU, spec §2.5).
+    """One feed-forward sublayer: ``x = LN(x + act(x W1ᵀ + b1) W2ᵀ + b2)`` with ``act`` = ``ModelIR.activation``
+    (``config.hidden_act``; erf GELU for every upstream checkpoint, spec §2.5).
 
     Shapes (f = ``dims``): ``w1 [f, d']``, ``b1 [f]``, ``w2 [d', f]``, ``b2 [d']``, ``ln_weight/ln_bias [d']``.
 
@@ -198,6 +213,8 @@ class ModelIR:
         id2label: class index -> label name.
         provenance: file name -> sha256.
         history: names of the passes applied, in order.
+        activation: the FFN activation, ``config.hidden_act`` (one of :data:`ACTIVATIONS`). The demultiplexer
+            always uses erf GELU and the pooler tanh, whatever the config says (upstream hard-codes both).
     """
 
     family: str
@@ -218,6 +235,7 @@ class ModelIR:
     id2label: dict[int, str] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     history: list[str] = field(default_factory=list)
+    activation: str = "gelu"
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -237,6 +255,16 @@ class ModelIR:
     @property
     def is_muxed(self) -> bool:
         return self.mux is not None
+
+    @property
+    def problem_type(self) -> str:
+        """How the logits are read (transformers' rule for sequence classifiers): ``config.problem_type`` when
+        given (one of :data:`PROBLEM_TYPES`), else ``"regression"`` for one output and
+        ``"single_label_classification"`` otherwise."""
+        given = self.config.get("problem_type")
+        if given is not None:
+            return str(given)
+        return "regression" if self.num_labels == 1 else "single_label_classification"
 
     def clone(self) -> "ModelIR":
         """Deep copy (passes are pure: they never modify their input IR)."""
@@ -330,6 +358,8 @@ def _problems(ir: ModelIR) -> list[str]:
         out.append(f"hidden_keep has shape {tuple(ir.hidden_keep.shape)}, expected ({d},)")
     if ir.masks is not None and "fold-masks" in ir.history:
         out.append("soft masks present after fold-masks")
+    if ir.activation not in ACTIVATIONS:
+        out.append(f"activation {ir.activation!r} is not implemented (expected one of {', '.join(ACTIVATIONS)})")
     seen = set()
     for layer in ir.layers:
         if layer.index in seen:

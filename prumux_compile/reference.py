@@ -31,11 +31,16 @@ Semantic choices (documented here because they are decisions, not facts of the c
   restricted to the kept dims; a compressed ``random_ortho`` checkpoint must store ``[N, d', d']``.
 * **Batch padding of partial mux groups** (spec §2.1 step 1, Q1, fault class F18): see
   :func:`forward`.
+* **config.json** (fault class F22): the FFN activation is ``hidden_act``, each implemented name written here
+  from its formula (:data:`_ACTIVATIONS`); the demultiplexer keeps the erf GELU and the pooler tanh that upstream
+  hard-codes; ``layer_norm_eps`` is used by every LayerNorm. Values this module does not implement are refused by
+  :func:`_config_checks` on its own, whatever the loader already checked.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -79,8 +84,82 @@ def _expect_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], path) -
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
-    """Exact erf GELU (HF ``"gelu"``; spec E10: NOT the tanh approximation)."""
-    return F.gelu(x, approximate="none")
+    """Exact erf GELU ``x/2 · (1 + erf(x/√2))`` (HF ``"gelu"``; spec E10: NOT the tanh approximation). The
+    demultiplexer always uses it (upstream imports transformers' fixed ``gelu``, whatever ``hidden_act`` says)."""
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return 1.0 / (1.0 + torch.exp(-x))
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """``ln(1 + e^x)`` in the overflow-free form ``max(x, 0) + ln(1 + e^-|x|)``."""
+    return torch.clamp(x, min=0.0) + torch.log1p(torch.exp(-torch.abs(x)))
+
+
+def _gelu_tanh(x: torch.Tensor, c: float = math.sqrt(2.0 / math.pi)) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(c * (x + 0.044715 * x * x * x)))
+
+
+def _relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, x, torch.zeros_like(x))
+
+
+#: ``config.hidden_act`` -> the FFN activation, written from each formula of transformers' ``ACT2FN``
+#: (``activations.py``), not from the kernels. Any other value is refused (fault class F22).
+_ACTIVATIONS = {
+    "gelu": _gelu,
+    "gelu_python": _gelu,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_python_tanh": _gelu_tanh,
+    "gelu_accurate": _gelu_tanh,
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(0.7978845608 * x * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: torch.clamp(_gelu(x), -10.0, 10.0),
+    "quick_gelu": lambda x: x * _sigmoid(1.702 * x),
+    "relu": _relu,
+    "relu2": lambda x: _relu(x) ** 2,
+    "relu6": lambda x: torch.clamp(_relu(x), max=6.0),
+    "leaky_relu": lambda x: torch.where(x >= 0, x, 0.01 * x),
+    "silu": lambda x: x * _sigmoid(x),
+    "swish": lambda x: x * _sigmoid(x),
+    "mish": lambda x: x * torch.tanh(_softplus(x)),
+    "hardswish": lambda x: x * torch.clamp(x + 3.0, min=0.0, max=6.0) / 6.0,
+    "tanh": torch.tanh,
+    "sigmoid": _sigmoid,
+    "linear": lambda x: x,
+}
+
+
+def _config_checks(raw: RawCheckpoint) -> tuple[Callable, float]:
+    """The FFN activation and the LayerNorm epsilon of ``raw.config``, refusing every value of a field that changes
+    the forward pass and that this reference does not implement (fault class F22).
+
+    Implemented: ``hidden_act`` (:data:`_ACTIVATIONS`), ``layer_norm_eps`` (positive; default 1e-12, BertConfig's),
+    ``position_embedding_type`` absent or ``"absolute"``, ``is_decoder`` / ``add_cross_attention`` absent or false,
+    ``model_type`` absent or ``"bert"``. Raises CheckpointError naming the field and its value.
+    """
+    cfg, path = raw.config, raw.path
+
+    def refuse(field_name: str, why: str):
+        raise CheckpointError(f"{path}: config.json {field_name}={cfg.get(field_name)!r}: {why}; the reference "
+                              "forward pass does not implement it")
+
+    act = cfg.get("hidden_act", "gelu")
+    if not isinstance(act, str) or act not in _ACTIVATIONS:
+        refuse("hidden_act", f"implemented activations: {', '.join(_ACTIVATIONS)}")
+    eps = cfg.get("layer_norm_eps", 1e-12)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        refuse("layer_norm_eps", "must be a positive number")
+    if "position_embedding_type" in cfg and cfg["position_embedding_type"] != "absolute":
+        refuse("position_embedding_type", "only absolute position embeddings are implemented")
+    for name in ("is_decoder", "add_cross_attention"):
+        if cfg.get(name, False) is not False:
+            refuse(name, "only the bidirectional encoder is implemented")
+    if cfg.get("model_type", "bert") != "bert":
+        refuse("model_type", "only BERT is implemented")
+    return _ACTIVATIONS[act], float(eps)
 
 
 def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float,
@@ -197,6 +276,7 @@ class _Trunk:
     d: int  # residual width (d' for compressed, full d for masked)
     dh: int
     eps: float
+    act: Callable  # FFN activation (config.hidden_act)
     word: torch.Tensor  # [V, d] (z-scaled in masked families)
     pos: torch.Tensor  # [P, d]
     types: torch.Tensor  # [T, d]
@@ -210,7 +290,7 @@ class _Trunk:
 def _build_trunk(raw: RawCheckpoint, dtype: torch.dtype) -> tuple[_Trunk, _Masks | None]:
     sd, path = raw.state_dict, raw.path
     dh = raw.head_size
-    eps = float(raw.config.get("layer_norm_eps", 1e-12))
+    act, eps = _config_checks(raw)
     word = _tensor(sd, _EMB + "word_embeddings.weight", dtype, path)
     d = int(word.shape[1])
     pos = _tensor(sd, _EMB + "position_embeddings.weight", dtype, path)
@@ -242,7 +322,7 @@ def _build_trunk(raw: RawCheckpoint, dtype: torch.dtype) -> tuple[_Trunk, _Masks
     for i in range(n_layers):
         layers.append((_build_attention(raw, i, d, dh, dtype, masks, zh),
                        _build_ffn(raw, i, d, dtype, masks, zh)))
-    trunk = _Trunk(d, dh, eps, word, pos, types, emb_ln_w, emb_ln_b, layers, zh, keep)
+    trunk = _Trunk(d, dh, eps, act, word, pos, types, emb_ln_w, emb_ln_b, layers, zh, keep)
     return trunk, masks
 
 
@@ -363,7 +443,7 @@ def _encoder(x: torch.Tensor, t: _Trunk, add_mask: torch.Tensor | None) -> torch
         if att is not None:
             x = _layer_norm(x + _self_attention(x, att, t.dh, add_mask), att.ln_w, att.ln_b, t.eps, t.keep)
         if ffn is not None:
-            u = _gelu(F.linear(x, ffn.w1, ffn.b1))
+            u = t.act(F.linear(x, ffn.w1, ffn.b1))  # config.hidden_act
             if ffn.dim_keep is not None:
                 u = u * ffn.dim_keep  # FFN dims removed where intermediate_z * mlp_z == 0
             x = _layer_norm(x + F.linear(u, ffn.w2, ffn.b2), ffn.ln_w, ffn.ln_b, t.eps, t.keep)
@@ -462,15 +542,19 @@ def _demux(raw: RawCheckpoint, x: torch.Tensor, t: _Trunk, n: int, dtype) -> tor
         pre_w, pre_b = g_("demultiplexer.pre_decoder.weight"), g_("demultiplexer.pre_decoder.bias")
         pln_w = g_("demultiplexer.pre_decoder_layer_norm.weight")
         pln_b = g_("demultiplexer.pre_decoder_layer_norm.bias")
-        if bool(raw.config.get("legacy_demuxing", False)):
+        legacy = raw.config.get("legacy_demuxing", False)
+        if not isinstance(legacy, bool):
+            raise CheckpointError(f"{path}: config.json legacy_demuxing={legacy!r}: expected true or false")
+        if legacy:
             y = F.layer_norm(_gelu(F.linear(u, w1, b1)), (w1.shape[0],),
                              g_("demux_module.layer_norm_1.weight"), g_("demux_module.layer_norm_1.bias"), eps)
         else:
-            kd = int(raw.config.get("num_hidden_demux_layers") or 2)  # absent or null: upstream default 2
-            if kd < 2:
+            # upstream: `config.num_hidden_demux_layers if hasattr(config, ...) else 2` -> 2 only when ABSENT
+            kd = raw.config["num_hidden_demux_layers"] if "num_hidden_demux_layers" in raw.config else 2
+            if isinstance(kd, bool) or not isinstance(kd, int) or kd < 2:
                 raise CheckpointError(
-                    f"{path}: num_hidden_demux_layers={kd}; the index_pos classifier demux needs >= 2 "
-                    "(it uses dense_1 .. dense_{Kd-1})"
+                    f"{path}: config.json num_hidden_demux_layers={kd!r}; the index_pos classifier demux needs an "
+                    "integer >= 2 (it uses dense_1 .. dense_{Kd-1})"
                 )
             y = _gelu(F.linear(u, w1, b1))  # dropout_1 where a LayerNorm was meant (Q5): identity
             for k in range(2, kd):
@@ -644,7 +728,9 @@ def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=N
           pruned hidden dims held at 0, sublayer removal decided statically from the masks (module
           docstring: fault class F3).
         * Compressed families: every width from the weight shapes (§1.4); head size ``raw.head_size``.
-        * LayerNorm eps = config ``layer_norm_eps`` (default 1e-12); GELU is the exact erf form.
+        * LayerNorm eps = config ``layer_norm_eps`` (default 1e-12) in every LayerNorm, the demultiplexer's
+          included; the FFN activation is ``config.hidden_act`` (default the exact erf GELU; each implemented
+          name is written from its formula), the demultiplexer always uses the erf GELU and the pooler tanh.
 
     Returns:
         logits ``[B, C]`` of ``dtype`` (C = rows of ``classifier.weight``), one row per input row.
@@ -654,7 +740,10 @@ def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=N
             ``S > seq_len`` (multiplexed families), a length beyond the position table, mismatched
             ``attention_mask``/``token_type_ids`` shapes, an unknown ``padding``, ``seq_len < 1``.
         CheckpointError: a missing tensor, a tensor or mask of the wrong shape (the message names it,
-            its shape and the expected shape), a ``hidden_z`` that keeps nothing, an unknown family.
+            its shape and the expected shape), a ``hidden_z`` that keeps nothing, an unknown family, a
+            ``config.json`` value this reference does not implement (``hidden_act``, ``layer_norm_eps``,
+            ``position_embedding_type``, ``is_decoder``, ``add_cross_attention``, ``model_type``,
+            ``num_hidden_demux_layers``, ``legacy_demuxing``; fault class F22).
     """
     if padding not in PADDING_POLICIES:
         raise InputError(f"padding={padding!r}: expected one of {', '.join(PADDING_POLICIES)}")

@@ -80,6 +80,21 @@ class SynthSpec:
         legacy_ln_names: LayerNorm parameters named ``gamma``/``beta``.
         demux_alias: ``"all"`` (the three aliases of §1.4, as upstream) or one of :data:`DEMUX_ALIASES`.
         seed: seed of every random draw.
+        hidden_act: ``config.hidden_act`` (fault class F22); the weights do not depend on it.
+        layer_norm_eps: ``config.layer_norm_eps``.
+        type_vocab_size: rows of the token-type table (and ``config.type_vocab_size``; fault class F20).
+        key_prefix: a wrapper prefix put in front of every state-dict key, e.g. ``"module."`` as
+            DataParallel saves it (fault class F21).
+        shards: > 1 splits the weights into that many shards plus the index file HF writes
+            (``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``, or
+            ``pytorch_model-0000k-of-0000n.bin`` + ``pytorch_model.bin.index.json``; fault class F25).
+        config_overrides: entries merged into ``config.json`` last (any field, any value).
+        broken_file: replace a file by something that is not a checkpoint (fault class F28):
+            ``"lfs-pointer"``, ``"empty"``, ``"text"``, ``"random"`` (bytes), ``"plain-pickle"`` (a pickle
+            that is not torch's format), ``"code-pickle"`` (a pickle that calls a function when loaded),
+            ``"truncated"`` (the first half of the file).
+        broken_target: which file ``broken_file`` replaces: ``"weights"`` (the weights file; the first shard
+            when sharded) or ``"zs"`` (``zs.pt``, masked families).
     """
 
     family: str
@@ -105,6 +120,18 @@ class SynthSpec:
     legacy_ln_names: bool = False
     demux_alias: str = "all"
     seed: int = 0
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 2
+    key_prefix: str = ""
+    shards: int = 0
+    config_overrides: dict = field(default_factory=dict)
+    broken_file: str | None = None
+    broken_target: str = "weights"
+
+
+#: Kinds of :attr:`SynthSpec.broken_file`.
+BROKEN_FILE_KINDS = ("lfs-pointer", "empty", "text", "random", "plain-pickle", "code-pickle", "truncated")
 
 
 @dataclass
@@ -302,6 +329,15 @@ def _check_spec(spec: SynthSpec) -> None:
         bad(f"demux_alias {spec.demux_alias!r}; expected 'all' or one of {', '.join(DEMUX_ALIASES)}")
     if spec.safetensors_tied_name not in ("word_embeddings", "decoder"):
         bad("safetensors_tied_name must be 'word_embeddings' or 'decoder'")
+    if int(spec.type_vocab_size) < 1 or int(spec.shards) < 0:
+        bad("type_vocab_size must be >= 1 and shards >= 0")
+    if spec.key_prefix and not spec.key_prefix.endswith("."):
+        bad(f"key_prefix {spec.key_prefix!r} must end with '.'")
+    if spec.broken_file is not None and spec.broken_file not in BROKEN_FILE_KINDS:
+        bad(f"broken_file {spec.broken_file!r}; expected one of {', '.join(BROKEN_FILE_KINDS)}")
+    if spec.broken_target not in ("weights", "zs") or (spec.broken_target == "zs"
+                                                       and spec.family not in MASKED_FAMILIES):
+        bad("broken_target must be 'weights', or 'zs' for a masked family")
     pruned = spec.heads_kept is not None or spec.ffn_kept is not None or spec.hidden_kept is not None
     if spec.family in ("muxplm", "bert") and pruned:
         full = _normalise(spec)
@@ -362,7 +398,7 @@ def _full_state_dict(spec: SynthSpec) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {}
     sd[_WORD] = r.normal(_WORD, (V, d), 0.2)
     sd["bert.embeddings.position_embeddings.weight"] = r.normal("pos", (spec.max_pos, d), 0.2)
-    sd["bert.embeddings.token_type_embeddings.weight"] = r.normal("type", (2, d), 0.2)
+    sd["bert.embeddings.token_type_embeddings.weight"] = r.normal("type", (spec.type_vocab_size, d), 0.2)
     sd["bert.embeddings.position_ids"] = torch.arange(spec.max_pos, dtype=torch.int64).unsqueeze(0)
     _layer_norm(sd, r, "bert.embeddings.LayerNorm", d)
     for i in range(L):
@@ -578,7 +614,8 @@ def _label_maps(num_labels: int) -> tuple[dict, dict]:
 def build_config(family: str, *, num_layers: int, hidden: int, heads: int, ffn: int, vocab: int,
                  max_pos: int, num_labels: int, num_instances: int = 1, muxing_variant: str = "gaussian_hadamard",
                  demuxing_variant: str = "index_pos", num_hidden_demux_layers: int | None = 3,
-                 legacy_demuxing: bool = False, pruned_heads: dict[str, list[int]] | None = None) -> dict:
+                 legacy_demuxing: bool = False, pruned_heads: dict[str, list[int]] | None = None,
+                 hidden_act: str = "gelu", layer_norm_eps: float = 1e-12, type_vocab_size: int = 2) -> dict:
     """``config.json`` as upstream writes it for ``family`` (spec §1.3): ORIGINAL sizes, erf ``gelu``,
     ``layer_norm_eps`` 1e-12, id2label/label2id; mux fields for A/B/C; ``pruned_heads`` (JSON string keys,
     bookkeeping only) for A/D, omitted for B/C/E/F (Q13); PruMUX training-only fields for A/B."""
@@ -587,18 +624,18 @@ def build_config(family: str, *, num_layers: int, hidden: int, heads: int, ffn: 
         "architectures": [_ARCHITECTURES[family]],
         "model_type": "bert",
         "attention_probs_dropout_prob": 0.1,
-        "hidden_act": "gelu",
+        "hidden_act": hidden_act,
         "hidden_dropout_prob": 0.1,
         "hidden_size": hidden,
         "initializer_range": 0.02,
         "intermediate_size": ffn,
-        "layer_norm_eps": 1e-12,
+        "layer_norm_eps": layer_norm_eps,
         "max_position_embeddings": max_pos,
         "num_attention_heads": heads,
         "num_hidden_layers": num_layers,
         "pad_token_id": 0,
         "position_embedding_type": "absolute",
-        "type_vocab_size": 2,
+        "type_vocab_size": type_vocab_size,
         "vocab_size": vocab,
         "id2label": id2label,
         "label2id": label2id,
@@ -680,25 +717,93 @@ def _prepare_dir(out_dir: str | Path) -> Path:
 
 def write_state_dir(out_dir: str | Path, config: dict, state_dict: dict[str, torch.Tensor],
                     zs: dict[str, torch.Tensor] | None = None, safetensors: bool = False,
-                    tied_name: str = "word_embeddings") -> Path:
+                    tied_name: str = "word_embeddings", shards: int = 0) -> Path:
     """Write ``config.json`` + ``pytorch_model.bin`` (``torch.save``, shared tensors stay shared) or
     ``model.safetensors`` (one name per shared tensor), and ``zs.pt`` when ``zs`` is given.
+
+    With ``shards > 1`` the weights go to that many shard files plus the index file, named as HF's
+    ``save_pretrained`` names them (``model-00001-of-00002.safetensors`` + ``model.safetensors.index.json``
+    with ``{"metadata": {"total_size"}, "weight_map": {key: shard}}``; ``pytorch_model-00001-of-00002.bin`` +
+    ``pytorch_model.bin.index.json``). Keys are dealt to shards in order, in contiguous runs.
 
     Raises:
         InputError: ``out_dir`` exists and is not an empty directory.
     """
     out = _prepare_dir(out_dir)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if safetensors:
+    sd = _dedupe_for_safetensors(state_dict, tied_name) if safetensors else state_dict
+    if shards > 1:
+        _write_shards(out, sd, shards, safetensors)
+    elif safetensors:
         from safetensors.torch import save_file
 
-        save_file(_dedupe_for_safetensors(state_dict, tied_name), str(out / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     else:
-        torch.save(state_dict, out / "pytorch_model.bin")
+        torch.save(sd, out / "pytorch_model.bin")
     if zs is not None:
         torch.save({k: v.clone() for k, v in zs.items()}, out / "zs.pt")
     return out
+
+
+def _write_shards(out: Path, sd: dict[str, torch.Tensor], shards: int, safetensors: bool) -> None:
+    keys = list(sd)
+    n = max(1, min(int(shards), len(keys)))
+    stem, ext = ("model", "safetensors") if safetensors else ("pytorch_model", "bin")
+    per = math.ceil(len(keys) / n)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for k in range(n):
+        name = f"{stem}-{k + 1:05d}-of-{n:05d}.{ext}"
+        part = {key: sd[key] for key in keys[k * per:(k + 1) * per]}
+        if safetensors:
+            from safetensors.torch import save_file
+
+            save_file({key: t.contiguous() for key, t in part.items()}, str(out / name), metadata={"format": "pt"})
+        else:
+            torch.save({key: t.clone() for key, t in part.items()}, out / name)
+        for key, t in part.items():
+            weight_map[key] = name
+            total += t.numel() * t.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def break_file(path: str | Path, kind: str, seed: int = 0) -> None:
+    """Replace the file at ``path`` by something that is not a checkpoint (:data:`BROKEN_FILE_KINDS`;
+    fault class F28). A Git LFS pointer is the three lines git writes (about 130 bytes) with the real file's
+    sha256 and size."""
+    import hashlib
+    import pickle
+
+    path = Path(path)
+    data = path.read_bytes() if path.exists() else b""
+    if kind == "lfs-pointer":
+        new = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(data).hexdigest()}\n"
+               f"size {len(data)}\n").encode()
+    elif kind == "empty":
+        new = b""
+    elif kind == "text":
+        new = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n"
+    elif kind == "random":
+        g = torch.Generator().manual_seed(int(seed))
+        new = bytes(torch.randint(0, 256, (512,), generator=g, dtype=torch.uint8).tolist())
+        new = b"\x13\x37" + new[2:]  # never a pickle / zip / text opening by chance
+    elif kind == "plain-pickle":
+        new = pickle.dumps({"weights": [1.0, 2.0]}, protocol=4)
+    elif kind == "code-pickle":
+        new = pickle.dumps({"weights": _CallsPrint()}, protocol=4)
+    elif kind == "truncated":
+        new = data[: len(data) // 2]
+    else:
+        raise InputError(f"break_file: unknown kind {kind!r}; expected one of {', '.join(BROKEN_FILE_KINDS)}")
+    path.write_bytes(new)
+
+
+class _CallsPrint:
+    """Pickles to a call of ``print`` (what a malicious or code-carrying pickle looks like)."""
+
+    def __reduce__(self):
+        return (print, ("code ran while unpickling",))
 
 
 def write_checkpoint(out_dir: str | Path, spec: SynthSpec) -> SynthInfo:
@@ -742,8 +847,19 @@ def write_checkpoint(out_dir: str | Path, spec: SynthSpec) -> SynthInfo:
         fam, num_layers=spec.num_layers, hidden=spec.hidden, heads=spec.heads, ffn=spec.ffn, vocab=spec.vocab,
         max_pos=spec.max_pos, num_labels=spec.num_labels, num_instances=N, muxing_variant=spec.muxing_variant,
         demuxing_variant=spec.demuxing_variant, num_hidden_demux_layers=spec.num_hidden_demux_layers,
-        legacy_demuxing=spec.legacy_demuxing, pruned_heads=pruned_heads_bookkeeping(structure, spec.heads))
-    path = write_state_dir(out_dir, config, sd, zs, spec.safetensors, spec.safetensors_tied_name)
+        legacy_demuxing=spec.legacy_demuxing, pruned_heads=pruned_heads_bookkeeping(structure, spec.heads),
+        hidden_act=spec.hidden_act, layer_norm_eps=spec.layer_norm_eps, type_vocab_size=spec.type_vocab_size)
+    config.update(spec.config_overrides)
+    if spec.key_prefix:
+        sd = {spec.key_prefix + k: v for k, v in sd.items()}
+    path = write_state_dir(out_dir, config, sd, zs, spec.safetensors, spec.safetensors_tied_name, spec.shards)
+    if spec.broken_file is not None:
+        if spec.broken_target == "zs":
+            target = path / "zs.pt"
+        else:
+            target = sorted(p for p in path.iterdir() if p.name.startswith(("pytorch_model", "model"))
+                            and not p.name.endswith(".json"))[0]
+        break_file(target, spec.broken_file, spec.seed)
     return SynthInfo(path, fam, N, spec.num_layers, spec.hidden, spec.heads, spec.ffn, dh, structure, zs,
                      cofi_sparsity(structure, spec.num_layers, spec.hidden, spec.ffn, dh))
 

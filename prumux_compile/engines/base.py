@@ -181,7 +181,9 @@ def prepare_feeds(feeds: dict, spec: ExportSpec) -> dict[str, np.ndarray]:
     Raises:
         InputError: unknown or missing input names, non-integer dtype, not 2-D, B or S == 0, shapes that
             differ between inputs, ``S > spec.max_seq_len`` (the compiled length of a multiplexed model),
-            token ids outside ``[0, vocab_size)``.
+            token ids outside ``[0, vocab_size)``, negative segment ids, and segment ids outside
+            ``[0, type_vocab_size)`` where the family uses them (fault class F20; multiplexed families ignore
+            ``token_type_ids``, as upstream).
     """
     if not isinstance(feeds, dict):
         raise InputError(f"feeds must be a dict of arrays, got {type(feeds).__name__}")
@@ -220,4 +222,10 @@ def prepare_feeds(feeds: dict, spec: ExportSpec) -> dict[str, np.ndarray]:
             out[name] = np.full((b, s), fill, dtype=np.int64)
     if "token_type_ids" in feeds and (out["token_type_ids"].min() < 0):
         raise InputError("token_type_ids: negative segment ids")
+    tt = out.get("token_type_ids")
+    if tt is not None and "token_type_ids" not in spec.ignored_inputs and int(tt.max()) >= spec.type_vocab_size:
+        raise InputError(
+            f"token_type_ids: segment id {int(tt.max())} is outside the model's token-type table of "
+            f"{spec.type_vocab_size} row(s); segment ids must lie in [0, {spec.type_vocab_size})"
+        )
     return {name: out[name] for name in spec.input_names}

@@ -173,7 +173,7 @@ class OrtCpuBackend(Backend):
     def _measure(runners: dict[str, OrtRunner], xspec: ExportSpec, spec: BuildSpec) -> dict:
         batch = spec.bench_batch or 8 * xspec.num_instances
         seq = xspec.max_seq_len if xspec.muxed else min(128, xspec.max_seq_len)
-        feeds = realistic_inputs(batch, seq, xspec.vocab_size, seed=0)
+        feeds = realistic_inputs(batch, seq, xspec.vocab_size, seed=0, type_vocab_size=xspec.type_vocab_size)
         timings = interleaved({role: (lambda r=r: r.run(feeds)) for role, r in runners.items()},
                               batch_size=batch, seq_len=seq, warmup=spec.bench_warmup, rounds=spec.bench_rounds)
         return {role: {"p50_ms": t.p50_ms, "throughput": t.throughput, "batch": batch, "seq": seq}

@@ -280,8 +280,10 @@ class _FeedForward(nn.Module):
         _buf(self, "ln_w", f.ln_weight, torch.float32)
         _buf(self, "ln_b", f.ln_bias, torch.float32)
 
+    act = staticmethod(F.gelu)  # replaced by config.hidden_act's function (fault class F22)
+
     def forward(self, x: Tensor) -> Tensor:
-        u = F.gelu(F.linear(x.to(self.cd), self.w1, self.b1))
+        u = self.act(F.linear(x.to(self.cd), self.w1, self.b1))
         return F.layer_norm(x + F.linear(u, self.w2, self.b2), (x.shape[-1],), self.ln_w, self.ln_b, self.eps)
 
 
@@ -339,6 +341,10 @@ class CudaCompactModel(nn.Module):
         self.seq_len = ir.seq_len
         self.num_labels = ir.num_labels
         self.layers = nn.ModuleList(_Layer(l, ir.eps, cd, attention) for l in ir.layers)
+        from prumux_compile.kernels.activations import activation_function  # config.hidden_act (F22)
+        for layer in self.layers:
+            if layer.ffn is not None:
+                layer.ffn.act = activation_function(ir.activation)
         _buf(self, "cls_w", ir.classifier[0], torch.float32)
         _buf(self, "cls_b", ir.classifier[1], torch.float32)
         self.kernels = {"mux": mux_kernel, "demux": demux_kernel}
@@ -724,7 +730,8 @@ def validate_runner(runner, raw, precision: str, *, seq_len: int, seq: int | Non
     length = int(seq or (seq_len if raw.is_muxed else 32))
     results, outs, refs = [], [], []
     for i, b in enumerate(batches or validation_batches(raw.num_instances)):
-        feeds = realistic_inputs(b, length, vocab, seed=seed + i)
+        feeds = realistic_inputs(b, length, vocab, seed=seed + i, type_vocab_size=int(
+            raw.state_dict["bert.embeddings.token_type_embeddings.weight"].shape[0]))  # F20
         before = {k: v.copy() for k, v in feeds.items()}
         logits = runner.run(feeds)["logits"]
         again = runner.run(feeds)["logits"]

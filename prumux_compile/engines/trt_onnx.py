@@ -86,6 +86,7 @@ def _load(path_or_model) -> onnx.ModelProto:
         raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
 
 
+from prumux_compile.export.onnx_export import save_onnx  # noqa: E402
 from prumux_compile.export.onnx_export import walk_nodes as _nodes  # noqa: E402
 
 
@@ -141,7 +142,7 @@ def write_trt_onnx(onnx_path: str | Path, out_path: str | Path | None = None) ->
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises InferenceError, ValidationError, ...
         raise EngineBuildError(f"{onnx_path.name}: ONNX check before TensorRT failed: {_first_line(exc)}") from None
-    onnx.save_model(model, str(out_path))
+    save_onnx(model, out_path)  # external data beside it past the protobuf limit (F26)
     return {"path": str(out_path), "ops": ops, "nodes": int(sum(ops.values()))}
 
 
@@ -195,7 +196,7 @@ def write_trt_onnx_fp16(trt_onnx_path: str | Path, out_path: str | Path | None =
     out_types = [o.type.tensor_type.elem_type for o in converted.graph.output]
     if out_types != [o.type.tensor_type.elem_type for o in model.graph.output]:
         raise EngineBuildError(f"{trt_onnx_path.name}: fp16 conversion changed the output types")
-    onnx.save_model(converted, str(out_path))
+    save_onnx(converted, out_path)  # external data beside it past the protobuf limit (F26)
     kinds = Counter(t.data_type for t in converted.graph.initializer)
     return {"path": str(out_path), "fp32_ops": list(fp32_ops), "ops": ops, "casts": ops.get("Cast", 0),
             "fp32_cast_nodes": len(cast_nodes), "fp16_initializers": kinds.get(onnx.TensorProto.FLOAT16, 0),
@@ -287,7 +288,8 @@ def validate_onnx(onnx_path: str | Path, raw, *, precision: str, seq_len: int, s
     length = int(seq or seq_len)
     results, outs, refs = [], [], []
     for i, b in enumerate(batches or validation_batches(n)):
-        feeds = realistic_inputs(b, length, vocab, seed=seed + i)
+        feeds = realistic_inputs(b, length, vocab, seed=seed + i, type_vocab_size=int(
+            raw.state_dict["bert.embeddings.token_type_embeddings.weight"].shape[0]))  # F20
         (logits,) = session.run(None, {k: v for k, v in feeds.items() if k in names})
         ref = reference.forward(raw, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"],
                                 seq_len=seq_len, dtype=torch.float64).numpy()

@@ -18,13 +18,15 @@ _FIRST_WORD = 1000
 
 
 def realistic_inputs(batch: int, seq: int, vocab_size: int, *, seed: int = 0,
-                     pad_rows: bool = True) -> dict[str, np.ndarray]:
+                     pad_rows: bool = True, type_vocab_size: int = 2) -> dict[str, np.ndarray]:
     """Inputs ``{"input_ids", "attention_mask", "token_type_ids"}``, each int64 ``[batch, seq]``.
 
     Row 0 always fills all ``seq`` positions. With ``pad_rows`` every odd row is right-padded (mask 0, id 0)
     to a length drawn in ``[max(2, seq // 2), seq]``. Every third row (r % 3 == 1) is a sentence pair:
-    ``[CLS] a [SEP] b [SEP]`` with token type 1 on the second segment. Ordinary tokens are drawn from
-    ``[1000, vocab)`` for a BERT-sized vocabulary, else from ``[103, vocab)``.
+    ``[CLS] a [SEP] b [SEP]``, with token type 1 on the second segment when the token-type table has a row 1
+    (``type_vocab_size >= 2``; else type 0 throughout, as a tokenizer for such a model writes: fault class F20).
+    Ordinary tokens are drawn from ``[1000, vocab)`` for a BERT-sized vocabulary, else from ``[103, vocab)``.
+    Every id lies inside its table.
 
     Args:
         batch, seq: shape (both >= 1).
@@ -32,12 +34,15 @@ def realistic_inputs(batch: int, seq: int, vocab_size: int, *, seed: int = 0,
             token exist.
         seed: generator seed.
         pad_rows: pad odd rows as described.
+        type_vocab_size: rows of the token-type table (``ExportSpec.type_vocab_size``).
 
     Raises:
-        InputError: ``batch`` or ``seq`` < 1, or ``vocab_size`` <= 103.
+        InputError: ``batch`` or ``seq`` < 1, ``vocab_size`` <= 103, or ``type_vocab_size`` < 1.
     """
     if batch < 1 or seq < 1:
         raise InputError(f"inputs: batch and seq must be >= 1, got {batch} x {seq}")
+    if int(type_vocab_size) < 1:
+        raise InputError(f"inputs: type_vocab_size must be >= 1, got {type_vocab_size}")
     if vocab_size <= SEP_ID + 1:
         raise InputError(f"inputs: vocabulary of {vocab_size} rows has no room for [CLS]=101 / [SEP]=102")
     rng = np.random.default_rng(seed)
@@ -55,7 +60,7 @@ def realistic_inputs(batch: int, seq: int, vocab_size: int, *, seed: int = 0,
         if r % 3 == 1 and real >= 5:
             cut = real // 2
             ids[r, cut - 1] = SEP_ID
-            types[r, cut:real] = 1
+            types[r, cut:real] = 1 if type_vocab_size >= 2 else 0
         ids[r, real:] = PAD_ID
         mask[r, real:] = 0
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

@@ -9,6 +9,12 @@ per-layer head count as a constant into the attention reshapes (the kernels use 
   a family ignores; :func:`_apply_interface` puts them back as (unused) graph inputs.
 * ``"dynamo"``: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript), kept selectable and tested.
 
+Models past the 2 GiB protobuf limit (fault class F26, onnx#3275): when the weights reach
+:data:`EXTERNAL_DATA_THRESHOLD` bytes, :func:`export_onnx` writes them to one external-data file beside the model
+(``model.onnx.data``; ONNX Runtime, Triton and :func:`save_onnx` / :func:`onnx_data_files` find it by the relative
+location recorded in the graph). Every step that copies or rewrites a model carries that file along. Memory: the
+exported graph is held once in memory while its interface is set (about the size of the weights).
+
 Checks after export (:func:`check_onnx`, raising :class:`~prumux_compile.errors.EngineBuildError`):
 ``onnx.checker`` full check (strict shape inference), opset >= 17, standard ONNX domain only, no model-local
 functions, no ``If`` / ``Loop`` node anywhere (F19), the declared interface with symbolic batch / sequence
@@ -33,7 +39,8 @@ from prumux_compile.errors import EngineBuildError, InputError
 from prumux_compile.export.inputs import realistic_inputs
 from prumux_compile.export.spec import BATCH_AXIS, MIN_OPSET, ExportSpec
 
-__all__ = ["export_onnx", "check_onnx", "read_metadata", "tool_version", "EXPORTER"]
+__all__ = ["export_onnx", "check_onnx", "read_metadata", "tool_version", "EXPORTER", "save_onnx", "onnx_data_files",
+           "copy_onnx", "EXTERNAL_DATA_THRESHOLD"]
 
 #: The exporters (see module docstring); the first is the default.
 EXPORTERS = {"torchscript": "torch.onnx.export(dynamo=False)", "dynamo": "torch.onnx.export(dynamo=True)"}
@@ -41,6 +48,10 @@ EXPORTER = EXPORTERS["torchscript"]
 _STANDARD_DOMAINS = ("", "ai.onnx")
 _FORBIDDEN_OPS = ("If", "Loop")
 _ONNX_DTYPES = {"int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT}
+#: Weight bytes from which a model is saved with external data (fault class F26). A protobuf message cannot exceed
+#: 2 GiB; the graph itself needs room beside the weights, hence the 256 MiB margin. A module constant so that tests
+#: can lower it and exercise the external-data path on a tiny model.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**28
 #: Loggers that print progress or harmless warnings during a dynamo export (silenced while it runs).
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "onnxscript", "onnx_ir")
 
@@ -71,7 +82,8 @@ def _quiet():
 
 
 def _example_inputs(spec: ExportSpec) -> tuple[torch.Tensor, ...]:
-    feeds = realistic_inputs(spec.example_batch, spec.example_seq, spec.vocab_size, seed=0)
+    feeds = realistic_inputs(spec.example_batch, spec.example_seq, spec.vocab_size, seed=0,
+                             type_vocab_size=spec.type_vocab_size)
     return tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
 
 
@@ -88,7 +100,7 @@ def export_onnx(module: torch.nn.Module, spec: ExportSpec, path: str | Path, *, 
         exporter: ``"torchscript"`` or ``"dynamo"`` (module docstring).
 
     Returns:
-        ``{"exporter", "opset", "path"}``.
+        ``{"exporter", "opset", "path", "external_data"}`` (the external-data file name beside ``path``, or None).
 
     Writes into the model: graph input/output ``doc_string`` (ignored inputs say so), ``model.doc_string``,
     ``metadata_props`` from :meth:`ExportSpec.metadata`; the output's batch axis is named ``batch`` (the
@@ -124,9 +136,101 @@ def export_onnx(module: torch.nn.Module, spec: ExportSpec, path: str | Path, *, 
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise EngineBuildError(f"ONNX export failed ({type(exc).__name__}: {first})") from exc
         model = onnx.load(str(raw_path))  # inlines external data, if the exporter wrote any
-    _apply_interface(model, spec)
-    onnx.save_model(model, str(path))
-    return {"exporter": EXPORTERS[exporter], "opset": _default_opset(model), "path": str(path)}
+        _apply_interface(model, spec)
+        data = save_onnx(model, path)
+    return {"exporter": EXPORTERS[exporter], "opset": _default_opset(model), "path": str(path),
+            "external_data": data}
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of every initializer and ``Constant`` tensor of ``model`` (subgraphs included), from their shapes."""
+    total = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    for node in walk_nodes(model.graph):
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                total += _tensor_bytes(a.t)
+    return total
+
+
+def onnx_data_files(path: str | Path) -> list[Path]:
+    """The external-data files an ONNX model refers to, as paths beside it (empty when self-contained).
+
+    Raises:
+        InputError: the model cannot be read, a location leaves the model's folder, or a file is missing.
+    """
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    out: list[Path] = []
+    tensors = list(model.graph.initializer)
+    for node in walk_nodes(model.graph):
+        for a in node.attribute:
+            tensors += [a.t] if a.type == onnx.AttributeProto.TENSOR else list(a.tensors)
+    for t in tensors:
+        if uses_external_data(t):
+            loc = Path(ExternalDataInfo(t).location)
+            if loc.is_absolute() or ".." in loc.parts:
+                raise InputError(f"{path}: external data location {str(loc)!r} is outside the model's folder")
+            if path.parent / loc not in out:
+                out.append(path.parent / loc)
+    for f in out:
+        if not f.is_file():
+            raise InputError(f"{path}: its external data file {f.name} is missing; copy it next to the model")
+    return out
+
+
+def save_onnx(model: onnx.ModelProto, path: str | Path, *, external: bool | None = None) -> str | None:
+    """Save ``model`` to ``path``; its weights go to the external-data file ``<path name>.data`` beside it when they
+    reach :data:`EXTERNAL_DATA_THRESHOLD` bytes (or when ``external`` is True) — fault class F26.
+
+    ``model`` must hold its tensor data in memory (loaded with ``load_external_data=True``); saving with external
+    data moves that data out of ``model`` (it then refers to the file). A previous data file of that name is
+    replaced, never appended to.
+
+    Returns:
+        the external-data file name, or None for a self-contained model.
+    """
+    path = Path(path)
+    if external is None:
+        external = _weight_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+    data = path.name + ".data"
+    if (path.parent / data).exists():
+        (path.parent / data).unlink()  # onnx appends to an existing data file
+    if not external:
+        onnx.save_model(model, str(path))
+        return None
+    # tensors under 1 KiB (shapes, axes: what shape inference reads) stay in the graph, as onnx does by default
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                    size_threshold=1024, convert_attribute=False)
+    return data
+
+
+def copy_onnx(src: str | Path, dst: str | Path) -> list[Path]:
+    """Copy a model and its external-data files (under the locations it records) to ``dst`` and ``dst``'s folder.
+
+    Returns:
+        the files written (the model first).
+    """
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    written = [dst]
+    shutil.copyfile(src, dst)
+    for f in onnx_data_files(src):
+        target = dst.parent / f.relative_to(src.parent)
+        if target.resolve() != f.resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
+        written.append(target)
+    return written
 
 
 def _apply_interface(model: onnx.ModelProto, spec: ExportSpec) -> None:
@@ -220,7 +324,7 @@ def check_onnx(path: str | Path, spec: ExportSpec, *, standard_only: bool = True
     except Exception as exc:  # onnx raises ValidationError, InferenceError, ...
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise EngineBuildError(f"{path.name}: onnx.checker full check failed: {first}") from None
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # shapes and graph only (the data may be > 2 GiB)
     problems = []
     opset = _default_opset(model)
     if opset < MIN_OPSET:
@@ -241,8 +345,7 @@ def check_onnx(path: str | Path, spec: ExportSpec, *, standard_only: bool = True
     problems += _interface_problems(model, spec)
     if problems:
         raise EngineBuildError(f"{path.name}: " + "; ".join(problems))
-    init_bytes = sum(int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-                     for t in model.graph.initializer)
+    init_bytes = sum(_tensor_bytes(t) for t in model.graph.initializer)
     return {"opset": opset, "nodes": len(nodes), "op_types": dict(sorted(ops.items())), "domains": domains,
             "initializer_bytes": int(init_bytes),
             "checks": ["onnx.checker full_check", f"opset >= {MIN_OPSET}", "no If/Loop",

@@ -9,7 +9,7 @@ name                    dtype      shape               meaning
 ======================  =========  ==================  ================================================
 ``input_ids``           int64      ``[batch, sequence]``  WordPiece ids, [CLS] = 101 first
 ``attention_mask``      int64      ``[batch, sequence]``  1 = token, 0 = padding
-``token_type_ids``      int64      ``[batch, sequence]``  segment ids 0 / 1
+``token_type_ids``      int64      ``[batch, sequence]``  segment ids in [0, type_vocab_size)
 ``logits``              float32    ``[batch, num_labels]`` one row per input row
 ======================  =========  ==================  ================================================
 
@@ -96,6 +96,8 @@ class ExportSpec:
         head_size: per-head width dh.
         inputs / outputs: the graph interface (:class:`TensorSpec`).
         example_batch / example_seq: example shapes for tracing (never 0 or 1, F15).
+        type_vocab_size: rows of the token-type table (``token_type_ids`` must lie in ``[0, type_vocab_size)``
+            where the family uses them; fault class F20). Models exported before this field default to 2.
     """
 
     family: str
@@ -111,6 +113,7 @@ class ExportSpec:
     outputs: tuple[TensorSpec, ...] = field(default=())
     example_batch: int = 3
     example_seq: int = 8
+    type_vocab_size: int = 2
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -142,8 +145,9 @@ class ExportSpec:
 
         Keys: ``prumux.num_instances``, ``prumux.seq_len`` (only for a compiled length), ``prumux.family``,
         ``prumux.num_labels``, ``prumux.id2label`` (JSON object), ``prumux.tool_version``, plus
-        ``prumux.max_seq_len``, ``prumux.vocab_size``, ``prumux.head_size``, ``prumux.layer_heads`` (JSON list
-        of ``[layer, heads]``) and ``prumux.ignored_inputs`` (JSON list) used by the engines.
+        ``prumux.max_seq_len``, ``prumux.vocab_size``, ``prumux.type_vocab_size``, ``prumux.head_size``,
+        ``prumux.layer_heads`` (JSON list of ``[layer, heads]``) and ``prumux.ignored_inputs`` (JSON list) used by
+        the engines.
         """
         meta = {
             "num_instances": str(self.num_instances),
@@ -153,6 +157,7 @@ class ExportSpec:
             "tool_version": tool_version,
             "max_seq_len": str(self.max_seq_len),
             "vocab_size": str(self.vocab_size),
+            "type_vocab_size": str(self.type_vocab_size),
             "head_size": str(self.head_size),
             "layer_heads": json.dumps([list(x) for x in self.layer_heads]),
             "ignored_inputs": json.dumps(list(self.ignored_inputs)),
@@ -182,6 +187,7 @@ class ExportSpec:
                 seq_len=int(seq) if seq is not None else None, max_seq_len=int(get("max_seq_len")),
                 vocab_size=int(get("vocab_size")), head_size=int(get("head_size")),
                 layer_heads=[tuple(x) for x in json.loads(get("layer_heads"))],
+                type_vocab_size=int(meta.get(META_PREFIX + "type_vocab_size", 2)),  # absent in older exports
             )
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             raise InputError(f"ONNX model metadata is malformed ({exc})") from None
@@ -194,7 +200,7 @@ def _example_length(limit: int) -> int:
 
 def make_spec(*, family: str, num_instances: int, num_labels: int, id2label: dict[int, str],
               seq_len: int | None, max_seq_len: int, vocab_size: int, head_size: int,
-              layer_heads) -> ExportSpec:
+              layer_heads, type_vocab_size: int = 2) -> ExportSpec:
     """Build the :class:`ExportSpec` of one model from its sizes (the declarative part of the export).
 
     Raises:
@@ -208,6 +214,8 @@ def make_spec(*, family: str, num_instances: int, num_labels: int, id2label: dic
         raise InputError(f"{family}: needs N >= 1 and, when multiplexed, a compiled seq_len")
     if max_seq_len < 2:
         raise InputError(f"{family}: the sequence limit is {max_seq_len}; an exported model needs >= 2 tokens")
+    if int(type_vocab_size) < 1:
+        raise InputError(f"{family}: type_vocab_size {type_vocab_size}; the token-type table needs >= 1 row")
     inputs = []
     for name in INPUT_NAMES:
         used = name == "input_ids" or not muxed
@@ -221,6 +229,7 @@ def make_spec(*, family: str, num_instances: int, num_labels: int, id2label: dic
         vocab_size=int(vocab_size), layer_heads=tuple((int(a), int(b)) for a, b in layer_heads),
         head_size=int(head_size), inputs=tuple(inputs), outputs=outputs,
         example_batch=2 * int(num_instances) + 1, example_seq=_example_length(int(max_seq_len)),
+        type_vocab_size=int(type_vocab_size),
     )
 
 
@@ -240,4 +249,5 @@ def spec_for_ir(ir) -> ExportSpec:
         seq_len=ir.seq_len if ir.is_muxed else None,
         max_seq_len=int(ir.seq_len) if ir.is_muxed else positions,
         vocab_size=int(ir.embeddings.word.shape[0]), head_size=int(ir.head_size), layer_heads=layer_heads,
+        type_vocab_size=int(ir.embeddings.token_type.shape[0]),
     )

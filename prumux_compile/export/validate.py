@@ -138,7 +138,8 @@ def validate_artifacts(runners: dict[str, _Runs], raw, spec: ExportSpec, *, tole
     results = {name: ArtifactValidation(name, OUTPUT_NAME, float(tolerance)) for name in runners}
     ref_seq_len = spec.seq_len if spec.seq_len is not None else 128
     for b, s in cases:
-        feeds = realistic_inputs(b, s, spec.vocab_size, seed=seed * 1_000_003 + b * 1009 + s)
+        feeds = realistic_inputs(b, s, spec.vocab_size, seed=seed * 1_000_003 + b * 1009 + s,
+                                 type_vocab_size=spec.type_vocab_size)
         ref = reference.forward(raw, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"],
                                 seq_len=ref_seq_len)
         ref = ref.detach().cpu().numpy() if hasattr(ref, "detach") else np.asarray(ref)

@@ -6,15 +6,19 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from prumux_compile.ir import FFN, Layer
+from prumux_compile.kernels.activations import activation_function
 from prumux_compile.kernels.attention import SelfAttention
 from prumux_compile.kernels.norm import LayerNorm, frozen
 
 
 class FeedForward(nn.Module):
-    """``x = LN(x + gelu(x W1ᵀ + b1) W2ᵀ + b2)`` with exact (erf) GELU; ``x [B, L, d']`` -> same shape."""
+    """``x = LN(x + act(x W1ᵀ + b1) W2ᵀ + b2)``; ``x [B, L, d']`` -> same shape. ``act`` is ``config.hidden_act``
+    (:func:`~prumux_compile.kernels.activations.activation_function`; exact erf GELU by default)."""
 
-    def __init__(self, spec: FFN, eps: float, hidden_keep: Tensor | None = None):
+    def __init__(self, spec: FFN, eps: float, hidden_keep: Tensor | None = None, activation: str = "gelu"):
         super().__init__()
+        self.activation = activation
+        self.act = activation_function(activation)
         self.w1, self.b1 = frozen(spec.w1), frozen(spec.b1)
         self.w2, self.b2 = frozen(spec.w2), frozen(spec.b2)
         if spec.dim_keep is not None:
@@ -24,7 +28,7 @@ class FeedForward(nn.Module):
         self.ln = LayerNorm(spec.ln_weight, spec.ln_bias, eps, hidden_keep)
 
     def forward(self, x: Tensor) -> Tensor:
-        u = F.gelu(F.linear(x, self.w1, self.b1))
+        u = self.act(F.linear(x, self.w1, self.b1))
         if self.dim_keep is not None:
             u = u * self.dim_keep
         return self.ln(x + F.linear(u, self.w2, self.b2))
@@ -37,11 +41,11 @@ class EncoderLayer(nn.Module):
     Forward: ``x [B, L, d']``, ``mask_add`` or None -> ``[B, L or out_rows, d']``.
     """
 
-    def __init__(self, spec: Layer, eps: float, hidden_keep: Tensor | None = None):
+    def __init__(self, spec: Layer, eps: float, hidden_keep: Tensor | None = None, activation: str = "gelu"):
         super().__init__()
         a, f = spec.attention, spec.ffn
         self.attention = SelfAttention(a, eps, hidden_keep) if a is not None and a.heads_kept > 0 else None
-        self.ffn = FeedForward(f, eps, hidden_keep) if f is not None and f.dims_kept > 0 else None
+        self.ffn = FeedForward(f, eps, hidden_keep, activation) if f is not None and f.dims_kept > 0 else None
         self.out_rows = spec.out_rows
 
     def forward(self, x: Tensor, mask_add: Tensor | None = None) -> Tensor:

@@ -68,7 +68,7 @@ class CompiledModel(nn.Module):
         else:
             self.embed = PlainEmbedding(ir.embeddings, ir.eps, keep)
             self.pooler_w, self.pooler_b = frozen(ir.pooler[0]), frozen(ir.pooler[1])
-        self.layers = nn.ModuleList(EncoderLayer(layer, ir.eps, keep) for layer in ir.layers)
+        self.layers = nn.ModuleList(EncoderLayer(layer, ir.eps, keep, ir.activation) for layer in ir.layers)
         self.classifier_w, self.classifier_b = frozen(ir.classifier[0]), frozen(ir.classifier[1])
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,

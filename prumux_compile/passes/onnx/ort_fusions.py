@@ -25,6 +25,7 @@ from pathlib import Path
 import onnx
 
 from prumux_compile.errors import EngineBuildError
+from prumux_compile.export.onnx_export import onnx_data_files, save_onnx
 
 __all__ = ["FusionReport", "ort_fuse", "TOOL"]
 
@@ -125,11 +126,15 @@ def ort_fuse(src: str | Path, dst: str | Path, *, layer_heads: list[tuple[int, i
 
         model = ir.load(str(src))
         model, counts = optimize_for_ort(model)
-        ir.save(model, str(dst))
+        # weights in src's external-data file go to dst's own (F26): dst never depends on src's files
+        ir.save(model, str(dst), external_data=dst.name + ".data" if onnx_data_files(src) else None)
         report.rewrites = {k: int(v) for k, v in sorted(counts.items()) if v}
     except Exception as exc:  # never fatal: fall back to the unfused graph and report why
         report.error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
-        shutil.copyfile(src, dst)
+        if onnx_data_files(src):
+            save_onnx(onnx.load(str(src)), dst, external=True)
+        else:
+            shutil.copyfile(src, dst)
     report.seconds = time.perf_counter() - start
     fused_model = onnx.load(str(dst), load_external_data=False)
     ops = Counter(n.op_type for n in fused_model.graph.node if n.domain == _MS_DOMAIN)
