@@ -24,10 +24,18 @@ def _batch_list(ctx, param, value: str | None) -> list[int] | None:
     return sizes
 
 
-def _sources(source: Path, name: str | None, all_candidates: bool) -> list[tuple[str, Path]]:
-    """(model name, model.onnx) pairs named by SOURCE: a model.onnx, a candidate folder, or a build report."""
+def _sources(source: Path, name: str | None, all_candidates: bool) -> list[tuple[str, Path, dict | None]]:
+    """(model name, model file, candidate info or None) named by SOURCE: a model.onnx, a candidate folder, or a
+    build report. A build's candidates are served as measured: their artifact file and deployment settings."""
+    import json
+
     from prumux_compile.errors import InputError
 
+    if source.is_dir() and (source / "candidate.json").is_file():
+        from prumux_compile.driver import _model_name
+
+        info = json.loads((source / "candidate.json").read_text())
+        return [(name or _model_name(info), source, info)]
     if source.is_dir():
         source = source / "model.onnx"
     if source.suffix == ".json":
@@ -39,12 +47,12 @@ def _sources(source: Path, name: str | None, all_candidates: bool) -> list[tuple
         picked = report["candidates"] if all_candidates else [c for c in report["candidates"] if c["id"] == chosen]
         if name is not None and len(picked) > 1:
             raise InputError("--name names one model; drop it with --all-candidates")
-        return [(name or _model_name(c), source.parent / "candidates" / c["id"] / "model.onnx") for c in picked]
+        return [(name or _model_name(c), source.parent / "candidates" / c["id"], c) for c in picked]
     if not source.is_file():
         raise InputError(f"{source}: model file not found (give a model.onnx, a candidate folder or a build report.json)")
     if name is None:
         raise InputError("--name is required when SOURCE is a model file")
-    return [(name, source)]
+    return [(name, source, None)]
 
 
 @click.command("triton")
@@ -86,13 +94,27 @@ def triton_cmd(
     """Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx, validated first.
 
     SOURCE is an exported model.onnx, a candidate folder, or a build's OUT/report.json (its chosen candidate,
-    or every candidate with --all-candidates).
+    or every candidate with --all-candidates). A build's candidate is written as it was measured: its artifact
+    file, platform, instance kind and session settings (--instance-kind is then taken from the build).
 
     Exit codes: 0 ok, 2 bad input, 6 the Triton config would not match the model (nothing written).
     """
     from prumux_compile.triton import write_repository
 
-    for model_name, model_path in _sources(source, name, all_candidates):
+    for model_name, model_path, info in _sources(source, name, all_candidates):
+        if info is not None:  # a build's candidate: its measured artifact, platform, kind and session settings
+            from prumux_compile.driver import write_candidate_repository
+            from prumux_compile.errors import InputError
+
+            extra = {k: v for k, v in (("num_instances", num_instances), ("max_batch_size", max_batch_size),
+                                       ("preferred_batch_sizes", preferred_batch_sizes)) if v is not None}
+            target = write_candidate_repository(repo, info, model_path, name=model_name, backend=backend,
+                                                overwrite=overwrite, instance_count=instance_count,
+                                                max_queue_delay_us=max_queue_delay_us, **extra)
+            if target is None:
+                raise InputError(f"candidate {info['id']} ({info['backend']}) has no Triton platform")
+            click.echo(str(target))
+            continue
         target = write_repository(
             repo,
             name=model_name,

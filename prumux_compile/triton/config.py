@@ -26,6 +26,11 @@ INSTANCE_KINDS: tuple[str, ...] = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 PARAM_NUM_INSTANCES = "prumux.num_instances"
 PARAM_ISOLATE = "prumux.isolate_requests"
 PARAM_INTRA_OP_THREADS = "prumux.intra_op_num_threads"
+PARAM_INTER_OP_THREADS = "prumux.inter_op_num_threads"
+PARAM_GRAPH_LEVEL = "prumux.graph_optimization_level"
+#: ONNX Runtime session graph levels by name -> Triton onnxruntime backend ``optimization.graph.level``
+#: (its encoding: -1 basic, 1 basic + extended, 2 all disabled; unset = everything enabled).
+ORT_GRAPH_LEVELS: dict[str, int | None] = {"disable_all": 2, "basic": -1, "extended": 1, "all": None}
 
 #: Default ``max_batch_size`` is this many mux groups (8·N), when neither the caller nor the model says.
 DEFAULT_GROUPS = 8
@@ -105,6 +110,9 @@ def build_model_config(
     isolate_requests: bool = True,
     intra_op_num_threads: int | None = None,
     default_model_filename: str | None = None,
+    graph_optimization_level: str | None = None,
+    inter_op_num_threads: int | None = None,
+    gpu_accelerators: Sequence[Mapping] = (),
 ):
     """Assemble a ``ModelConfig`` message (no validation; see :mod:`prumux_compile.triton.validate`).
 
@@ -120,8 +128,15 @@ def build_model_config(
         max_queue_delay_us: dynamic batcher queue delay, microseconds.
         isolate_requests: python backend only (parameter ``prumux.isolate_requests``): requests whose
             batch is not a multiple of N run alone, so no request shares a mux group with another.
-        intra_op_num_threads: python backend only: onnxruntime intra-op threads (None: ORT default).
+        intra_op_num_threads / inter_op_num_threads: onnxruntime thread pools of the measured session (None: ORT
+            default); native backend: parameters ``intra_op_thread_count`` / ``inter_op_thread_count``, python
+            backend: ``prumux.intra_op_num_threads`` / ``prumux.inter_op_num_threads``.
         default_model_filename: written when given.
+        graph_optimization_level: onnxruntime session graph level of the measured session (a key of
+            :data:`ORT_GRAPH_LEVELS`; ``"disable_all"`` for a graph saved after optimisation); native backend:
+            ``optimization.graph.level``, python backend: parameter ``prumux.graph_optimization_level``.
+        gpu_accelerators: native onnxruntime backend: ``optimization.execution_accelerators.gpu_execution_accelerator``
+            entries ``{"name": ..., "parameters": {...}}`` (e.g. the CUDA provider's ``use_tf32``).
 
     Returns:
         ``tritonclient.grpc.model_config_pb2.ModelConfig``.
@@ -160,10 +175,30 @@ def build_model_config(
     group.count = int(instance_count)
     group.kind = pb2.ModelInstanceGroup.Kind.Value(instance_kind)
     cfg.parameters[PARAM_NUM_INSTANCES].string_value = str(int(num_instances))
+    if graph_optimization_level is not None and graph_optimization_level not in ORT_GRAPH_LEVELS:
+        raise TritonConfigError(f"unknown graph optimization level {graph_optimization_level!r}; supported: "
+                                f"{', '.join(ORT_GRAPH_LEVELS)}")
     if backend == "python":
         cfg.parameters[PARAM_ISOLATE].string_value = "true" if isolate_requests else "false"
         if intra_op_num_threads is not None:
             cfg.parameters[PARAM_INTRA_OP_THREADS].string_value = str(int(intra_op_num_threads))
+        if inter_op_num_threads is not None:
+            cfg.parameters[PARAM_INTER_OP_THREADS].string_value = str(int(inter_op_num_threads))
+        if graph_optimization_level is not None:
+            cfg.parameters[PARAM_GRAPH_LEVEL].string_value = graph_optimization_level
+    elif backend == "onnxruntime":
+        if intra_op_num_threads is not None:
+            cfg.parameters["intra_op_thread_count"].string_value = str(int(intra_op_num_threads))
+        if inter_op_num_threads is not None:
+            cfg.parameters["inter_op_thread_count"].string_value = str(int(inter_op_num_threads))
+        level = ORT_GRAPH_LEVELS.get(graph_optimization_level) if graph_optimization_level else None
+        if level is not None:
+            cfg.optimization.graph.level = level
+        for acc in gpu_accelerators:
+            entry = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add()
+            entry.name = str(acc["name"])
+            for k, v in (acc.get("parameters") or {}).items():
+                entry.parameters[str(k)] = str(v)
     return cfg
 
 
