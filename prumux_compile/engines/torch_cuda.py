@@ -284,13 +284,13 @@ def choose_kernels(model, options: CudaOptions, batch: int, *, rounds: int = 20)
         e = model.embed
         ids = torch.randint(0, e.word.shape[0], (g * n, e.const.shape[0]), generator=gen).to(dev)
         args = (ids, e.word, e.const, e.scale, e.shift, e.eps, (e.ln.weight, e.ln.bias))
-        cases["mux"] = (options.mux_kernel, lambda: mux_embed_torch(*args), lambda: mux_embed_triton(*args))
+        cases["mux"] = (options.mux_kernel, lambda a=args: mux_embed_torch(*a), lambda a=args: mux_embed_triton(*a))
     if model.muxed and model.demux.triton_capable:
         shared, const = model.demux._p("dense_1.shared"), model.demux._p("dense_1.const")
         h = torch.randn((g, shared.shape[1]), generator=gen).to(dev, shared.dtype)
         args = (h, shared, const)
-        cases["demux"] = (options.demux_kernel, lambda: demux_first_torch(*args),
-                          lambda: demux_first_triton(*args))
+        cases["demux"] = (options.demux_kernel, lambda a=args: demux_first_torch(*a),
+                          lambda a=args: demux_first_triton(*a))
     tol = 1e-3 if model.compute_dtype == torch.float32 else 2e-2
     ok, why_not = triton_available(dev)
     chosen = {"mux": "torch", "demux": "torch"}
