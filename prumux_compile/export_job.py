@@ -6,7 +6,7 @@ imports another that imports it back.
 
 :func:`export_into` writes into an existing directory; :func:`export_checkpoint` wraps it atomically (a
 temporary directory next to OUT, renamed into place only after every artifact validated; a failed export
-leaves OUT as it was, DESIGN.md "Outputs").
+leaves OUT as it was).
 
 Files written::
 

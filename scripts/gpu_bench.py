@@ -162,7 +162,7 @@ def allocate(total: int, weights: list[float], cap: int) -> list[int]:
 
 
 def structure_for(sparsity: float, shape: Shape, seed: int = 0) -> KeptStructure:
-    """A CoFi-like kept structure for a target sparsity (spec §6 accounting; hidden dims all kept).
+    """A CoFi-like kept structure for a target sparsity (docs/checkpoint-formats.md §6 accounting; hidden dims all kept).
 
     The remaining heads and FFN dims are ``(1 - s) · prunable / full`` of the original ones, spread over the
     layers with weights falling linearly from 2 (layer 0) to 1 (last layer), so upper layers lose more and, at

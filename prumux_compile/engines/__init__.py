@@ -1,4 +1,4 @@
-"""Engine backends behind one contract (DESIGN.md "Engines") and their registry.
+"""Engine backends behind one contract and their registry.
 
 ``registry.get("ort-cpu").build(Compiled, EngineConfig) -> Artifact``; ``backend.load(artifact) -> Runner``;
 ``Runner.run(feeds) -> {"logits": ...}``. Backends: ``ort-cpu``, ``ort-cuda``, ``torch-cuda``, ``tensorrt``; one

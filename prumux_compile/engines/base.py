@@ -1,4 +1,4 @@
-"""The engine contract (DESIGN.md "Engines"): ``Backend.build(compiled, config) -> Artifact``,
+"""The engine contract: ``Backend.build(compiled, config) -> Artifact``,
 ``Backend.load(artifact) -> Runner``, ``Runner.run(feeds) -> outputs``.
 
 * :class:`Compiled` is what every backend builds from: the IR after the pass pipeline, the exported

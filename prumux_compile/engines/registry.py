@@ -3,7 +3,7 @@
 Backends are imported lazily (``"module:Class"`` targets), so asking for one never imports another's heavy
 dependencies. A backend whose module is not part of this installation, whose Python package is missing or
 whose device is absent still appears in :func:`names` and reports ``available() -> (False, reason)``; it
-never fails a build that did not ask for it (DESIGN.md "Engines").
+never fails a build that did not ask for it.
 """
 from __future__ import annotations
 

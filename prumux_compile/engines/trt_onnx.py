@@ -9,7 +9,7 @@ in TensorRT 11): precision is a property of the graph, not of builder flags. The
 produced as a graph by a library, ``onnxconverter_common.float16.convert_float_to_float16`` with
 ``keep_io_types=True`` (inputs stay int64, ``logits`` stays float32) and an op block list that keeps
 LayerNormalization, Softmax, every Reduce*, Pow, Sqrt, Div and Erf in float32 (fault class F8: fp16
-LayerNorm / softmax overflow, TensorRT#2564/#3486; spec ``docs/checkpoint-formats.md`` E10: LN eps 1e-12
+LayerNorm / softmax overflow, TensorRT#2564/#3486; docs/checkpoint-formats.md E10: LN eps 1e-12
 underflows in fp16, erf GELU required). The converter inserts the Casts around the blocked ops.
 
 Both graphs run on ONNX Runtime too, which is how they are validated on machines without TensorRT: with the one

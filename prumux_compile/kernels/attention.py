@@ -1,4 +1,4 @@
-"""Self-attention with a per-layer head count (spec §2.5), export-friendly.
+"""Self-attention with a per-layer head count (docs/checkpoint-formats.md §2.5), export-friendly.
 
 Reshapes use the layer's own head count as a constant (that is what lets ONNX Runtime fuse attention on pruned
 layers; fault class F6). No data-dependent branches, no in-place writes to inputs. Compute-dtype policy: Q/K/V
@@ -33,7 +33,7 @@ class SelfAttention(nn.Module):
     Attribute ``impl``: one of :data:`ATTENTION_IMPLS` (default ``"math"``).
 
     Forward: ``x [B, L, d']`` float32, ``mask_add [B, 1, 1, L]`` additive mask or None, ``out_rows`` k or None
-    (compute queries and everything after them for the first k positions only; spec E5). Returns
+    (compute queries and everything after them for the first k positions only; docs/checkpoint-formats.md E5). Returns
     ``[B, L or k, d']``.
     """
 

@@ -21,7 +21,7 @@ def _is_gemm_tensor(name: str) -> bool:
 class Demultiplexer(nn.Module):
     """Forward: ``x [G, R, d']`` (encoder output; R >= 1 rows, R >= N+1 for ``index``) -> ``[G*N, D]``.
 
-    Output row ``g*N + n`` belongs to input row ``g*N + n``. Variants (spec §2.6):
+    Output row ``g*N + n`` belongs to input row ``g*N + n``. Variants (docs/checkpoint-formats.md §2.6):
 
     * ``index_pos``: ``h = x[:, 0]``; ``y1 = gelu(dense_1([e_n ; h]))`` (legacy: then ``LN_1``);
       ``y_k = gelu(dense_k(y)) + y`` for k = 2..K; ``z = LN_pre(gelu(pre_decoder(y))) + y``.

@@ -24,15 +24,15 @@ from prumux_compile.kernels.layer import EncoderLayer
 from prumux_compile.kernels.mux import MuxEmbedding, PlainEmbedding
 from prumux_compile.kernels.norm import frozen
 
-#: [CLS] and [PAD] ids of the bert-base-uncased WordPiece vocabulary (upstream hard-codes 101; spec §2.1).
+#: [CLS] and [PAD] ids of the bert-base-uncased WordPiece vocabulary (upstream hard-codes 101; docs/checkpoint-formats.md §2.1).
 CLS_ID = 101
 PAD_ID = 0
-#: Additive attention-mask value of transformers 4.17 (spec §2.8).
+#: Additive attention-mask value of transformers 4.17 (docs/checkpoint-formats.md §2.8).
 MASK_VALUE = -10000.0
 
 
 def index_prefix(num_instances: int) -> Tensor:
-    """The ``index`` demux variant's per-instance token prefix ``[N, N+1]`` int64 (spec §2.1 step 3):
+    """The ``index`` demux variant's per-instance token prefix ``[N, N+1]`` int64 (docs/checkpoint-formats.md §2.1 step 3):
     ``prefix[n, j] = 678 - n if j == n else 680`` for j < N, ``prefix[n, N] = 101``."""
     n = num_instances
     p = torch.full((n, n + 1), 680, dtype=torch.int64)
@@ -46,9 +46,9 @@ class CompiledModel(nn.Module):
     """Forward ``(input_ids, attention_mask, token_type_ids)`` -> ``logits [B, C]`` float32.
 
     Inputs are int64 ``[B, S]``. Multiplexed families ignore ``attention_mask`` and ``token_type_ids`` as
-    upstream does (spec Q2, Q3), pad the sequence with [PAD] to ``seq_len`` (their encoder attends every
+    upstream does (docs/checkpoint-formats.md Q2, Q3), pad the sequence with [PAD] to ``seq_len`` (their encoder attends every
     position, so the padded length is part of the model) and pad the batch to a multiple of N with copies of
-    the last row ("repeat-last", our deterministic replacement for upstream's random rows, spec Q1); the
+    the last row ("repeat-last", our deterministic replacement for upstream's random rows, docs/checkpoint-formats.md Q1); the
     extra rows are dropped from the output. N = 1 families use the mask and token types as BERT does.
 
     Args:

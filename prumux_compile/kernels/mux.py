@@ -17,9 +17,9 @@ class MuxEmbedding(nn.Module):
 
     Forward: ``ids [G*N, L']`` int64 (rows gN+n = instance n of group g) -> ``x0 [G, L', d']`` float32.
 
-    Unfused (spec §2.2–2.4): ``E1 = LN(word[ids] + Pos + Type0)``; hadamard ``M = mean_n E1_n ⊙ v_n``,
+    Unfused (docs/checkpoint-formats.md §2.2–2.4): ``E1 = LN(word[ids] + Pos + Type0)``; hadamard ``M = mean_n E1_n ⊙ v_n``,
     random_ortho ``M = sum_n E1_n V_nᵀ / sqrt(N)``; ``x0 = LN(M + Pos + Type0)``.
-    Fused (``Mux.fused_scale`` set, spec E3): the pass-1 LayerNorm's affine is folded into the instance
+    Fused (``Mux.fused_scale`` set, docs/checkpoint-formats.md E3): the pass-1 LayerNorm's affine is folded into the instance
     vectors, so ``M = sum_n x̂_n ⊙ s_n + t`` (or ``x̂_n @ S_n`` for random_ortho) with x̂ the normalised
     pass-1 embeddings.
 
@@ -92,7 +92,7 @@ class MuxEmbedding(nn.Module):
 
 
 class PlainEmbedding(nn.Module):
-    """BERT embeddings of the N = 1 families (spec §2.8): ``LN(word[ids] + Pos[:S] + Type[tt])``.
+    """BERT embeddings of the N = 1 families (docs/checkpoint-formats.md §2.8): ``LN(word[ids] + Pos[:S] + Type[tt])``.
 
     Forward: ``ids, token_type_ids [B, S]`` int64 -> ``[B, S, d']``.
     """

@@ -17,7 +17,7 @@ class LayerNorm(nn.Module):
     """LayerNorm over the last axis ``[..., d']`` (float32 statistics).
 
     With ``keep`` (bool ``[d']``) the statistics are taken over the kept dims only and the pruned dims are set
-    to exactly 0 — CoFi's LayerNorm under a binary ``hidden_z`` (spec §2.5, E7). ``keep`` only exists before
+    to exactly 0 — CoFi's LayerNorm under a binary ``hidden_z`` (docs/checkpoint-formats.md §2.5, E7). ``keep`` only exists before
     the ``prune-hidden`` pass; the final compiled model uses the plain form (ONNX ``LayerNormalization``).
     """
 

@@ -1,6 +1,6 @@
 """Fused multiplexer in OpenAI Triton, with its plain PyTorch form as fallback and test oracle.
 
-After ``fuse-mux`` (spec ``docs/checkpoint-formats.md`` E2, E3) a hadamard multiplexer is, per mux group g and
+After ``fuse-mux`` (docs/checkpoint-formats.md E2, E3) a hadamard multiplexer is, per mux group g and
 position l (``x̂ = LN_noaffine``, ``c_l = Pos[l] + Type[0]``)::
 
     y_n   = word[ids[gN + n, l]] + c_l                       n = 0..N-1       (pass-1 embeddings, E2)

@@ -3,7 +3,7 @@
 A pass is a pure function ``run(ir) -> (new_ir, PassReport)`` with a kebab-case ``name``; it never
 modifies its input. The manager runs a fixed, declared order of passes and checks the IR invariants
 (:func:`prumux_compile.ir.check_invariants`) after each one, raising
-:class:`~prumux_compile.errors.IRInvariantError` naming the pass on a violation (DESIGN.md "Contracts").
+:class:`~prumux_compile.errors.IRInvariantError` naming the pass on a violation.
 
 Cheap copies: a pass works on a *structural* copy of the IR (:func:`structural_copy`: new dataclasses, lists and
 dicts; the tensors themselves shared), never on a deep copy of every weight (~440 MB per pass at BERT-base size).

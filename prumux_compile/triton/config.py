@@ -4,7 +4,7 @@ The text is always produced by ``google.protobuf.text_format`` from
 ``tritonclient.grpc.model_config_pb2.ModelConfig`` (Triton's ``model_config.proto``), never from a
 string template, so every written file parses back into the same message.
 
-Batching rules for multiplexed models (DESIGN.md "Batching with multiplexing", fault classes F12/F14):
+Batching rules for multiplexed models (docs/field-faults.md F12, F14):
 ``max_batch_size`` and every ``preferred_batch_size`` are multiples of N = num_instances, because a
 batch that is a multiple of N fills every mux group; ``dims`` never contain the batch axis.
 """

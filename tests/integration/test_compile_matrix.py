@@ -1,5 +1,5 @@
 """The equality matrix: compiled PyTorch model == independent reference, for every family and variant and the
-fault classes F1–F7, F18, F19 (docs/fault-classes.md). fp32, max |Δlogit| <= 1e-5."""
+fault classes F1–F7, F18, F19 (docs/field-faults.md). fp32, max |Δlogit| <= 1e-5."""
 from __future__ import annotations
 
 import numpy as np
