@@ -28,6 +28,8 @@ import numpy as np
 from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError
 
 #: The cache stores and restores every file of a candidate folder (whatever its backend produced).
+#: Bumped whenever candidate.json changes shape, so an older cache entry is never reused.
+_CACHE_LAYOUT = 2
 
 
 @dataclass
@@ -183,7 +185,7 @@ def _cache_key(files: dict[str, str], backend: str, opts: BuildOptions, batch_si
     payload = {"files": files, "backend": backend, "seq_len": opts.seq_len, "batch_sizes": batch_sizes,
                "threads": opts.threads, "rounds": opts.rounds, "warmup": opts.warmup, "eval": eval_hash,
                "eval_limit": opts.eval_limit, "agreement_samples": opts.agreement_samples,
-               "tool": _tool_version()}
+               "tool": _tool_version(), "layout": _CACHE_LAYOUT}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
