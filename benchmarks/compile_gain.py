@@ -114,7 +114,7 @@ def gemm_flops(ir, batch: int, seq: int) -> int:
 # ---------------------------------------------------------------------------------------------- structure
 def uniform_structure(target: float, layers: int = 12, heads: int = 12, ffn: int = 3072, hidden: int = 768,
                       dh: int = 64):
-    """Heads / FFN dims kept per layer (uniform) hitting CoFi sparsity ``target`` (spec §6 count)."""
+    """Heads / FFN dims kept per layer (uniform) hitting CoFi sparsity ``target`` (docs/checkpoint-formats.md §6 count)."""
     if target <= 0:
         return None, None
     prunable = layers * (4 * hidden * hidden + 4 * hidden) + layers * (2 * hidden * ffn + 5 * hidden)
@@ -130,7 +130,7 @@ class MatMulProbe:
     """One ONNX Runtime fp32 MatMul [2048, 2048] x [2048, 2048] session; calling it runs the product once.
 
     Timed as a fourth contender inside every configuration's interleaved rounds, so the machine's drift hits
-    it and the model alike (docs/environment.md: the host is shared and noisy).
+    it and the model alike (the host is shared and noisy).
     """
 
     flops = 2 * MATMUL_N ** 3

@@ -1,10 +1,13 @@
 """The main job: checkpoints -> candidates -> measured, validated engines -> Auto-PruMUX choice -> outputs.
 
 :func:`build` is the library call behind ``prumux-compile build``. For every checkpoint it runs the pass
-pipeline, exports ``model.onnx``, builds an engine per requested backend, validates it against the reference
-(exit 3 on failure), benchmarks it side by side with the eager-PyTorch form of the same checkpoint (the
-physically pruned, unfused model — what upstream ``evaluation.py`` runs), measures accuracy through the engine,
-then selects with Auto-PruMUX and writes ``OUT/`` atomically (DESIGN.md "Outputs of prumux-compile build").
+pipeline, exports ``model.onnx``, builds an engine per requested backend through the one engine contract
+(:mod:`prumux_compile.engines.base`; no backend is special here), validates the artifact against the float64
+reference with the criteria of its (backend, precision) (exit 3 on failure), benchmarks it side by side with the
+eager-PyTorch form of the same checkpoint on the same device (the physically pruned, unfused model — what
+upstream ``evaluation.py`` runs), measures accuracy through the engine, then selects with Auto-PruMUX and writes
+``OUT/`` atomically; the Triton repository receives the chosen artifact file itself, with the settings it was
+measured under (fields: docs/report.md).
 """
 from __future__ import annotations
 
@@ -24,9 +27,9 @@ import numpy as np
 
 from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError
 
-#: Files of a candidate folder that the cache stores and restores.
-_CACHED = ("model.onnx", "model.ort.onnx", "validation.json", "candidate.json", "predictions.npz",
-           "model.onnx.data", "model.ort.onnx.data")  # external data of models past 2 GiB (F26)
+#: The cache stores and restores every file of a candidate folder (whatever its backend produced).
+#: Bumped whenever candidate.json changes shape, so an older cache entry is never reused.
+_CACHE_LAYOUT = 2
 
 
 @dataclass
@@ -196,7 +199,7 @@ def _cache_key(files: dict[str, str], backend: str, opts: BuildOptions, batch_si
     payload = {"files": files, "backend": backend, "seq_len": opts.seq_len, "batch_sizes": batch_sizes,
                "threads": opts.threads, "rounds": opts.rounds, "warmup": opts.warmup, "eval": eval_hash,
                "eval_limit": opts.eval_limit, "agreement_samples": opts.agreement_samples,
-               "tool": _tool_version()}
+               "tool": _tool_version(), "layout": _CACHE_LAYOUT}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -237,15 +240,29 @@ def _predict(runner, feeds: dict[str, np.ndarray], batch: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- one candidate
+def _copy_files(src: Path, dst: Path) -> None:
+    """Copy every regular file directly inside ``src`` into ``dst`` (created)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            shutil.copy2(f, dst / f.name)
+
+
 def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, cand_dir: Path,
                      eval_hash: str | None) -> dict:
-    """Compile, export, build, validate, benchmark and predict one (checkpoint, backend) candidate."""
+    """Compile, export, build, validate, benchmark and predict one (checkpoint, backend) candidate.
+
+    Every backend goes through the same steps (engine contract of :mod:`prumux_compile.engines.base`): the
+    artifact the backend returns is the file that is validated (with the criteria it names), benchmarked
+    against eager PyTorch on the artifact's own device, used for predictions, hashed into ``candidate.json``
+    and, if chosen, copied into the Triton repository.
+    """
     import torch
 
     from prumux_compile.bench.timing import interleaved
     from prumux_compile.checkpoint import from_raw, read_raw
     from prumux_compile.engines import registry
-    from prumux_compile.engines.base import BuildSpec
+    from prumux_compile.engines.base import Compiled, EngineConfig
     from prumux_compile.export.inputs import realistic_inputs
     from prumux_compile.export.onnx_export import export_onnx
     from prumux_compile.export.spec import spec_for_ir
@@ -263,10 +280,7 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     cache_dir = _cache_root(opts) / _cache_key(raw.files, backend_name, opts, batch_sizes, eval_hash)
     if opts.cache and (cache_dir / "candidate.json").is_file():
         _log(opts, f"{cid}: cached ({cache_dir})")
-        cand_dir.mkdir(parents=True, exist_ok=True)
-        for name in _CACHED:
-            if (cache_dir / name).is_file():
-                shutil.copy2(cache_dir / name, cand_dir / name)
+        _copy_files(cache_dir, cand_dir)
         info = json.loads((cand_dir / "candidate.json").read_text())
         # the cache is keyed by content: the same weights may come back under another folder name
         info.update(id=cid, checkpoint=str(ckpt), cached=True)
@@ -280,19 +294,18 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     spec = spec_for_ir(final)
     module = build_module(final)
     export_info = export_onnx(module, spec, cand_dir / "model.onnx")
+    del module
     _log(opts, f"{cid}: engine {backend_name}")
     backend = registry.get(backend_name)
-    if backend_name == "torch-cuda":  # the CUDA engine builds from the IR saved next to model.onnx
-        from prumux_compile.engines.torch_cuda import IR_FILENAME, save_ir
-
-        save_ir(final, cand_dir / IR_FILENAME)
-    artifact = backend.build(cand_dir / "model.onnx",
-                             BuildSpec(threads=opts.threads, out_dir=cand_dir, bench_batch=batch_sizes[0]))
-    _log(opts, f"{cid}: validate")
+    config = EngineConfig(precision=backend.default_precision, batch_sizes=tuple(batch_sizes), seq_len=opts.seq_len,
+                          threads=opts.threads, out_dir=cand_dir)
+    artifact = backend.build(Compiled(cand_dir / "model.onnx", spec, final), config)
+    _log(opts, f"{cid}: validate ({artifact.precision}, {artifact.criteria.describe()})")
     validation = _validate(backend, artifact, raw, cand_dir / "validation.json")
 
-    _log(opts, f"{cid}: benchmark")
-    eager = build_module(pruned)
+    _log(opts, f"{cid}: benchmark on {artifact.device}")
+    device = torch.device(artifact.device)
+    eager = build_module(pruned).to(device)
     torch.set_num_threads(opts.threads)
     timings = []
     vocab = int(final.embeddings.word.shape[0])
@@ -301,21 +314,23 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
             feeds = realistic_inputs(b, opts.seq_len, vocab, seed=b, type_vocab_size=spec.type_vocab_size)
             tensors = [torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
 
-            def eager_fn(t=tensors):
+            def eager_fn(t=tensors):  # host arrays in, host logits out: what the engine runner does too
                 with torch.no_grad():
-                    return eager(*t)
+                    return eager(*(x.to(device) for x in t)).cpu()
 
             def engine_fn(f=feeds):
                 return runner.run(f)
 
             t = interleaved({"eager": eager_fn, "engine": engine_fn}, batch_size=b, seq_len=opts.seq_len,
                             warmup=opts.warmup, rounds=opts.rounds)
-            timings.append({"batch_size": b, "engine": t["engine"].as_dict(), "eager": t["eager"].as_dict(),
+            timings.append({"batch_size": b, "device": artifact.device, "engine": t["engine"].as_dict(),
+                            "eager": t["eager"].as_dict(),
                             "speedup_vs_eager": t["engine"].throughput / t["eager"].throughput})
         _log(opts, f"{cid}: predictions")
         label2id = {str(v): int(k) for k, v in final.id2label.items()}
         es, feeds = _eval_inputs(opts, ckpt, label2id, vocab, spec.type_vocab_size)
         logits = _predict(runner, feeds, max(batch_sizes[-1], n))
+    del eager
     labels = es.labels if es is not None and es.labels is not None else np.zeros(0, dtype=np.int64)
     np.savez(cand_dir / "predictions.npz", logits=logits, labels=labels)
 
@@ -328,10 +343,10 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
         "num_instances": n,
         "sparsity": cofi_sparsity(final),
         "backend": backend_name,
-        "precision": "fp32",
+        "precision": artifact.precision,
+        "device": artifact.device,
         "seq_len": opts.seq_len,
-        "artifact": {"path": Path(artifact.path).name, "role": artifact.role,
-                     "files": {k: Path(v).name for k, v in artifact.files.items()}, "build": artifact.report},
+        "artifact": artifact.describe(),
         "export": {**export_info, "path": "model.onnx"},
         "validation": validation,
         "passes": [r.to_dict() for r in reports],
@@ -350,9 +365,7 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     if opts.cache:
         try:
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_ensure(cache_dir.parent)))
-            for name in _CACHED:
-                if (cand_dir / name).is_file():
-                    shutil.copy2(cand_dir / name, tmp / name)
+            _copy_files(cand_dir, tmp)
             if cache_dir.exists():
                 shutil.rmtree(cache_dir)
             tmp.rename(cache_dir)
@@ -362,25 +375,31 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
 
 
 def _validate(backend, artifact, raw, out_path: Path) -> dict:
-    """Validate every graph of ``artifact`` (plain and fused) against the reference; write validation.json.
+    """Validate the artifact's runnable files (the deployed one included) against the float64 reference with
+    the artifact's own criteria (:mod:`prumux_compile.validation`); write ``validation.json``.
 
     Raises:
-        ValidationError: any case beyond tolerance, NaN/Inf, nondeterministic, or inputs modified (exit 3).
+        ValidationError: any case outside the criteria, NaN/Inf, nondeterministic, inputs modified, or argmax
+            agreement below the criteria's minimum (exit 3).
     """
-    from prumux_compile.export.validate import require_passed, validate_artifacts, validation_document
+    from prumux_compile.validation import require_passed, validate, validation_document
 
-    runners = {Path(path).name: backend.load(artifact.using(role)) for role, path in artifact.files.items()}
+    runners = {}
     try:
-        results = validate_artifacts(runners, raw, artifact.spec)
+        for role in artifact.runnable:
+            runners[Path(artifact.files[role]).name] = backend.load(artifact.using(role))
+        results = validate(runners, raw, artifact.spec, artifact.criteria)
     finally:
         for r in runners.values():
             r.close()
-    doc = validation_document(results, artifact.spec)
+    doc = validation_document(results, artifact.spec, backend=artifact.backend, precision=artifact.precision)
     out_path.write_text(json.dumps(_json_safe(doc), indent=2))
     require_passed(results)
+    deployed = results[Path(artifact.path).name]
     worst = max((c.max_abs_diff for r in results.values() for c in r.cases), default=float("nan"))
     return {"passed": doc["passed"], "max_abs_diff": worst, "cases": sum(len(r.cases) for r in results.values()),
-            "tolerance": next(iter(results.values())).tolerance, "file": out_path.name}
+            "criteria": artifact.criteria.to_dict(), "tolerance": artifact.criteria.atol,
+            "argmax_agreement": deployed.argmax_agreement, "files": list(results), "file": out_path.name}
 
 
 def _ensure(p: Path) -> Path:
@@ -706,16 +725,17 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         pareto_plot(infos, chosen["id"], tmp / "pareto.png", accuracy_label=kind.split(" (")[0],
                     threshold=selection.threshold)
         _log(opts, "writing outputs (pareto.png, model_repository, report.json)")
-        repo = _write_triton(chosen, tmp, opts)
-        report["model_repository"] = str(repo.relative_to(tmp))
+        repo = write_candidate_repository(tmp / "model_repository", chosen, tmp / "candidates" / chosen["id"],
+                                          backend=opts.triton_backend)
+        if repo is None:
+            notes.append(f"{chosen['id']}: backend {chosen['backend']} has no Triton platform; no model repository "
+                         "written")
+        report["model_repository"] = str(repo.relative_to(tmp)) if repo is not None else None
         write_report(report, tmp / "report.json")
         _commit(tmp, out)
-        if opts.triton_repo is not None:
-            from prumux_compile.triton import write_repository
-
-            write_repository(opts.triton_repo, name=_model_name(chosen),
-                             model_path=out / "candidates" / chosen["id"] / "model.onnx",
-                             num_instances=chosen["num_instances"], backend=opts.triton_backend, overwrite=True)
+        if opts.triton_repo is not None and repo is not None:
+            write_candidate_repository(opts.triton_repo, chosen, out / "candidates" / chosen["id"],
+                                       backend=opts.triton_backend, overwrite=True)
         report["out"] = str(out)
         return report
     except BaseException:
@@ -727,12 +747,59 @@ def _model_name(info: dict) -> str:
     return "prumux_" + "".join(ch if ch.isalnum() else "_" for ch in info["id"]).strip("_")
 
 
-def _write_triton(chosen: dict, tmp: Path, opts: BuildOptions) -> Path:
+def write_candidate_repository(repo_dir: Path, info: dict, cand_dir: Path, *, name: str | None = None,
+                               backend: str = "onnxruntime", overwrite: bool = False, **overrides) -> Path | None:
+    """Write the Triton model repository entry that serves candidate ``info`` exactly as it was measured.
+
+    The deployed file is the candidate's artifact (``info["artifact"]["path"]``, the file validated and
+    benchmarked; its sha256 is ``info["artifact"]["sha256"]``), with the platform, instance kind and session
+    settings of its :class:`~prumux_compile.engines.base.Deployment`.
+
+    Args:
+        repo_dir: the model repository.
+        info: a candidate of ``report.json`` / ``candidate.json``.
+        cand_dir: the candidate's folder (holding the artifact file).
+        name: model name (default ``prumux_<id>``).
+        backend: ``"onnxruntime"`` (the platform's native backend) or ``"python"`` (ONNX artifacts only).
+        overwrite: replace an existing entry.
+        **overrides: further keyword arguments of :func:`prumux_compile.triton.write_repository` (batching,
+            instance count, ...).
+
+    Returns:
+        The model directory, or None when the artifact has no Triton platform.
+
+    Raises:
+        TritonConfigError / InputError: as :func:`~prumux_compile.triton.write_repository`.
+    """
+    from prumux_compile.engines.base import Deployment
     from prumux_compile.triton import write_repository
 
-    return write_repository(tmp / "model_repository", name=_model_name(chosen),
-                            model_path=tmp / "candidates" / chosen["id"] / "model.onnx",
-                            num_instances=chosen["num_instances"], backend=opts.triton_backend)
+    art = info.get("artifact") or {}
+    dep = Deployment.from_dict(art.get("deployment"))
+    if dep is None or dep.platform is None:
+        return None
+    kwargs = dict(name=name or _model_name(info), model_path=Path(cand_dir) / art["path"], platform=dep.platform,
+                  num_instances=info["num_instances"], instance_kind=dep.instance_kind, overwrite=overwrite,
+                  intra_op_num_threads=dep.intra_op_num_threads, inter_op_num_threads=dep.inter_op_num_threads,
+                  graph_optimization_level=dep.graph_optimization_level, gpu_accelerators=dep.accelerators)
+    if dep.platform == "onnxruntime_onnx":
+        kwargs["backend"] = backend
+    elif backend == "python":
+        from prumux_compile.errors import TritonConfigError
+
+        raise TritonConfigError(f"the Python-backend variant serves ONNX artifacts only; {info['id']} is a "
+                                f"{dep.platform} artifact: use the native backend")
+    if dep.plan is not None:  # JSON lists -> the writer's tensor specs and (min, opt, max) shape tuples
+        from prumux_compile.triton import TensorSpec
+
+        def specs(rows):
+            return [TensorSpec(name, dtype, tuple(shape)) for name, dtype, shape in rows]
+
+        kwargs.update(plan_inputs=specs(dep.plan["inputs"]), plan_outputs=specs(dep.plan["outputs"]),
+                      plan_profiles=[{k: tuple(tuple(x) for x in v) for k, v in p.items()}
+                                     for p in dep.plan["profiles"]])
+    kwargs.update(overrides)
+    return write_repository(repo_dir, **kwargs)
 
 
 def _commit(tmp: Path, out: Path) -> None:

@@ -1,4 +1,4 @@
-"""Errors with the exit codes of DESIGN.md.
+"""Errors and their process exit codes (README "Commands").
 
 Every error raised for bad user input derives from :class:`PrumuxError` and carries ``exit_code``;
 the CLI prints ``str(error)`` on one line and exits with that code.

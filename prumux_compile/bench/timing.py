@@ -1,6 +1,6 @@
 """Timing loops for engines: per-call latency, percentiles and throughput.
 
-The host these numbers come from is shared and noisy (docs/environment.md: whole minutes can run 2-10x
+The host these numbers come from is shared and noisy (whole minutes can run 2-10x
 slower), so contenders that are to be compared should be timed together with :func:`interleaved`, and
 results quoted as medians and ratios, never as one absolute time.
 

@@ -1,6 +1,6 @@
 """``prumux-compile export CKPT -o OUT``: checkpoint -> validated model.onnx / model.ort.onnx.
 
-Only wires :func:`prumux_compile.export.export_checkpoint`; see that function for what is written. Errors print
+Only wires :func:`prumux_compile.export_job.export_checkpoint`; see that function for what is written. Errors print
 one line on stderr and exit with the error's code (2 usage / bad checkpoint, 3 validation failed, 4 export or
 engine build failed); a validation failure prints its per-case table on stderr first.
 """
@@ -28,7 +28,7 @@ from prumux_compile.errors import PrumuxError
 def export_cmd(checkpoint: Path, out: Path, seq_len: int, opset: int, threads: int | None, no_ort_optimize: bool,
                force: bool) -> None:
     """Export CHECKPOINT to ONNX, fuse for ONNX Runtime, validate both against the reference."""
-    from prumux_compile.export import export_checkpoint
+    from prumux_compile.export_job import export_checkpoint
 
     try:
         result = export_checkpoint(checkpoint, out, force=force, seq_len=seq_len, opset=opset, threads=threads,
@@ -51,7 +51,7 @@ def _summary(result) -> None:
         click.echo(f"  inputs ignored by this family (accepted, unused): {', '.join(spec.ignored_inputs)}")
     for name, res in result.validation.items():
         click.echo(f"  {name:<15} validated: {len(res.cases)} cases, max |Δlogit| {res.max_abs_diff:.2e} "
-                   f"<= {res.tolerance:g}")
+                   f"({res.criteria.describe()})")
     fusion = result.artifact.report.get("fusion")
     if fusion:
         ops = ", ".join(f"{k} {v}" for k, v in fusion["fused_ops"].items()) or "none"
@@ -61,5 +61,5 @@ def _summary(result) -> None:
                    + (f"; fusion tool failed: {fusion['error']}" if fusion["error"] else ""))
     art = result.artifact
     click.echo(f"  engine {art.backend} uses {Path(art.path).name} ({art.report.get('choice')}): "
-               f"{art.report.get('why')}")
+               f"{art.report.get('why')}; sha256 {art.sha256}")
     click.echo("  files: " + ", ".join(sorted(result.files)))

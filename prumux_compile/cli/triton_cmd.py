@@ -24,10 +24,27 @@ def _batch_list(ctx, param, value: str | None) -> list[int] | None:
     return sizes
 
 
-def _sources(source: Path, name: str | None, all_candidates: bool) -> list[tuple[str, Path]]:
-    """(model name, model.onnx) pairs named by SOURCE: a model.onnx, a candidate folder, or a build report."""
+def _sources(source: Path, name: str | None, all_candidates: bool) -> list[tuple[str, Path, dict | None]]:
+    """(model name, model file, candidate info or None) named by SOURCE: a model.onnx, a candidate folder, or a
+    build report. A build's candidates are served as measured: their artifact file and deployment settings."""
+    import json
+
     from prumux_compile.errors import InputError
 
+    if source.name == "candidate.json" and source.is_file():
+        source = source.parent  # a candidate record stands for its folder
+    if source.is_dir() and (source / "candidate.json").is_file():
+        from prumux_compile.driver import _model_name
+
+        try:
+            info = json.loads((source / "candidate.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{source / 'candidate.json'}: cannot read the candidate record ({exc})") from None
+        if not isinstance(info, dict) or not isinstance(info.get("id"), str) or not isinstance(info.get("artifact"), dict):
+            raise InputError(f"{source / 'candidate.json'}: not a build's candidate record (no id or no artifact "
+                             f"record: written by another tool or an older prumux-compile); rebuild it, or pass "
+                             f"{source / 'model.onnx'} with --name to serve the plain exported graph")
+        return [(name or _model_name(info), source, info)]
     if source.is_dir():
         source = source / "model.onnx"
     if source.suffix == ".json" and source.name != "candidate.json":
@@ -39,16 +56,14 @@ def _sources(source: Path, name: str | None, all_candidates: bool) -> list[tuple
         picked = report["candidates"] if all_candidates else [c for c in report["candidates"] if c["id"] == chosen]
         if name is not None and len(picked) > 1:
             raise InputError("--name names one model; drop it with --all-candidates")
-        return [(name or _model_name(c), source.parent / "candidates" / c["id"] / "model.onnx") for c in picked]
-    if source.name == "candidate.json":
-        source = source.parent / "model.onnx"
+        return [(name or _model_name(c), source.parent / "candidates" / c["id"], c) for c in picked]
     if not source.is_file():
         raise InputError(f"{source}: model file not found (give a model.onnx, a candidate folder or a build report.json)")
     if name is None:
         name = _candidate_name(source.parent / "candidate.json")
     if name is None:
         raise InputError(f"--name is required when SOURCE is a model file without a candidate.json beside it ({source})")
-    return [(name, source)]
+    return [(name, source, None)]
 
 
 def _candidate_name(path: Path) -> str | None:
@@ -114,7 +129,8 @@ def triton_cmd(
     """Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx, validated first.
 
     SOURCE is an exported model.onnx, a candidate folder, or a build's OUT/report.json (its chosen candidate,
-    or every candidate with --all-candidates).
+    or every candidate with --all-candidates). A build's candidate is written as it was measured: its artifact
+    file, platform, instance kind and session settings (--instance-kind is then taken from the build).
 
     Exit codes: 0 ok, 2 bad input, 6 the Triton config would not match the model (nothing written).
     """
@@ -123,7 +139,21 @@ def triton_cmd(
 
     sources = _sources(source, name, all_candidates)
     require_writable_dir(repo, what=f"model repository {repo}")  # before anything is created (fault class F27)
-    for model_name, model_path in sources:
+    for model_name, model_path, info in sources:
+        if info is not None:  # a build's candidate: its measured artifact, platform, kind and session settings
+            from prumux_compile.driver import write_candidate_repository
+            from prumux_compile.errors import InputError
+
+            extra = {k: v for k, v in (("num_instances", num_instances), ("max_batch_size", max_batch_size),
+                                       ("preferred_batch_sizes", preferred_batch_sizes)) if v is not None}
+            target = write_candidate_repository(repo, info, model_path, name=model_name, backend=backend,
+                                                overwrite=overwrite, instance_count=instance_count,
+                                                max_queue_delay_us=max_queue_delay_us, **extra)
+            if target is None:
+                raise InputError(f"candidate {info['id']} ({info.get('backend', 'unknown backend')}) has no Triton "
+                                 "platform")
+            click.echo(str(target))
+            continue
         target = write_repository(
             repo,
             name=model_name,

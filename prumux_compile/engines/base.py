@@ -1,94 +1,256 @@
-"""The engine interface (DESIGN.md "Engines"): ``build(onnx_path, BuildSpec) -> Artifact``,
-``load(artifact) -> Runner``, ``Runner.run(feeds) -> outputs``.
+"""The engine contract: ``Backend.build(compiled, config) -> Artifact``,
+``Backend.load(artifact) -> Runner``, ``Runner.run(feeds) -> outputs``.
+
+* :class:`Compiled` is what every backend builds from: the IR after the pass pipeline, the exported
+  ``model.onnx`` and its interface (:class:`~prumux_compile.export.spec.ExportSpec`).
+* :class:`EngineConfig` says how: the precision (fp32 / fp16 / bf16 / int8 where the backend supports it), the
+  shape profile (batch sizes to optimise for, shared maximum batch, longest sequence), threads, where the files
+  go, the build-time measurement, and backend-specific ``options`` (each backend lists the names it accepts).
+* :class:`Artifact` says what came out: the file that is measured and deployed (``path``, with its sha256), every
+  file produced, the precision, the :class:`~prumux_compile.validation.Criteria` it is judged by, the device it
+  runs on, and the :class:`Deployment` that reproduces the measured configuration in a Triton model repository
+  (platform, instance kind, session settings).
+
+A new backend is one module with a :class:`Backend` subclass plus one line in
+:mod:`prumux_compile.engines.registry`; the build driver treats every backend alike.
 
 Runners are context managers (Polygraphy's idea): ``with backend.load(artifact) as runner: runner.run(feeds)``.
 Input checking shared by every backend lives in :func:`prepare_feeds`: it refuses a sequence longer than the
 model accepts with :class:`~prumux_compile.errors.InputError` *before* any backend code runs, fills the
 optional inputs, and never writes the caller's arrays (fault class F18).
+
+Nothing here imports ``onnx``: a backend that does not need it (the CUDA runtime, a TensorRT runner) imports
+without it.
 """
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from prumux_compile.errors import InputError
+from prumux_compile.errors import EngineBuildError, InputError
 from prumux_compile.export.spec import ExportSpec
+from prumux_compile.validation import Criteria, criteria_for
 
-__all__ = ["BuildSpec", "Artifact", "Runner", "Backend", "prepare_feeds"]
+__all__ = ["PRECISIONS", "Compiled", "EngineConfig", "Deployment", "Artifact", "Runner", "Backend",
+           "prepare_feeds", "file_sha256"]
+
+#: Every precision an :class:`EngineConfig` may ask for; each backend supports a subset (``Backend.precisions``).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
-@dataclass
-class BuildSpec:
-    """How to build an engine.
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """The compiled model every backend builds from.
 
     Attributes:
-        threads: intra-op threads of the sessions (None = the backend's default, all physical cores).
-        optimize: also write a fused graph (``model.ort.onnx`` for ONNX Runtime).
-        prefer: which graph the engine uses: ``"auto"`` (the faster one, measured at build time),
-            ``"plain"`` (``model.onnx``) or ``"fused"`` (``model.ort.onnx``).
-        out_dir: where build products go (None = next to the ONNX file).
-        bench_batch: batch size of the build-time measurement (None = 8·N rows).
-        bench_rounds, bench_warmup: timed / untimed interleaved rounds of that measurement.
+        onnx_path: the exported ``model.onnx`` (standard ONNX ops, ``prumux.*`` metadata).
+        spec: its interface.
+        ir: the IR after the pass pipeline (what ``model.onnx`` was exported from); None when only the ONNX file
+            is known (backends that need the IR then refuse with :class:`EngineBuildError`).
     """
 
+    onnx_path: Path
+    spec: ExportSpec
+    ir: Any = None
+
+    @classmethod
+    def from_onnx(cls, onnx_path: str | Path, ir=None) -> "Compiled":
+        """A :class:`Compiled` whose interface is read from the ONNX file's metadata (needs ``onnx``).
+
+        Raises:
+            InputError: not an ONNX file exported by prumux-compile.
+        """
+        from prumux_compile.export.onnx_export import read_metadata
+
+        path = Path(onnx_path)
+        return cls(path, ExportSpec.from_metadata(read_metadata(path)), ir)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to build an engine (every field a backend does not use is ignored by it).
+
+    Attributes:
+        precision: one of :data:`PRECISIONS`; the backend refuses one it does not support.
+        batch_sizes: shape profile: batch sizes (input rows) to optimise for, ascending after dedup; empty = 8·N.
+            ONNX Runtime measures its graph variants at the first; TensorRT builds one optimization profile per
+            size; the CUDA runtime uses them as CUDA-graph buckets.
+        max_batch: the shared largest batch of every profile (rows); None = the largest batch size rounded up to
+            a multiple of N.
+        seq_len: longest sequence (tokens) to build and optimise for; None = the model's limit (its compiled
+            length when multiplexed, else min(128, position table)).
+        threads: intra-op threads (None = the backend's default).
+        out_dir: where build products go (None = next to the ONNX file).
+        bench_rounds / bench_warmup: timed / untimed interleaved rounds of any build-time measurement.
+        options: backend-specific settings by name (``Backend.option_names`` lists what a backend accepts).
+
+    Raises:
+        InputError: unknown precision, batch sizes / threads / rounds out of range.
+    """
+
+    precision: str = "fp32"
+    batch_sizes: tuple[int, ...] = ()
+    max_batch: int | None = None
+    seq_len: int | None = None
     threads: int | None = None
-    optimize: bool = True
-    prefer: str = "auto"
     out_dir: Path | None = None
-    bench_batch: int | None = None
     bench_rounds: int = 5
     bench_warmup: int = 1
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.prefer not in ("auto", "plain", "fused"):
-            raise InputError(f"BuildSpec.prefer={self.prefer!r}: expected 'auto', 'plain' or 'fused'")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if any(int(b) < 1 for b in self.batch_sizes) or (self.max_batch is not None and int(self.max_batch) < 1):
+            raise InputError("EngineConfig: batch sizes and max_batch must be >= 1")
         if self.threads is not None and int(self.threads) < 1:
             raise InputError(f"threads={self.threads}: must be >= 1")
+        if self.seq_len is not None and int(self.seq_len) < 1:
+            raise InputError(f"seq_len={self.seq_len}: must be >= 1")
         if self.bench_rounds < 1 or self.bench_warmup < 0:
-            raise InputError("BuildSpec: bench_rounds must be >= 1 and bench_warmup >= 0")
+            raise InputError("EngineConfig: bench_rounds must be >= 1 and bench_warmup >= 0")
+
+    def option(self, name: str, default=None):
+        """``options[name]`` or ``default``."""
+        return self.options.get(name, default)
+
+    def profile_batches(self, num_instances: int) -> list[int]:
+        """The batch sizes of the shape profile (sorted, deduplicated; default ``[8·N]``)."""
+        return sorted({int(b) for b in self.batch_sizes}) or [8 * int(num_instances)]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """How a Triton model repository serves an artifact exactly as it was measured.
+
+    Attributes:
+        platform: Triton platform (``"onnxruntime_onnx"``, ``"tensorrt_plan"``); None = no Triton platform
+            serves this engine (the repository step is then skipped with a warning).
+        instance_kind: ``"KIND_CPU"`` or ``"KIND_GPU"``.
+        model_file: file name of the artifact inside the version directory (``model.onnx``, ``model.plan``).
+        graph_optimization_level: ONNX Runtime session level the artifact was measured under (``"disable_all"``
+            for a graph saved after optimisation, ``"all"`` otherwise); None for non-ONNX-Runtime engines.
+        intra_op_num_threads / inter_op_num_threads: ONNX Runtime thread pools of the measured session.
+        accelerators: ONNX Runtime execution accelerators of the measured session, each
+            ``{"name": "cuda", "parameters": {...}}`` (written as ``gpu_execution_accelerator``).
+        plan: TensorRT only: ``{"inputs", "outputs", "profiles"}`` for the config validator.
+    """
+
+    platform: str | None
+    instance_kind: str = "KIND_CPU"
+    model_file: str = "model.onnx"
+    graph_optimization_level: str | None = None
+    intra_op_num_threads: int | None = None
+    inter_op_num_threads: int | None = None
+    accelerators: tuple = ()
+    plan: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Deployment | None":
+        if d is None:
+            return None
+        return cls(**{**d, "accelerators": tuple(d.get("accelerators") or ())})
 
 
 @dataclass
 class Artifact:
-    """A built engine: what to load and how.
+    """A built engine: what is measured, deployed and judged.
 
     Attributes:
         backend: registry name of the backend that built it.
-        path: the file the runner loads (one of ``files``).
-        files: role -> file (``"plain"``: the exported graph; ``"fused"``: the backend-optimised graph).
-        spec: the model interface (from the ONNX metadata).
+        path: the file the runner loads, which is the file measured and the file deployed (one of ``files``).
+        files: role -> file of everything the build produced (``"plain"``: the exported graph, ...).
+        spec: the model interface.
+        precision: the engine precision (a value of :data:`PRECISIONS`).
+        criteria: the validation criteria it is judged by (:func:`~prumux_compile.validation.criteria_for`).
+        deployment: how Triton serves it (:class:`Deployment`).
+        device: ``"cpu"`` or ``"cuda"``: where it runs (and where its eager baseline is timed).
         threads: intra-op threads for sessions (None = backend default).
-        report: build report (fusion counts, measurement, choice and why).
-        options: backend-specific load options chosen at build time for ``path`` (ONNX Runtime:
-            ``{"disabled_optimizers": [...]}``); empty = the backend's defaults.
+        report: build report (fusions, measurements, choices and why).
+        role_options: role -> load options of that file (ONNX Runtime: ``graph_optimization_level``,
+            ``disabled_optimizers``); a role without an entry loads with the backend's defaults.
+        runnable: roles that :meth:`Backend.load` can run (each is validated).
+        sha256: hex sha256 of ``path`` at build time.
     """
 
     backend: str
     path: Path
     files: dict[str, Path]
     spec: ExportSpec
+    precision: str = "fp32"
+    criteria: Criteria | None = None
+    deployment: Deployment | None = None
+    device: str = "cpu"
     threads: int | None = None
     report: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)
+    role_options: dict[str, dict] = field(default_factory=dict)
+    runnable: tuple[str, ...] = ()
+    sha256: str | None = None
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        if self.criteria is None:
+            self.criteria = criteria_for(self.backend, self.precision)
+        if not self.runnable:
+            self.runnable = (self.role,)
 
     @property
     def role(self) -> str:
         """Which of ``files`` ``path`` is."""
         return next((r for r, p in self.files.items() if Path(p) == Path(self.path)), "plain")
 
+    @property
+    def options(self) -> dict:
+        """Load options of the file ``path`` points at."""
+        return dict(self.role_options.get(self.role, {}))
+
     def using(self, role: str) -> "Artifact":
-        """The same artifact loading ``files[role]`` instead (keeps every graph measurable). The build-time
-        ``options`` are kept for the role they were chosen for and reset to the defaults for another role.
+        """The same artifact loading ``files[role]`` instead (keeps every graph measurable), with that role's
+        load options.
 
         Raises:
             InputError: no file of that role.
         """
         if role not in self.files:
             raise InputError(f"artifact has no {role!r} graph (has: {', '.join(self.files)})")
-        return replace(self, path=Path(self.files[role]), options=dict(self.options) if role == self.role else {})
+        return replace(self, path=Path(self.files[role]))
+
+    def rebased(self, old_dir: Path, new_dir: Path) -> "Artifact":
+        """The same artifact after its folder moved from ``old_dir`` to ``new_dir``."""
+        def move(p):
+            p = Path(p)
+            try:
+                return Path(new_dir) / p.relative_to(old_dir)
+            except ValueError:
+                return p
+
+        return replace(self, path=move(self.path), files={r: move(p) for r, p in self.files.items()})
+
+    def describe(self) -> dict:
+        """The JSON summary written to ``candidate.json`` (docs/report.md)."""
+        return {"backend": self.backend, "path": self.path.name, "role": self.role, "sha256": self.sha256,
+                "bytes": self.path.stat().st_size if self.path.is_file() else None, "precision": self.precision,
+                "device": self.device, "criteria": self.criteria.to_dict(),
+                "files": {k: Path(v).name for k, v in self.files.items()}, "runnable": list(self.runnable),
+                "load_options": self.options,
+                "deployment": self.deployment.to_dict() if self.deployment else None, "build": self.report}
 
 
 class Runner(ABC):
@@ -123,46 +285,70 @@ class Runner(ABC):
 
 
 class Backend(ABC):
-    """One engine backend; registered by name in :mod:`prumux_compile.engines.registry`."""
+    """One engine backend; registered by name in :mod:`prumux_compile.engines.registry`.
+
+    Class attributes: ``name`` (registry name), ``precisions`` (what :class:`EngineConfig.precision` may be),
+    ``default_precision`` (what the build driver asks for), ``option_names`` (accepted ``EngineConfig.options``).
+    """
 
     name: str = "backend"
+    precisions: tuple[str, ...] = ("fp32",)
+    default_precision: str = "fp32"
+    option_names: tuple[str, ...] = ()
 
     @abstractmethod
     def available(self) -> tuple[bool, str]:
         """``(True, description)`` when usable here, else ``(False, reason)`` (missing package or device)."""
 
     @abstractmethod
-    def build(self, onnx_path: str | Path, spec: BuildSpec | None = None) -> Artifact:
-        """Build an engine from an exported ``model.onnx``.
+    def build(self, compiled: Compiled | str | Path, config: EngineConfig | None = None) -> Artifact:
+        """Build an engine from a compiled model (a path is read as :meth:`Compiled.from_onnx`).
 
         Raises:
-            EngineBuildError: the backend is unavailable or the build failed (message names the backend).
+            EngineBuildError: the backend is unavailable, does not support the precision, or the build failed
+                (message names the backend).
+            InputError: an option this backend does not know.
         """
 
     @abstractmethod
     def load(self, artifact: Artifact) -> Runner:
         """Load a built engine for running."""
 
-    def _start_build(self, onnx_path: str | Path, spec: BuildSpec | None) -> tuple[BuildSpec, Path, ExportSpec, Path]:
-        """Shared start of every ``build``: availability, defaults, the model interface, the output folder.
+    def eager_device(self) -> str:
+        """Where this backend's engines run (``"cpu"`` / ``"cuda"``): the eager baseline is timed there too."""
+        return "cpu"
+
+    def _start_build(self, compiled: Compiled | str | Path, config: EngineConfig | None
+                     ) -> tuple[Compiled, EngineConfig, Path]:
+        """Shared start of every ``build``: availability, precision, options, the output folder (created).
 
         Returns:
-            ``(spec, onnx_path, interface read from the ONNX metadata, out_dir)``.
+            ``(compiled, config, out_dir)``.
 
         Raises:
-            EngineBuildError: the backend is unavailable here.
+            EngineBuildError: unavailable here, or the precision is not supported by this backend.
+            InputError: an unknown option name.
         """
-        from prumux_compile.errors import EngineBuildError
-        from prumux_compile.export.onnx_export import read_metadata
-
         ok, reason = self.available()
         if not ok:
             raise EngineBuildError(f"backend {self.name} is unavailable: {reason}")
-        spec = spec or BuildSpec()
-        onnx_path = Path(onnx_path)
-        xspec = ExportSpec.from_metadata(read_metadata(onnx_path))
-        out_dir = Path(spec.out_dir) if spec.out_dir is not None else onnx_path.parent
-        return spec, onnx_path, xspec, out_dir
+        if not isinstance(compiled, Compiled):
+            compiled = Compiled.from_onnx(compiled)
+        config = config or EngineConfig(precision=self.default_precision)
+        if config.precision not in self.precisions:
+            raise EngineBuildError(f"backend {self.name} does not build {config.precision} engines "
+                                   f"(supported: {', '.join(self.precisions)})")
+        unknown = sorted(set(config.options) - set(self.option_names))
+        if unknown:
+            raise InputError(f"backend {self.name}: unknown option(s) {unknown}; known: "
+                             f"{', '.join(self.option_names) or 'none'}")
+        out_dir = Path(config.out_dir) if config.out_dir is not None else Path(compiled.onnx_path).parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return compiled, config, out_dir
+
+    def _check_artifact(self, artifact: Artifact) -> None:
+        if artifact.backend != self.name:
+            raise InputError(f"artifact was built by {artifact.backend}, not {self.name}")
 
 
 _OPTIONAL_DEFAULTS = {"attention_mask": 1, "token_type_ids": 0}

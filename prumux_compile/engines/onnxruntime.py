@@ -3,17 +3,29 @@ available only where the ``onnxruntime-gpu`` package and a CUDA device are prese
 
 Build = optional fusion (:func:`prumux_compile.passes.onnx.ort_fuse` writes ``model.ort.onnx``, a separate
 artifact that may hold ``com.microsoft`` ops; fault class F17) + a measurement that picks the fastest of the
-:data:`VARIANTS`: ``model.onnx`` as ONNX Runtime optimises it, ``model.onnx`` with ORT's session-level
-``SkipLayerNormFusion`` disabled (Add + LayerNormalization kept apart), and ``model.ort.onnx``.
-docs/environment.md: on this CPU the fused graphs were *not* faster than the plain export, and a fused
-SkipLayerNormalization was slower than Add + LayerNormalization; measured here on a BERT-base-shaped N=2,
-60 %-sparse model: plain 1598 ms, plain without SkipLayerNormFusion 1442 ms, fused 1553 ms (medians of 9
-interleaved rounds, batch 16). So the choice is made by measurement on the machine that builds, and every
-graph stays loadable (:meth:`Artifact.using`).
+graph variants: ``model.onnx`` as ONNX Runtime optimises it, ``model.onnx`` with ORT's session-level
+``SkipLayerNormFusion`` disabled (Add + LayerNormalization kept apart), and ``model.ort.onnx``. On the CPUs of
+this project the fused graphs were *not* always faster than the plain export, and a fused
+SkipLayerNormalization was slower than Add + LayerNormalization (README "Benchmark"); so the choice is made by
+measurement on the machine that builds.
 
-Sessions: ``graph_optimization_level = ORT_ENABLE_ALL``, sequential execution, one inter-op thread,
-``intra_op_num_threads`` from :class:`~prumux_compile.engines.base.BuildSpec` (0 = ORT default),
-``disabled_optimizers`` from the artifact's ``options``.
+What is deployed is what was measured (docs/report.md "artifact"):
+
+* ``ort-cpu`` *bakes* the winner: ONNX Runtime writes the graph it optimised for the measured session
+  (``SessionOptions.optimized_model_filepath``, same disabled optimizers, level ``ORT_ENABLE_ALL``) to
+  ``model.optimized.onnx``; that file, loaded with ``ORT_DISABLE_ALL``, gives bit-identical logits to the measured
+  session (checked at build time) at the same speed, and it is the artifact: validated, benchmarked, hashed and
+  copied into the Triton repository with ``optimization { graph { level: 2 } }`` (Triton's "disable all") and the
+  measured thread counts. Session-level choices that a Triton config cannot express (disabled optimizers) are
+  thereby part of the file.
+* ``ort-cuda`` deploys the source graph itself and measures only the variants a config can reproduce (no
+  disabled optimizers); fp32 runs with TF32 off (CUDA provider option ``use_tf32=0``, also written as the
+  ``cuda`` execution accelerator's parameter) so that it meets the fp32 criteria.
+
+Sessions: sequential execution, one inter-op thread, ``intra_op_num_threads`` from the
+:class:`~prumux_compile.engines.base.EngineConfig` (0 = ORT default). After a session is created its active
+providers are checked: a session that silently fell back to the CPU provider is an
+:class:`~prumux_compile.errors.EngineBuildError`, never a slow success.
 """
 from __future__ import annotations
 
@@ -23,21 +35,26 @@ from pathlib import Path
 import numpy as np
 
 from prumux_compile.bench.timing import interleaved
-from prumux_compile.engines.base import Artifact, Backend, BuildSpec, Runner, prepare_feeds
+from prumux_compile.engines.base import (Artifact, Backend, Compiled, Deployment, EngineConfig, Runner, file_sha256,
+                                         prepare_feeds)
 from prumux_compile.errors import EngineBuildError, InputError
 from prumux_compile.export.inputs import realistic_inputs
-from prumux_compile.export.onnx_export import check_onnx
 from prumux_compile.export.spec import OUTPUT_NAME, ExportSpec
 
-__all__ = ["OrtCpuBackend", "OrtCudaBackend", "OrtRunner", "FUSED_FILENAME", "VARIANTS"]
+__all__ = ["OrtCpuBackend", "OrtCudaBackend", "OrtRunner", "FUSED_FILENAME", "OPTIMIZED_FILENAME", "VARIANTS",
+           "GRAPH_LEVELS"]
 
 FUSED_FILENAME = "model.ort.onnx"
-#: Candidates measured by ``build(prefer="auto")``: name -> (graph role, ORT optimizers disabled in the session).
+#: The graph ONNX Runtime saved after optimising the winning variant (ort-cpu's deployed artifact).
+OPTIMIZED_FILENAME = "model.optimized.onnx"
+#: Graph variants measured by ``build(prefer="auto")``: name -> (graph role, ORT optimizers disabled in the session).
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "plain": ("plain", ()),
     "plain/no-skip-layernorm": ("plain", ("SkipLayerNormFusion",)),
     "fused": ("fused", ()),
 }
+#: Session graph optimisation levels by name (``SessionOptions.graph_optimization_level``).
+GRAPH_LEVELS = ("disable_all", "basic", "extended", "all")
 
 
 def _ort():
@@ -46,8 +63,56 @@ def _ort():
     return onnxruntime
 
 
+def _level(name: str):
+    ort = _ort()
+    levels = {"disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    if name not in levels:
+        raise InputError(f"graph optimization level {name!r}: expected one of {', '.join(GRAPH_LEVELS)}")
+    return levels[name]
+
+
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def _session(path: Path, *, threads: int | None, providers, provider_options: dict | None, disabled=(),
+             graph_level: str = "all", save_to: Path | None = None):
+    """An ``InferenceSession`` with this module's settings; its first provider must be active.
+
+    Raises:
+        EngineBuildError: ONNX Runtime cannot load the file, or did not activate the first requested provider
+            (e.g. a CUDA session that fell back to the CPU).
+    """
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or 0)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = _level(graph_level)
+    opts.log_severity_level = 3
+    if save_to is not None:
+        opts.optimized_model_filepath = str(save_to)
+        from prumux_compile.export.onnx_export import onnx_data_files
+
+        if onnx_data_files(path):  # past the protobuf limit: the saved graph keeps its weights in its own data file
+            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                          Path(save_to).name + ".data")
+            opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    requested = [(p, dict((provider_options or {}).get(p, {}))) if (provider_options or {}).get(p) else p
+                 for p in providers]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=requested,
+                                       disabled_optimizers=list(disabled) or None)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise EngineBuildError(f"onnxruntime cannot load {Path(path).name}: {_first_line(exc)}") from None
+    active = list(session.get_providers())
+    if providers and providers[0] not in active:
+        raise EngineBuildError(f"onnxruntime did not activate {providers[0]} for {Path(path).name} (active: "
+                               f"{', '.join(active) or 'none'}); refusing a silent fallback")
+    return session
 
 
 class OrtRunner(Runner):
@@ -57,32 +122,27 @@ class OrtRunner(Runner):
         path: the ``.onnx`` file.
         spec: the model interface (checks in :func:`prepare_feeds`).
         threads: intra-op threads (None = ORT default).
-        providers: execution providers in priority order.
+        providers: execution providers in priority order; the first must be active after creation.
+        provider_options: provider name -> options (e.g. ``{"CUDAExecutionProvider": {"use_tf32": "0"}}``).
         disabled_optimizers: names of ORT graph optimizers not to run in this session (e.g.
             ``"SkipLayerNormFusion"``).
+        graph_level: one of :data:`GRAPH_LEVELS` (``"disable_all"`` for a graph saved after optimisation).
 
     Raises:
-        EngineBuildError: ONNX Runtime cannot create a session for the file.
+        EngineBuildError: ONNX Runtime cannot create the session, or the first provider is not active.
     """
 
     def __init__(self, path: str | Path, spec: ExportSpec, *, threads: int | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",), disabled_optimizers=()):
-        ort = _ort()
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), provider_options: dict | None = None,
+                 disabled_optimizers=(), graph_level: str = "all"):
         self.path = Path(path)
         self.spec = spec
         self.threads = threads
         self.disabled_optimizers = tuple(disabled_optimizers)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or 0)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=list(providers),
-                                                 disabled_optimizers=list(disabled_optimizers) or None)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise EngineBuildError(f"onnxruntime cannot load {self.path.name}: {_first_line(exc)}") from None
+        self.graph_level = graph_level
+        self._session = _session(self.path, threads=threads, providers=providers, provider_options=provider_options,
+                                 disabled=self.disabled_optimizers, graph_level=graph_level)
+        self.providers = tuple(self._session.get_providers())
         self._inputs = [i.name for i in self._session.get_inputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -98,10 +158,31 @@ class OrtRunner(Runner):
 
 
 class OrtCpuBackend(Backend):
-    """``ort-cpu``: ONNX Runtime on the CPU execution provider."""
+    """``ort-cpu``: ONNX Runtime on the CPU execution provider (module docstring).
+
+    Options (``EngineConfig.options``): ``optimize`` (bool, default True: also write ``model.ort.onnx``),
+    ``prefer`` (``"auto"``: measure; or a variant name of :data:`VARIANTS`, ``"plain"`` / ``"fused"``).
+    """
 
     name = "ort-cpu"
+    precisions = ("fp32",)
+    option_names = ("optimize", "prefer")
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    instance_kind = "KIND_CPU"
+    #: Save the optimised graph of the winner and deploy that file (module docstring).
+    bake = True
+
+    def variants(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """The graph variants this backend measures (all of :data:`VARIANTS` here)."""
+        return dict(VARIANTS)
+
+    def provider_options(self, precision: str) -> dict:
+        """Provider name -> options for ``precision`` (none on the CPU)."""
+        return {}
+
+    def accelerators(self, precision: str) -> tuple:
+        """Triton ``gpu_execution_accelerator`` entries reproducing :meth:`provider_options`."""
+        return ()
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -113,28 +194,45 @@ class OrtCpuBackend(Backend):
             return False, f"onnxruntime {ort.__version__} lacks {', '.join(missing)}"
         return True, f"onnxruntime {ort.__version__} ({', '.join(self.providers)})"
 
-    def build(self, onnx_path: str | Path, spec: BuildSpec | None = None) -> Artifact:
-        """Fuse (optional), check every graph loads, measure the variants, choose the fastest.
+    def eager_device(self) -> str:
+        return "cuda" if self.instance_kind == "KIND_GPU" else "cpu"
+
+    def _runner(self, path: Path, spec: ExportSpec, threads, precision: str, *, disabled=(),
+                graph_level: str = "all") -> OrtRunner:
+        return OrtRunner(path, spec, threads=threads, providers=self.providers,
+                         provider_options=self.provider_options(precision), disabled_optimizers=disabled,
+                         graph_level=graph_level)
+
+    def build(self, compiled: Compiled | str | Path, config: EngineConfig | None = None) -> Artifact:
+        """Fuse (optional), measure the variants, choose the fastest, deploy it as measured.
 
         Args:
-            onnx_path: an exported ``model.onnx`` (with ``prumux.*`` metadata).
-            spec: build options (:class:`BuildSpec`); ``out_dir`` receives ``model.ort.onnx``.
+            compiled: the compiled model (only its ``model.onnx`` and interface are used).
+            config: :class:`EngineConfig` (fp32 only; ``threads``; the first profile batch and ``seq_len`` are the
+                measurement shape; options ``optimize`` and ``prefer``); ``out_dir`` receives ``model.ort.onnx``
+                and ``model.optimized.onnx``.
 
         Returns:
             :class:`Artifact` whose ``report`` holds ``fusion`` (counts, per-layer attention; see
-            :class:`~prumux_compile.passes.onnx.FusionReport`), ``timing`` (median ms per measured variant of
-            :data:`VARIANTS`; ``prefer="auto"`` only), ``choice`` (the variant) and ``why``; ``options`` holds
-            the chosen variant's session options.
+            :class:`~prumux_compile.passes.onnx.FusionReport`), ``timing`` (median ms per measured variant;
+            ``prefer="auto"`` only), ``choice`` (the variant), ``why`` and, for ort-cpu, ``baked`` (source graph,
+            disabled optimizers, bit-identity check). ``runnable`` (what the build driver validates) is the
+            exported ``model.onnx`` and the deployed file; every file of ``files`` loads with :meth:`load`.
 
         Raises:
-            EngineBuildError: backend unavailable, a graph ONNX Runtime cannot load, a mis-fused attention.
-            InputError: ``onnx_path`` is not an exported model.
+            EngineBuildError: backend unavailable, a graph ONNX Runtime cannot load, a mis-fused attention, a
+                baked graph that does not reproduce the measured session.
+            InputError: ``compiled`` is not an exported model, or a bad option.
         """
-        spec, onnx_path, xspec, out_dir = self._start_build(onnx_path, spec)
+        compiled, config, out_dir = self._start_build(compiled, config)
+        xspec, onnx_path = compiled.spec, Path(compiled.onnx_path)
+        optimize = bool(config.option("optimize", True))
+        prefer = config.option("prefer", "auto")
         files: dict[str, Path] = {"plain": onnx_path}
-        report: dict = {"backend": self.name, "providers": list(self.providers), "threads": spec.threads,
-                        "onnxruntime": _dist_version()}
-        if spec.optimize:
+        report: dict = {"backend": self.name, "providers": list(self.providers), "threads": config.threads,
+                        "onnxruntime": _dist_version(), "precision": config.precision}
+        if optimize:
+            from prumux_compile.export.onnx_export import check_onnx
             from prumux_compile.passes.onnx import ort_fuse
 
             fused = out_dir / FUSED_FILENAME
@@ -144,58 +242,116 @@ class OrtCpuBackend(Backend):
             check_onnx(fused, xspec, standard_only=False)
             files["fused"] = fused
             report["fusion"] = fusion.to_dict()
-        elif spec.prefer == "fused":
-            raise EngineBuildError(f"{self.name}: prefer='fused' needs optimize=True")
-        variants = {name: v for name, v in VARIANTS.items() if v[0] in files}
-        runners = {name: OrtRunner(files[role], xspec, threads=spec.threads, providers=self.providers,
-                                   disabled_optimizers=disabled) for name, (role, disabled) in variants.items()}
+        variants = {name: v for name, v in self.variants().items() if v[0] in files}
+        if prefer != "auto" and prefer not in variants:
+            if prefer == "fused" and not optimize:
+                raise EngineBuildError(f"{self.name}: prefer='fused' needs optimize=True")
+            raise InputError(f"{self.name}: prefer={prefer!r}: expected 'auto' or one of {', '.join(variants)}")
+        batch = config.profile_batches(xspec.num_instances)[0]
+        seq = int(config.seq_len or (xspec.max_seq_len if xspec.muxed else min(128, xspec.max_seq_len)))
+        feeds = realistic_inputs(batch, min(seq, xspec.max_seq_len), xspec.vocab_size, seed=0,
+                                 type_vocab_size=xspec.type_vocab_size)
+        wanted = variants if prefer == "auto" else {prefer: variants[prefer]}
+        runners = {name: self._runner(files[role], xspec, config.threads, config.precision, disabled=disabled)
+                   for name, (role, disabled) in wanted.items()}
         try:
-            if spec.prefer != "auto":
-                choice = spec.prefer
+            if prefer != "auto":
+                choice = prefer
                 report["why"] = "requested"
             else:
-                report["timing"] = t = self._measure(runners, xspec, spec)
-                choice = min(t, key=lambda r: t[r]["p50_ms"])
-                first = next(iter(t.values()))
-                report["why"] = ("measured fastest: " + ", ".join(f"{r} {t[r]['p50_ms']:.2f} ms" for r in t)
-                                 + f" (median of {spec.bench_rounds} interleaved rounds, batch {first['batch']}, "
-                                 f"seq {first['seq']}, threads {spec.threads or 'default'})")
+                t = interleaved({name: (lambda r=r: r.run(feeds)) for name, r in runners.items()}, batch_size=batch,
+                                seq_len=feeds["input_ids"].shape[1], warmup=config.bench_warmup,
+                                rounds=config.bench_rounds)
+                report["timing"] = {name: {"p50_ms": v.p50_ms, "throughput": v.throughput, "batch": batch,
+                                           "seq": feeds["input_ids"].shape[1]} for name, v in t.items()}
+                choice = min(t, key=lambda r: t[r].p50_ms)
+                report["why"] = ("measured fastest: " + ", ".join(f"{r} {t[r].p50_ms:.2f} ms" for r in t)
+                                 + f" (median of {config.bench_rounds} interleaved rounds, batch {batch}, seq "
+                                 f"{feeds['input_ids'].shape[1]}, threads {config.threads or 'default'})")
+            measured_out = runners[choice].run(feeds)[OUTPUT_NAME]
         finally:
             for r in runners.values():
                 r.close()
         role, disabled = variants[choice]
         report["choice"] = choice
-        options = {"disabled_optimizers": list(disabled)} if disabled else {}
-        return Artifact(backend=self.name, path=files[role], files=files, spec=xspec, threads=spec.threads,
-                        report=report, options=options)
+        role_options: dict[str, dict] = {}
+        if self.bake:
+            path = self._bake(files[role], out_dir / OPTIMIZED_FILENAME, xspec, config, disabled, feeds,
+                              measured_out, report)
+            files["optimized"] = path
+            role_options["optimized"] = {"graph_optimization_level": "disable_all"}
+            level = "disable_all"
+        else:
+            path = files[role]
+            if disabled:
+                role_options[role] = {"disabled_optimizers": list(disabled)}
+            level = "all"
+        deployment = Deployment(platform="onnxruntime_onnx", instance_kind=self.instance_kind, model_file="model.onnx",
+                                graph_optimization_level=level, intra_op_num_threads=config.threads,
+                                inter_op_num_threads=1, accelerators=self.accelerators(config.precision))
+        return Artifact(backend=self.name, path=path, files=files, spec=xspec, precision=config.precision,
+                        deployment=deployment, device=self.eager_device(), threads=config.threads, report=report,
+                        role_options=role_options, runnable=tuple(dict.fromkeys(("plain", _role_of(files, path)))),
+                        sha256=file_sha256(path))
 
-    @staticmethod
-    def _measure(runners: dict[str, OrtRunner], xspec: ExportSpec, spec: BuildSpec) -> dict:
-        batch = spec.bench_batch or 8 * xspec.num_instances
-        seq = xspec.max_seq_len if xspec.muxed else min(128, xspec.max_seq_len)
-        feeds = realistic_inputs(batch, seq, xspec.vocab_size, seed=0, type_vocab_size=xspec.type_vocab_size)
-        timings = interleaved({role: (lambda r=r: r.run(feeds)) for role, r in runners.items()},
-                              batch_size=batch, seq_len=seq, warmup=spec.bench_warmup, rounds=spec.bench_rounds)
-        return {role: {"p50_ms": t.p50_ms, "throughput": t.throughput, "batch": batch, "seq": seq}
-                for role, t in timings.items()}
+    def _bake(self, source: Path, target: Path, xspec: ExportSpec, config: EngineConfig, disabled, feeds,
+              measured_out: np.ndarray, report: dict) -> Path:
+        """Save ONNX Runtime's optimised graph of ``source`` (the measured session's settings) to ``target`` and
+        check it reproduces the measured session's logits bit for bit when loaded with ``disable_all``."""
+        from prumux_compile.export.onnx_export import check_onnx
+
+        if target.resolve() == Path(source).resolve():
+            raise EngineBuildError(f"{self.name}: the optimised graph would overwrite its source {source}")
+        target.unlink(missing_ok=True)
+        _session(source, threads=config.threads, providers=self.providers,
+                 provider_options=self.provider_options(config.precision), disabled=disabled, graph_level="all",
+                 save_to=target)
+        if not target.is_file():
+            raise EngineBuildError(f"{self.name}: onnxruntime did not write the optimised graph {target.name}")
+        check_onnx(target, xspec, standard_only=False)
+        with self._runner(target, xspec, config.threads, config.precision, graph_level="disable_all") as r:
+            again = r.run(feeds)[OUTPUT_NAME]
+        same = bool(np.array_equal(again, measured_out))
+        report["baked"] = {"source": Path(source).name, "disabled_optimizers": list(disabled),
+                           "saved_at_level": "all", "loaded_at_level": "disable_all", "bitwise_equal": same}
+        if not same:
+            diff = float(np.max(np.abs(again.astype(np.float64) - measured_out)))
+            raise EngineBuildError(f"{self.name}: the saved optimised graph {target.name} does not reproduce the "
+                                   f"measured session (max |Δlogit| {diff:.3g})")
+        return target
 
     def load(self, artifact: Artifact) -> OrtRunner:
-        """An :class:`OrtRunner` for ``artifact.path`` with the artifact's thread count and session options."""
-        if artifact.backend != self.name:
-            raise InputError(f"artifact was built by {artifact.backend}, not {self.name}")
-        return OrtRunner(artifact.path, artifact.spec, threads=artifact.threads, providers=self.providers,
-                         disabled_optimizers=artifact.options.get("disabled_optimizers", ()))
+        """An :class:`OrtRunner` for ``artifact.path`` with the artifact's threads and that file's load options."""
+        self._check_artifact(artifact)
+        opts = artifact.options
+        return self._runner(artifact.path, artifact.spec, artifact.threads, artifact.precision,
+                            disabled=opts.get("disabled_optimizers", ()),
+                            graph_level=opts.get("graph_optimization_level", "all"))
 
 
 class OrtCudaBackend(OrtCpuBackend):
-    """``ort-cuda``: ONNX Runtime on the CUDA execution provider (CPU provider as fallback for host ops).
+    """``ort-cuda``: ONNX Runtime on the CUDA execution provider (CPU provider as fallback for host ops only).
 
     Available only with the ``onnxruntime-gpu`` package (the [gpu] extra, never together with the CPU
-    package) on a machine with a CUDA device.
+    package) on a machine with a CUDA device. Deploys the measured source graph (module docstring).
     """
 
     name = "ort-cuda"
     providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    instance_kind = "KIND_GPU"
+    bake = False
+
+    def variants(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """Only variants a Triton config can reproduce: no session-level disabled optimizers."""
+        return {k: v for k, v in VARIANTS.items() if not v[1]}
+
+    def provider_options(self, precision: str) -> dict:
+        """fp32: TF32 off, so fp32 GEMMs are fp32 (the fp32 criteria of :mod:`prumux_compile.validation`)."""
+        return {"CUDAExecutionProvider": {"use_tf32": "0"}} if precision == "fp32" else {}
+
+    def accelerators(self, precision: str) -> tuple:
+        opts = self.provider_options(precision).get("CUDAExecutionProvider")
+        return ({"name": "cuda", "parameters": dict(opts)},) if opts else ()
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -213,6 +369,10 @@ class OrtCudaBackend(OrtCpuBackend):
         except ImportError:
             pass
         return True, f"onnxruntime {ort.__version__} (CUDAExecutionProvider)"
+
+
+def _role_of(files: dict[str, Path], path: Path) -> str:
+    return next(r for r, p in files.items() if Path(p) == Path(path))
 
 
 def _dist_version() -> str | None:

@@ -3,7 +3,7 @@
 Backends are imported lazily (``"module:Class"`` targets), so asking for one never imports another's heavy
 dependencies. A backend whose module is not part of this installation, whose Python package is missing or
 whose device is absent still appears in :func:`names` and reports ``available() -> (False, reason)``; it
-never fails a build that did not ask for it (DESIGN.md "Engines").
+never fails a build that did not ask for it.
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from prumux_compile.engines.base import Artifact, Backend, BuildSpec, Runner
+from prumux_compile.engines.base import Artifact, Backend, Compiled, EngineConfig, Runner
 from prumux_compile.errors import EngineBuildError, InputError
 
 __all__ = ["names", "get", "register", "availability", "Unavailable"]
 
-#: name -> "module:Class". Later backends (torch-cuda, tensorrt) are added by creating their module.
+#: name -> "module:Class": THE list of backends. A new backend is its module plus one line here.
 _TARGETS: dict[str, str] = {
     "ort-cpu": "prumux_compile.engines.onnxruntime:OrtCpuBackend",
     "ort-cuda": "prumux_compile.engines.onnxruntime:OrtCudaBackend",
@@ -56,7 +56,7 @@ class Unavailable(Backend):
     def available(self) -> tuple[bool, str]:
         return False, self.reason
 
-    def build(self, onnx_path: str | Path, spec: BuildSpec | None = None) -> Artifact:
+    def build(self, compiled: Compiled | str | Path, config: EngineConfig | None = None) -> Artifact:
         raise EngineBuildError(f"backend {self.name} is unavailable: {self.reason}")
 
     def load(self, artifact: Artifact) -> Runner:
@@ -68,8 +68,10 @@ def names() -> list[str]:
     return sorted(_TARGETS)
 
 
-def register(name: str, target: str | type[Backend]) -> None:
-    """Register (or replace) a backend: a :class:`Backend` subclass or a ``"module:Class"`` string."""
+def register(name: str, target) -> None:
+    """Register (or replace) a backend: a :class:`Backend` subclass, a zero-argument factory returning a
+    :class:`Backend`, or a ``"module:Class"`` string. A class or factory reports its own availability (the
+    package/device probe of a built-in name no longer applies to it)."""
     if isinstance(target, str) and ":" not in target:
         raise InputError(f"backend target {target!r}: expected 'module:Class'")
     _TARGETS[name] = target  # type: ignore[assignment]
@@ -84,7 +86,7 @@ def get(name: str) -> Backend:
     target = _TARGETS.get(name)
     if target is None:
         raise InputError(f"unknown backend {name!r}; registered: {', '.join(names())}")
-    probe = _PROBES.get(name)
+    probe = _PROBES.get(name) if isinstance(target, str) else None
     reason = probe() if probe else None
     if reason:
         return Unavailable(name, reason)

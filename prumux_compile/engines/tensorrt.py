@@ -2,46 +2,57 @@
 
 Build (:func:`build_plan`), through TensorRT's Python API:
 
-1. the graph is ``model.trt.onnx`` or its fp16 form (:mod:`prumux_compile.engines.trt_onnx`); any
-   non-standard op is refused first (fault class F17). TensorRT >= 10 networks are *strongly typed*
-   (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; the flag is always on and deprecated in TensorRT 11):
-   precision is a property of the graph, so no FP16 builder flag is ever set;
+1. the graph is ``model.trt.onnx`` or its fp16 form (:mod:`prumux_compile.engines.trt_onnx`), chosen by the
+   precision of the :class:`~prumux_compile.engines.base.EngineConfig` (the build driver asks for
+   :attr:`TensorRTBackend.default_precision`, fp16); any non-standard op is refused first (fault class F17).
+   TensorRT >= 10 networks are *strongly typed* (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; the flag is
+   always on and deprecated in TensorRT 11): precision is a property of the graph, so no FP16 builder flag is
+   ever set;
 2. ``OnnxParser.parse_from_file``; parser errors become :class:`TensorRTBuildError`;
 3. ``IBuilderConfig``: workspace limit (``set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``),
    ``builder_optimization_level``, a timing cache read from / written back to a file
    (``create_timing_cache`` / ``set_timing_cache`` / ``get_timing_cache().serialize()``);
-4. optimization profiles (:func:`compute_profiles`): every profile's batch range starts at 1 and all share
-   one maximum (fault class F14, triton server#7056), so any batch 1..max runs under any profile and the
-   Triton ``max_batch_size`` equals that maximum; one profile per requested batch size, optimised for it;
+4. optimization profiles (:func:`compute_profiles`) from the config's shape profile: every profile's batch range
+   starts at 1 and all share one maximum (fault class F14, triton server#7056), so any batch 1..max runs under
+   any profile and the Triton ``max_batch_size`` equals that maximum; one profile per batch size, optimised for it;
 5. ``build_serialized_network``; ``None`` (or an exception) becomes :class:`TensorRTBuildError`, exit 4,
    naming the profile the builder log blames (or every profile) and carrying the builder log (fault class F10,
    TensorRT#1581).
 
-Everything that does not need the library (profiles, option checks, error mapping, profile selection at run
-time) is plain Python and unit-tested with a fake ``tensorrt`` module; :func:`build_plan` takes the module
-as an argument for that reason.
+The artifact is ``model.plan`` and nothing else is ever loaded by :class:`TensorRTRunner`; it is judged by the
+criteria of ``("tensorrt", precision)`` (:mod:`prumux_compile.validation`) and deployed as ``tensorrt_plan`` on
+``KIND_GPU``.
 
-Running (:class:`TensorRTRunner`) uses PyTorch CUDA tensors as device buffers (``execute_async_v3`` on the
-current torch stream), so no ``pycuda`` / ``cuda-python`` dependency is needed.
+Running (:class:`TensorRTRunner`, Polygraphy's runner pattern): one process-wide TensorRT logger
+(:func:`process_logger`), the runner's own CUDA stream, the return value of every shape / address / profile
+setter checked, the output's dtype and shape asked from the engine, PyTorch CUDA tensors as device buffers (no
+``pycuda`` / ``cuda-python`` dependency).
+
+Everything that does not need the library (profiles, option checks, error mapping, profile selection at run
+time) is plain Python; the ``tensorrt`` module and the device are constructor arguments, so the whole build ->
+load -> run path is unit-tested with a stand-in module on the CPU (``tests/unit/test_tensorrt_logic.py``).
+Importing this module needs neither ``tensorrt`` nor ``onnx``.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import re
+import threading
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from prumux_compile.engines.base import Artifact, Backend, BuildSpec, Runner, prepare_feeds
-from prumux_compile.engines.trt_onnx import (TRT_FILENAME, TRT_FP16_FILENAME, check_standard_ops, write_trt_onnx,
-                                             write_trt_onnx_fp16)
+from prumux_compile.engines.base import (Artifact, Backend, Compiled, Deployment, EngineConfig, Runner, file_sha256,
+                                         prepare_feeds)
 from prumux_compile.errors import EngineBuildError, InputError
 from prumux_compile.export.spec import INPUT_NAMES, OUTPUT_NAME, ExportSpec
 
 __all__ = ["TrtOptions", "Profile", "TensorRTBuildError", "compute_profiles", "select_profile", "build_plan",
-           "blamed_profiles", "TensorRTBackend", "TensorRTRunner", "PLAN_FILENAME", "MIN_TRT_MAJOR"]
+           "blamed_profiles", "TensorRTBackend", "TensorRTRunner", "PLAN_FILENAME", "MIN_TRT_MAJOR",
+           "process_logger"]
 
 PLAN_FILENAME = "model.plan"
 #: Oldest TensorRT major version accepted (the first with STRONGLY_TYPED networks and the v3 I/O API).
@@ -85,6 +96,18 @@ class TrtOptions:
     workspace_mb: int = 4096
     optimization_level: int = 3
     timing_cache: str | None = None
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "TrtOptions":
+        """The builder options of an :class:`EngineConfig`: precision and shape profile from its fields,
+        ``min_seq``, ``workspace_mb``, ``optimization_level``, ``timing_cache`` from its ``options``."""
+        defaults = cls()
+        return cls(precision=config.precision, batch_sizes=tuple(int(b) for b in config.batch_sizes),
+                   max_batch=config.max_batch, seq_len=config.seq_len,
+                   min_seq=int(config.option("min_seq", defaults.min_seq)),
+                   workspace_mb=int(config.option("workspace_mb", defaults.workspace_mb)),
+                   optimization_level=int(config.option("optimization_level", defaults.optimization_level)),
+                   timing_cache=config.option("timing_cache", defaults.timing_cache))
 
     def check(self) -> None:
         """Raise :class:`InputError` naming the first bad option."""
@@ -211,20 +234,43 @@ def _trt_version(trt) -> tuple[int, ...]:
         return (0,)
 
 
-def _capture_logger(trt):
-    """A ``trt.ILogger`` that records ``"[SEVERITY] message"`` lines (INFO and above)."""
+class _Lines:
+    """The lines the :func:`process_logger` recorded since this object was made (one build's or one runner's)."""
 
-    class _Capture(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.lines: list[str] = []
+    def __init__(self, logger):
+        self.logger = logger
+        self.start = logger.count
 
-        def log(self, severity, msg):  # noqa: D401 - TensorRT callback
-            name = getattr(severity, "name", str(severity)).upper()
-            if "VERBOSE" not in name:
-                self.lines.append(f"[{name.split('.')[-1]}] {msg}")
+    @property
+    def lines(self) -> list[str]:
+        new = self.logger.count - self.start
+        return list(self.logger.lines)[-new:] if new > 0 else []
 
-    return _Capture()
+
+_LOGGERS: dict[int, object] = {}
+_LOGGER_LOCK = threading.Lock()
+
+
+def process_logger(trt):
+    """THE ``trt.ILogger`` of this process (one per ``tensorrt`` module; TensorRT expects a single logger shared
+    by every builder and runtime). It keeps ``"[SEVERITY] message"`` lines (INFO and above) in ``.lines``."""
+    with _LOGGER_LOCK:
+        logger = _LOGGERS.get(id(trt))
+        if logger is None:
+            class _Capture(trt.ILogger):
+                def __init__(self):
+                    trt.ILogger.__init__(self)
+                    self.lines: deque[str] = deque(maxlen=5000)  # bounded: a long-lived process keeps the recent log
+                    self.count = 0
+
+                def log(self, severity, msg):  # noqa: D401 - TensorRT callback
+                    name = getattr(severity, "name", str(severity)).upper()
+                    if "VERBOSE" not in name:
+                        self.lines.append(f"[{name.split('.')[-1]}] {msg}")
+                        self.count += 1
+
+            logger = _LOGGERS[id(trt)] = _Capture()
+        return logger
 
 
 def _parser_error(err) -> str:
@@ -261,6 +307,8 @@ def build_plan(onnx_path: str | Path, plan_path: str | Path, profiles: list[Prof
         EngineBuildError: non-standard ops (F17) or TensorRT older than :data:`MIN_TRT_MAJOR`.
         InputError: bad options.
     """
+    from prumux_compile.engines.trt_onnx import check_standard_ops
+
     options.check()
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     check_standard_ops(onnx_path)
@@ -270,13 +318,13 @@ def build_plan(onnx_path: str | Path, plan_path: str | Path, profiles: list[Prof
     if version[0] < MIN_TRT_MAJOR:
         raise EngineBuildError(f"tensorrt {trt.__version__} is too old: strongly typed networks need TensorRT >= "
                                f"{MIN_TRT_MAJOR}")
-    logger = _capture_logger(trt)
+    logger = _Lines(process_logger(trt))
     names = [p.describe() for p in profiles]
     try:
-        builder = trt.Builder(logger)
+        builder = trt.Builder(logger.logger)
         flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         network = builder.create_network(0 if flag is None else 1 << int(flag))
-        parser = trt.OnnxParser(network, logger)
+        parser = trt.OnnxParser(network, logger.logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
             raise TensorRTBuildError(f"TensorRT ONNX parser rejected {onnx_path.name}: "
@@ -328,35 +376,65 @@ def _default_seq(spec: ExportSpec) -> int:
     return spec.max_seq_len if spec.muxed else min(128, spec.max_seq_len)
 
 
+def _torch_dtype(trt, torch, dtype):
+    """torch dtype of a TensorRT ``DataType`` (through ``trt.nptype``)."""
+    np_type = np.dtype(trt.nptype(dtype))
+    table = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
+             np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32, np.dtype(np.int8): torch.int8,
+             np.dtype(np.bool_): torch.bool}
+    if np_type not in table:
+        raise EngineBuildError(f"tensorrt: unsupported tensor dtype {np_type}")
+    return table[np_type]
+
+
 class TensorRTRunner(Runner):
-    """Runs a serialised engine with torch CUDA tensors as buffers (needs ``tensorrt`` and a CUDA device).
+    """Runs a serialised engine (``model.plan``) with torch tensors as buffers (module docstring).
 
     Args:
-        plan_path: the engine file.
+        plan_path: the engine file (the only file this runner reads).
         spec: the model interface.
         profiles: the profiles it was built with (profile choice per call: :func:`select_profile`).
+        trt: the ``tensorrt`` module (None = ``import tensorrt``).
+        device: torch device of the buffers (``"cuda"``; ``"cpu"`` only with a stand-in ``trt`` in tests).
 
     Raises:
-        EngineBuildError: the engine cannot be deserialised.
+        EngineBuildError: the engine cannot be deserialised, or it lacks the model's inputs / ``logits``.
     """
 
-    def __init__(self, plan_path: str | Path, spec: ExportSpec, profiles: list[Profile]):
-        import tensorrt as trt
+    def __init__(self, plan_path: str | Path, spec: ExportSpec, profiles: list[Profile], *, trt=None,
+                 device: str = "cuda"):
         import torch
 
+        if trt is None:
+            import tensorrt as trt
         self.spec = spec
         self.profiles = profiles
-        self._torch = torch
-        self._logger = _capture_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
+        self.path = Path(plan_path)
+        self._trt, self._torch = trt, torch
+        self.device = torch.device(device)
+        self._log = _Lines(process_logger(trt))
+        self._runtime = trt.Runtime(self._log.logger)
+        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
-            raise EngineBuildError(f"TensorRT cannot deserialise {Path(plan_path).name}: "
-                                   f"{_error_lines(self._logger.lines)}")
+            raise EngineBuildError(f"TensorRT cannot deserialise {self.path.name}: {_error_lines(self._log.lines)}")
         self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise EngineBuildError(f"TensorRT cannot create an execution context for {self.path.name}")
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        missing = sorted((set(spec.input_names) - set(self._inputs)) | ({OUTPUT_NAME} - set(names)))
+        if missing:
+            raise EngineBuildError(f"{self.path.name}: the engine lacks tensor(s) {missing}")
+        self._out_dtype = _torch_dtype(trt, torch, self._engine.get_tensor_dtype(OUTPUT_NAME))
+        self._stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
         self._profile = -1
+
+    def _handle(self) -> int:
+        return self._stream.cuda_stream if self._stream is not None else 0
+
+    def _ok(self, result, what: str) -> None:
+        if result is False or result is None:
+            raise EngineBuildError(f"TensorRT refused {what}: {_error_lines(self._log.lines)}")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """See :meth:`Runner.run`. Raises :class:`InputError` for a batch outside the profiles' range."""
@@ -365,92 +443,140 @@ class TensorRTRunner(Runner):
         torch = self._torch
         checked = prepare_feeds(feeds, self.spec)
         b = checked["input_ids"].shape[0]
-        stream = torch.cuda.current_stream()
         idx = select_profile(self.profiles, b)
-        if idx != self._profile:
-            self._context.set_optimization_profile_async(idx, stream.cuda_stream)
-            self._profile = idx
-        keep = []
-        for name in self._inputs:
-            t = torch.from_numpy(checked[name]).cuda()
-            keep.append(t)
-            self._context.set_input_shape(name, tuple(t.shape))
-            self._context.set_tensor_address(name, t.data_ptr())
-        out = torch.empty((b, self.spec.num_labels), dtype=torch.float32, device="cuda")
-        self._context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise EngineBuildError(f"TensorRT execution failed: {_error_lines(self._logger.lines)}")
-        stream.synchronize()
-        return {OUTPUT_NAME: out.cpu().numpy()}
+        ctx = self._context
+        stream_ctx = torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()
+        with stream_ctx:
+            if idx != self._profile:
+                self._ok(ctx.set_optimization_profile_async(idx, self._handle()), f"optimization profile {idx}")
+                self._profile = idx
+            keep = []
+            for name in self._inputs:
+                t = torch.from_numpy(checked[name]).to(self.device, non_blocking=True)
+                keep.append(t)
+                self._ok(ctx.set_input_shape(name, tuple(t.shape)), f"input shape {name}{list(t.shape)}")
+                self._ok(ctx.set_tensor_address(name, t.data_ptr()), f"the address of {name}")
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(OUTPUT_NAME))
+            if any(d < 0 for d in shape) or shape != (b, self.spec.num_labels):
+                raise EngineBuildError(f"TensorRT output {OUTPUT_NAME} has shape {list(shape)}, expected "
+                                       f"[{b}, {self.spec.num_labels}]")
+            out = torch.empty(shape, dtype=self._out_dtype, device=self.device)
+            self._ok(ctx.set_tensor_address(OUTPUT_NAME, out.data_ptr()), f"the address of {OUTPUT_NAME}")
+            self._ok(ctx.execute_async_v3(self._handle()), "execute_async_v3")
+            host = out.float().to("cpu", non_blocking=False)
+        if self._stream is not None:
+            self._stream.synchronize()
+        del keep
+        return {OUTPUT_NAME: host.numpy()}
 
     def close(self) -> None:
         self._context = None
         self._engine = None
+        self._stream = None
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 class TensorRTBackend(Backend):
-    """``tensorrt``: the module docstring's build; options from :class:`TrtOptions`.
+    """``tensorrt``: the module docstring's build.
+
+    Options (``EngineConfig.options``): ``min_seq``, ``workspace_mb``, ``optimization_level``, ``timing_cache``
+    (:class:`TrtOptions`). Precision and shape profile come from the config's fields.
 
     Args:
-        options: build options (the engine-independent :class:`BuildSpec` has no precision or profile fields).
+        trt: the ``tensorrt`` module (None = imported when needed); tests pass a stand-in.
+        device: where engines run (``"cuda"``; ``"cpu"`` only with a stand-in module).
     """
 
     name = "tensorrt"
+    precisions = _PRECISIONS
+    default_precision = "fp16"
+    option_names = ("min_seq", "workspace_mb", "optimization_level", "timing_cache")
 
-    def __init__(self, options: TrtOptions | None = None):
-        self.options = options or TrtOptions()
-        self.options.check()
+    def __init__(self, trt=None, device: str = "cuda"):
+        self._trt = trt
+        self.device = device
+
+    def eager_device(self) -> str:
+        return self.device
 
     def available(self) -> tuple[bool, str]:
-        if importlib.util.find_spec("tensorrt") is None:
-            return False, ("Python package 'tensorrt' is not installed (its wheels download the libraries from "
-                           "NVIDIA's index at install time)")
-        try:
-            import torch
+        if self._trt is not None:
+            trt = self._trt
+        else:
+            if importlib.util.find_spec("tensorrt") is None:
+                return False, ("Python package 'tensorrt' is not installed (its wheels download the libraries from "
+                               "NVIDIA's index at install time)")
+            try:
+                import torch
 
-            if not torch.cuda.is_available():
-                return False, "no CUDA device (torch.cuda.is_available() is False)"
-        except ImportError:
-            return False, "Python package 'torch' is not installed (the runner uses torch CUDA buffers)"
-        import tensorrt as trt
-
+                if not torch.cuda.is_available():
+                    return False, "no CUDA device (torch.cuda.is_available() is False)"
+            except ImportError:
+                return False, "Python package 'torch' is not installed (the runner uses torch CUDA buffers)"
+            import tensorrt as trt
         if _trt_version(trt)[0] < MIN_TRT_MAJOR:
             return False, f"tensorrt {trt.__version__} < {MIN_TRT_MAJOR} (no strongly typed networks)"
-        return True, f"tensorrt {trt.__version__} (strongly typed, {self.options.precision})"
+        return True, f"tensorrt {trt.__version__} (strongly typed) on {self.device}"
 
-    def build(self, onnx_path: str | Path, spec: BuildSpec | None = None) -> Artifact:
-        """``model.onnx`` -> ``model.trt.onnx`` [-> fp16 form] -> ``model.plan``.
+    def build(self, compiled: Compiled | str | Path, config: EngineConfig | None = None) -> Artifact:
+        """``model.onnx`` -> ``model.trt.onnx`` [-> fp16 form] -> ``model.plan`` (the artifact).
 
         Raises:
-            EngineBuildError / TensorRTBuildError: unavailable, F17, or a failed build (exit 4).
+            EngineBuildError / TensorRTBuildError: unavailable, unsupported precision, F17, or a failed build
+                (exit 4).
+            InputError: bad options, or a sequence length beyond the model's limit.
         """
-        spec, onnx_path, xspec, out_dir = self._start_build(onnx_path, spec)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        from prumux_compile.engines.trt_onnx import (TRT_FILENAME, TRT_FP16_FILENAME, write_trt_onnx,
+                                                     write_trt_onnx_fp16)
+
+        compiled, config, out_dir = self._start_build(compiled, config)
+        options = TrtOptions.from_config(config)
+        options.check()
+        xspec, onnx_path = compiled.spec, Path(compiled.onnx_path)
         files = {"plain": onnx_path}
         graphs = {"fp32": write_trt_onnx(onnx_path, out_dir / TRT_FILENAME)}
         files["trt"] = Path(graphs["fp32"]["path"])
-        if self.options.precision == "fp16":
+        if options.precision == "fp16":
             graphs["fp16"] = write_trt_onnx_fp16(files["trt"], out_dir / TRT_FP16_FILENAME)
             files["trt-fp16"] = Path(graphs["fp16"]["path"])
-        source = files["trt-fp16" if self.options.precision == "fp16" else "trt"]
-        seq = int(self.options.seq_len or _default_seq(xspec))
+        source = files["trt-fp16" if options.precision == "fp16" else "trt"]
+        seq = int(options.seq_len or _default_seq(xspec))
         if seq > xspec.max_seq_len:
             raise InputError(f"tensorrt: seq_len={seq} exceeds the model's limit {xspec.max_seq_len}")
-        profiles = compute_profiles(self.options.batch_sizes, xspec.num_instances, seq,
-                                    max_batch=self.options.max_batch, min_seq=self.options.min_seq,
-                                    input_names=xspec.input_names)
-        built = build_plan(source, out_dir / PLAN_FILENAME, profiles, self.options)
-        files["plan"] = out_dir / PLAN_FILENAME
-        report = {"backend": self.name, "options": asdict(self.options), "graphs": graphs, "build": built,
+        profiles = compute_profiles(options.batch_sizes, xspec.num_instances, seq, max_batch=options.max_batch,
+                                    min_seq=min(options.min_seq, seq), input_names=xspec.input_names)
+        plan = out_dir / PLAN_FILENAME
+        built = build_plan(source, plan, profiles, options, trt=self._trt)
+        files["plan"] = plan
+        report = {"backend": self.name, "options": asdict(options), "graphs": graphs, "build": built,
+                  "source": source.name,
                   "profiles": [{"index": p.index, "shapes": {k: [list(s) for s in v] for k, v in p.shapes.items()}}
                                for p in profiles]}
         (out_dir / "tensorrt.json").write_text(json.dumps(report, indent=1, default=str))
-        return Artifact(backend=self.name, path=files["plan"], files=files, spec=xspec, report=report)
+        io = {"inputs": [[name, "int64", [None, None]] for name in xspec.input_names],
+              "outputs": [[OUTPUT_NAME, "float32", [None, xspec.num_labels]]],
+              "profiles": [{k: [list(x) for x in v] for k, v in p.shapes.items()} for p in profiles]}
+        deployment = Deployment(platform="tensorrt_plan", instance_kind="KIND_GPU", model_file=PLAN_FILENAME, plan=io)
+        return Artifact(backend=self.name, path=plan, files=files, spec=xspec, precision=options.precision,
+                        deployment=deployment, device=self.device, report=report, runnable=("plan",),
+                        sha256=file_sha256(plan))
 
     def load(self, artifact: Artifact) -> TensorRTRunner:
-        """A :class:`TensorRTRunner` for the artifact's plan."""
-        if artifact.backend != self.name:
-            raise InputError(f"artifact was built by {artifact.backend}, not {self.name}")
+        """A :class:`TensorRTRunner` for the artifact's plan (the only file it reads).
+
+        Raises:
+            InputError: an artifact of another backend, or one whose path is not its plan.
+        """
+        self._check_artifact(artifact)
+        if artifact.role != "plan":
+            raise InputError(f"tensorrt loads only its plan artifact, not {artifact.path.name} ({artifact.role})")
         profiles = [Profile(p["index"], {k: tuple(tuple(s) for s in v) for k, v in p["shapes"].items()})
                     for p in artifact.report["profiles"]]
-        return TensorRTRunner(artifact.path, artifact.spec, profiles)
+        return TensorRTRunner(artifact.path, artifact.spec, profiles, trt=self._trt, device=artifact.device)

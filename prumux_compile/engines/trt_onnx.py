@@ -1,5 +1,4 @@
-"""The TensorRT graphs: ``model.trt.onnx`` (fp32) and its fp16 form ``model.trt.fp16.onnx``, plus their
-validation with ONNX Runtime (CPU) against the reference.
+"""The TensorRT graphs: ``model.trt.onnx`` (fp32) and its fp16 form ``model.trt.fp16.onnx``.
 
 ``model.trt.onnx`` is the exported ``model.onnx`` checked to hold standard-domain ONNX ops only: an
 ORT-optimised graph (``model.ort.onnx``, ``com.microsoft`` fused ops) is refused with a clear error (fault
@@ -10,26 +9,24 @@ in TensorRT 11): precision is a property of the graph, not of builder flags. The
 produced as a graph by a library, ``onnxconverter_common.float16.convert_float_to_float16`` with
 ``keep_io_types=True`` (inputs stay int64, ``logits`` stays float32) and an op block list that keeps
 LayerNormalization, Softmax, every Reduce*, Pow, Sqrt, Div and Erf in float32 (fault class F8: fp16
-LayerNorm / softmax overflow, TensorRT#2564/#3486; spec ``docs/checkpoint-formats.md`` E10: LN eps 1e-12
+LayerNorm / softmax overflow, TensorRT#2564/#3486; docs/checkpoint-formats.md E10: LN eps 1e-12
 underflows in fp16, erf GELU required). The converter inserts the Casts around the blocked ops.
 
-Fidelity (DESIGN.md "Fidelity"): logits are compared with :func:`prumux_compile.reference.forward` (float64)
-on the same inputs. :data:`TOLERANCES` holds the per-precision criteria; any NaN/Inf fails.
+Both graphs run on ONNX Runtime too, which is how they are validated on machines without TensorRT: with the one
+comparator of :mod:`prumux_compile.validation` (criteria ``("tensorrt", precision)``).
 """
 from __future__ import annotations
 
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from prumux_compile.errors import EngineBuildError, InputError, ValidationError
+from prumux_compile.errors import EngineBuildError, InputError
 
-__all__ = ["TRT_FILENAME", "TRT_FP16_FILENAME", "FP32_OPS", "Tolerance", "TOLERANCES", "check_standard_ops",
-           "write_trt_onnx", "write_trt_onnx_fp16", "fidelity", "validation_batches", "validate_onnx"]
+__all__ = ["TRT_FILENAME", "TRT_FP16_FILENAME", "FP32_OPS", "check_standard_ops", "write_trt_onnx",
+           "write_trt_onnx_fp16"]
 
 TRT_FILENAME = "model.trt.onnx"
 TRT_FP16_FILENAME = "model.trt.fp16.onnx"
@@ -38,36 +35,6 @@ FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceM
             "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Pow", "Sqrt", "Div",
             "Erf")
 _STANDARD_DOMAINS = ("", "ai.onnx")
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Fidelity criteria of one precision against the float64 reference.
-
-    A run passes when every logit is finite, ``|out - ref| <= atol + rtol * |ref|`` element-wise, and (when
-    ``min_agreement`` is set) the argmax agrees with the reference's on at least that fraction of rows.
-
-    Attributes:
-        atol: absolute tolerance on logits (logit units).
-        rtol: relative tolerance (fraction of ``|ref|``).
-        min_agreement: minimum argmax agreement in [0, 1], or None (not checked).
-    """
-
-    atol: float
-    rtol: float = 0.0
-    min_agreement: float | None = None
-
-
-#: DESIGN.md "Fidelity": fp32 within 1e-4 absolute; fp16/bf16: per-precision tolerance plus argmax agreement
-#: >= 99.5% (checkpoint-formats.md §7 oracle 1). fp16 has a 2^-11 unit roundoff, bf16 2^-8: after a dozen
-#: layers the logit error is a few 1e-3 (fp16) resp. a few 1e-2 (bf16) at O(1) logits, hence the bounds.
-#: ``fp32-cuda`` is the CUDA engine's fp32 bound (different GEMM reduction order than the CPU reference).
-TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4),
-    "fp32-cuda": Tolerance(atol=1e-3),
-    "fp16": Tolerance(atol=5e-2, rtol=2e-2, min_agreement=0.995),
-    "bf16": Tolerance(atol=2e-1, rtol=5e-2, min_agreement=0.995),
-}
 
 
 def _first_line(exc: Exception) -> str:
@@ -202,112 +169,3 @@ def write_trt_onnx_fp16(trt_onnx_path: str | Path, out_path: str | Path | None =
             "fp32_cast_nodes": len(cast_nodes), "fp16_initializers": kinds.get(onnx.TensorProto.FLOAT16, 0),
             "fp32_initializers": kinds.get(onnx.TensorProto.FLOAT, 0),
             "converter_warnings": sorted({str(w.message) for w in caught})[:10]}
-
-
-def fidelity(out, ref, precision: str) -> dict:
-    """Compare logits with the reference under :data:`TOLERANCES` ``[precision]``.
-
-    Args:
-        out: engine logits, float array ``[B, C]``.
-        ref: reference logits, float array ``[B, C]`` (float64 preferred).
-        precision: a key of :data:`TOLERANCES`.
-
-    Returns:
-        ``{"precision", "rows", "max_abs_diff", "max_excess" (largest ``|d| - (atol + rtol|ref|)``, <= 0 when
-        within tolerance), "argmax_agreement", "finite", "ok", "tolerance"}``.
-
-    Raises:
-        InputError: unknown precision or shapes that differ.
-    """
-    if precision not in TOLERANCES:
-        raise InputError(f"precision {precision!r}: expected one of {', '.join(TOLERANCES)}")
-    tol = TOLERANCES[precision]
-    a = np.asarray(out, dtype=np.float64)
-    r = np.asarray(ref, dtype=np.float64)
-    if a.shape != r.shape or a.ndim != 2:
-        raise InputError(f"fidelity: logits shape {a.shape} vs reference {r.shape} (expected equal [B, C])")
-    finite = bool(np.isfinite(a).all())
-    diff = np.abs(a - r)
-    max_abs = float(diff.max()) if finite and a.size else (float("inf") if not finite else 0.0)
-    excess = float((diff - (tol.atol + tol.rtol * np.abs(r))).max()) if finite and a.size else float("inf")
-    agree = float(np.mean(a.argmax(1) == r.argmax(1))) if finite and a.shape[1] >= 2 else (
-        1.0 if finite else 0.0)
-    ok = finite and excess <= 0 and (tol.min_agreement is None or agree >= tol.min_agreement)
-    return {"precision": precision, "rows": int(a.shape[0]), "max_abs_diff": max_abs, "max_excess": excess,
-            "argmax_agreement": agree, "finite": finite, "ok": bool(ok), "tolerance": asdict(tol)}
-
-
-def validation_batches(num_instances: int, extra: int = 64) -> list[int]:
-    """Batch sizes to validate at: {1, N-1, N, 2N+1} (F15, F18; N-1 dropped when 0) plus ``extra`` rows for a
-    meaningful argmax agreement (0 = none)."""
-    n = int(num_instances)
-    sizes = [1, n - 1, n, 2 * n + 1] + ([int(extra)] if extra else [])
-    return sorted({s for s in sizes if s >= 1})
-
-
-def validate_onnx(onnx_path: str | Path, raw, *, precision: str, seq_len: int, seq: int | None = None,
-                  batches: list[int] | None = None, seed: int = 0, threads: int | None = None) -> dict:
-    """Run an ONNX graph with ONNX Runtime (CPU provider) and compare it with the float64 reference.
-
-    Args:
-        onnx_path: ``model.trt.onnx`` / ``model.trt.fp16.onnx`` (any graph with the exported interface).
-        raw: the checkpoint (:func:`prumux_compile.checkpoint.read_raw`) the graph was compiled from.
-        precision: a key of :data:`TOLERANCES` (``"fp32"`` or ``"fp16"`` here).
-        seq_len: compiled sequence length of a multiplexed model (passed to the reference).
-        seq: input length (tokens) of the validation batches (default ``seq_len``).
-        batches: batch sizes (default :func:`validation_batches`).
-        seed: seed of :func:`prumux_compile.export.inputs.realistic_inputs`.
-        threads: ORT intra-op threads (None = default).
-
-    Returns:
-        ``{"path", "precision", "batches": [fidelity dicts with "batch"], "rows", "max_abs_diff",
-        "argmax_agreement" (over all rows), "ok"}``.
-
-    Raises:
-        ValidationError: any batch outside tolerance, NaN/Inf logits, or argmax agreement over all rows below
-            the bound (exit 3).
-        EngineBuildError: ONNX Runtime cannot load the graph.
-    """
-    import onnxruntime as ort
-    import torch
-
-    from prumux_compile import reference
-    from prumux_compile.export.inputs import realistic_inputs
-
-    onnx_path = Path(onnx_path)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or 0)
-    opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise EngineBuildError(f"onnxruntime cannot load {onnx_path.name}: {_first_line(exc)}") from None
-    names = [i.name for i in session.get_inputs()]
-    n = int(getattr(raw, "num_instances", 1) or 1)
-    vocab = int(raw.state_dict["bert.embeddings.word_embeddings.weight"].shape[0])
-    length = int(seq or seq_len)
-    results, outs, refs = [], [], []
-    for i, b in enumerate(batches or validation_batches(n)):
-        feeds = realistic_inputs(b, length, vocab, seed=seed + i, type_vocab_size=int(
-            raw.state_dict["bert.embeddings.token_type_embeddings.weight"].shape[0]))  # F20
-        (logits,) = session.run(None, {k: v for k, v in feeds.items() if k in names})
-        ref = reference.forward(raw, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"],
-                                seq_len=seq_len, dtype=torch.float64).numpy()
-        res = fidelity(logits, ref, precision)
-        results.append({"batch": b, **res})
-        outs.append(np.asarray(logits, dtype=np.float64))
-        refs.append(ref)
-    total = fidelity(np.concatenate(outs), np.concatenate(refs), precision)
-    # tolerance and finiteness per batch; argmax agreement over all rows (a 1-row batch has no useful ratio)
-    within = [r["finite"] and r["max_excess"] <= 0 for r in results]
-    report = {"path": str(onnx_path), "precision": precision, "batches": results, "rows": total["rows"],
-              "max_abs_diff": total["max_abs_diff"], "argmax_agreement": total["argmax_agreement"],
-              "ok": all(within) and total["ok"]}
-    if not report["ok"]:
-        bad = next((r for r, w in zip(results, within) if not w), total)
-        why = ("NaN/Inf in logits" if not bad["finite"] else
-               f"max |diff| {bad['max_abs_diff']:.3g} (tolerance atol {bad['tolerance']['atol']:g} + rtol "
-               f"{bad['tolerance']['rtol']:g}·|ref|), argmax agreement {bad['argmax_agreement']:.4f}")
-        raise ValidationError(f"{onnx_path.name} ({precision}) disagrees with the reference at batch "
-                              f"{bad.get('batch', 'all')}: {why}")
-    return report

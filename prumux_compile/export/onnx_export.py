@@ -1,6 +1,6 @@
 """ONNX export mechanics and the structural checks of an exported graph.
 
-Exporter choice (``exporter=``): both exporters match PyTorch to ~1e-7 (docs/environment.md) and both write the
+Exporter choice (``exporter=``): both exporters match PyTorch to ~1e-7 and both write the
 per-layer head count as a constant into the attention reshapes (the kernels use static widths everywhere).
 
 * ``"torchscript"`` (default): ``torch.onnx.export(..., dynamo=False)``. Deprecated upstream, but it exports a

@@ -14,11 +14,10 @@ name                    dtype      shape               meaning
 ======================  =========  ==================  ================================================
 
 Multiplexed families (``prumux_compressed``, ``prumux_masked``, ``muxplm``) ignore ``attention_mask`` and
-``token_type_ids`` exactly as upstream does (spec ``docs/checkpoint-formats.md`` §2, Q2, Q3); the inputs are
+``token_type_ids`` exactly as upstream does (docs/checkpoint-formats.md §2, Q2, Q3); the inputs are
 still graph inputs so that every family has the same interface. Their sequence axis is dynamic up to the
 compiled length ``seq_len`` (the graph pads to it internally); N = 1 families accept any length up to their
-position table. The batch axis is dynamic for every family (padding to a multiple of N happens in the graph,
-DESIGN.md "Batching with multiplexing").
+position table. The batch axis is dynamic for every family (padding to a multiple of N happens in the graph,).
 
 Example shapes used for export are never 0 or 1 on a dynamic axis (fault class F15) and the example batch
 ``2N + 1`` is not a multiple of N, so nothing about N-divisibility can be specialised by the exporter.
@@ -30,9 +29,9 @@ from dataclasses import dataclass, field
 
 from prumux_compile.errors import InputError
 
-#: Families whose encoder uses ``attention_mask`` / ``token_type_ids`` (spec §4 table).
+#: Families whose encoder uses ``attention_mask`` / ``token_type_ids`` (docs/checkpoint-formats.md §4 table).
 _SINGLE_FAMILIES = ("cofi_compressed", "cofi_masked", "bert")
-#: Families with a multiplexer: only ``input_ids`` influences the logits (spec Q2, Q3).
+#: Families with a multiplexer: only ``input_ids`` influences the logits (docs/checkpoint-formats.md Q2, Q3).
 _MUXED_FAMILIES = ("prumux_compressed", "prumux_masked", "muxplm")
 SUPPORTED_FAMILIES = _MUXED_FAMILIES + _SINGLE_FAMILIES
 
@@ -51,7 +50,7 @@ _INPUT_DOCS = {
     "token_type_ids": "int64 [batch, sequence] segment ids (0 = first sentence, 1 = second).",
 }
 _IGNORED_DOC = (" IGNORED by this family (multiplexed encoders attend every position and use token type 0, "
-                "as upstream; spec Q2/Q3); accepted so that every family shares one interface.")
+                "as upstream; docs/checkpoint-formats.md Q2/Q3); accepted so that every family shares one interface.")
 
 
 @dataclass(frozen=True)

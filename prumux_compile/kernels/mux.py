@@ -1,4 +1,5 @@
-"""Embeddings and the multiplexer (spec §2.1–2.4, E2, E3)."""
+"""Embeddings and the multiplexer (docs/checkpoint-formats.md §2.1–2.4, E2, E3); float32 throughout (the
+compute-dtype policy of :mod:`.norm` keeps embeddings and the multiplexer's statistics in float32)."""
 from __future__ import annotations
 
 import math
@@ -16,15 +17,21 @@ class MuxEmbedding(nn.Module):
 
     Forward: ``ids [G*N, L']`` int64 (rows gN+n = instance n of group g) -> ``x0 [G, L', d']`` float32.
 
-    Unfused (spec §2.2–2.4): ``E1 = LN(word[ids] + Pos + Type0)``; hadamard ``M = mean_n E1_n ⊙ v_n``,
+    Unfused (docs/checkpoint-formats.md §2.2–2.4): ``E1 = LN(word[ids] + Pos + Type0)``; hadamard ``M = mean_n E1_n ⊙ v_n``,
     random_ortho ``M = sum_n E1_n V_nᵀ / sqrt(N)``; ``x0 = LN(M + Pos + Type0)``.
-    Fused (``Mux.fused_scale`` set, spec E3): the pass-1 LayerNorm's affine is folded into the instance
+    Fused (``Mux.fused_scale`` set, docs/checkpoint-formats.md E3): the pass-1 LayerNorm's affine is folded into the instance
     vectors, so ``M = sum_n x̂_n ⊙ s_n + t`` (or ``x̂_n @ S_n`` for random_ortho) with x̂ the normalised
     pass-1 embeddings.
+
+    Attribute ``impl``: ``"torch"`` (default) or ``"triton"`` — the fused hadamard form as one OpenAI-Triton
+    kernel (:func:`prumux_compile.kernels.triton_mux.mux_embed_triton`, same arithmetic; a runtime kernel choice
+    of the CUDA engine, set with :meth:`set_impl`).
     """
 
     def __init__(self, emb: Embeddings, mux: Mux, eps: float, seq_len: int, hidden_keep: Tensor | None = None):
         super().__init__()
+        self.impl = "torch"
+        self._triton = None
         self.n = mux.num_instances
         self.variant = mux.variant
         self.eps = float(eps)
@@ -41,8 +48,32 @@ class MuxEmbedding(nn.Module):
         else:
             self.v = frozen(mux.instance_embedding)
 
+    @property
+    def triton_capable(self) -> bool:
+        """True when the Triton kernel implements this multiplexer (fused hadamard, no keep mask)."""
+        return self.fused and self.variant != "random_ortho" and self.ln.keep is None
+
+    def set_impl(self, impl: str) -> None:
+        """Use the ``"torch"`` or ``"triton"`` form (module docstring).
+
+        Raises:
+            ValueError: an unknown choice, or ``"triton"`` for a multiplexer the kernel does not implement.
+        """
+        if impl not in ("torch", "triton"):
+            raise ValueError(f"mux impl {impl!r}: expected 'torch' or 'triton'")
+        if impl == "triton" and not self.triton_capable:
+            raise ValueError(f"the Triton mux kernel implements fused hadamard multiplexers, not {self.variant}")
+        if impl == "triton":
+            from prumux_compile.kernels.triton_mux import mux_embed_triton
+
+            self._triton = mux_embed_triton
+        self.impl = impl
+
     def forward(self, ids: Tensor) -> Tensor:
         n = self.n
+        if self.impl == "triton":
+            return self._triton(ids, self.word, self.const, self.scale, self.shift, self.eps,
+                                (self.ln.weight, self.ln.bias), out_dtype=torch.float32)
         y = F.embedding(ids, self.word) + self.const
         rows, length, d = y.shape
         if self.fused:
@@ -61,7 +92,7 @@ class MuxEmbedding(nn.Module):
 
 
 class PlainEmbedding(nn.Module):
-    """BERT embeddings of the N = 1 families (spec §2.8): ``LN(word[ids] + Pos[:S] + Type[tt])``.
+    """BERT embeddings of the N = 1 families (docs/checkpoint-formats.md §2.8): ``LN(word[ids] + Pos[:S] + Type[tt])``.
 
     Forward: ``ids, token_type_ids [B, S]`` int64 -> ``[B, S, d']``.
     """

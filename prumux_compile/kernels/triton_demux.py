@@ -1,6 +1,6 @@
 """Fused first demultiplexer layer in OpenAI Triton, with its plain PyTorch form as fallback and test oracle.
 
-After ``fuse-demux`` (spec ``docs/checkpoint-formats.md`` §2.6, E4) the first index_pos demux layer is, for
+After ``fuse-demux`` (docs/checkpoint-formats.md §2.6, E4) the first index_pos demux layer is, for
 mux group g with encoder state ``h_g = x[g, 0]`` ``[d']`` and instance n::
 
     y[g, n] = gelu(dense_1([e_n ; h_g])) = gelu(shared · h_g + const_n)       shared [D, d'], const [N, D]

@@ -1,6 +1,6 @@
 """Fused multiplexer in OpenAI Triton, with its plain PyTorch form as fallback and test oracle.
 
-After ``fuse-mux`` (spec ``docs/checkpoint-formats.md`` E2, E3) a hadamard multiplexer is, per mux group g and
+After ``fuse-mux`` (docs/checkpoint-formats.md E2, E3) a hadamard multiplexer is, per mux group g and
 position l (``x̂ = LN_noaffine``, ``c_l = Pos[l] + Type[0]``)::
 
     y_n   = word[ids[gN + n, l]] + c_l                       n = 0..N-1       (pass-1 embeddings, E2)
@@ -16,9 +16,12 @@ output dtype.
 
 ``import triton`` happens when this module is imported, and this module is only imported by the CUDA engine
 when it needs it; without Triton (or without CUDA) :func:`triton_available` says why and callers use the
-PyTorch form.
+PyTorch form. Under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``triton`` is first imported) the
+kernels run on CPU tensors: that is how CI checks them against their PyTorch forms without a GPU.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import Tensor
@@ -41,6 +44,8 @@ def triton_available(device: torch.device | str | None = None) -> tuple[bool, st
     ``(False, reason)``."""
     if triton is None:
         return False, "Python package 'triton' is not installed"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, f"triton {triton.__version__} (interpreter mode: kernels run on the CPU)"
     dev = torch.device(device) if device is not None else torch.device("cuda")
     if dev.type != "cuda":
         return False, f"Triton kernels need a CUDA device, got {dev}"

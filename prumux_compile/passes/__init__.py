@@ -1,6 +1,6 @@
 """IR passes, one per file, and the default pipeline.
 
-Order (DESIGN.md): fold-masks -> prune-hidden -> prune-heads -> prune-ffn -> drop-empty-sublayers
+Order: fold-masks -> prune-hidden -> prune-heads -> prune-ffn -> drop-empty-sublayers
 (the *pruning* stage: the physically pruned model, what upstream's evaluation.py runs eagerly) ->
 fuse-mux -> fuse-demux -> fold-attention-scale -> trim-last-layer (the *fusion* stage) -> [align-dims]
 (GPU engines only).
@@ -22,7 +22,7 @@ from prumux_compile.passes.trim_last_layer import TrimLastLayer
 
 PRUNING_PASSES = (FoldMasks, PruneHidden, PruneHeads, PruneFFN, DropEmptySublayers)
 FUSION_PASSES = (FuseMux, FuseDemux, FoldAttentionScale, TrimLastLayer)
-#: Every pass by name; ``align-dims`` (zero-pad heads / FFN dims for GPU GEMMs, spec E9) is opt-in.
+#: Every pass by name; ``align-dims`` (zero-pad heads / FFN dims for GPU GEMMs, docs/checkpoint-formats.md E9) is opt-in.
 ALL_PASSES = {cls.name: cls for cls in PRUNING_PASSES + FUSION_PASSES + (AlignDims,)}
 
 

@@ -2,7 +2,7 @@
 
 Pruning leaves widths such as 7 heads or 1531 FFN dims (fault class F16: "pruned model is not faster");
 tensor-core GEMMs want every dimension to be a multiple of 8 (fp16) elements. This optional pass, run after
-the pruning stage (DESIGN.md: ``... → fuse-demux → [align-dims]``), pads each layer with zeros so that
+the pruning stage, pads each layer with zeros so that
 
 * the attention width ``h_i * dh`` is a multiple of ``multiple`` (and, optionally, the head count ``h_i`` a
   multiple of ``head_multiple``), by adding WHOLE zero heads: zero rows of Wq/Wk/Wv, zero entries of
@@ -12,7 +12,7 @@ the pruning stage (DESIGN.md: ``... → fuse-demux → [align-dims]``), pads eac
 
 The hidden width d' is never padded (it feeds every LayerNorm, whose statistics would change).
 
-Exactness (spec ``docs/checkpoint-formats.md`` §3, E9 "zero padding"): a padded head has q = k = 0, so its
+Exactness (docs/checkpoint-formats.md §3, E9 "zero padding"): a padded head has q = k = 0, so its
 scores are the (additive) mask only, its softmax is a proper distribution over positions and its values
 are v = x·0 + 0 = 0, hence its context is exactly 0 and meets zero Wo columns. A padded FFN dim has
 ``gelu(x·0 + 0) = gelu(0) = 0`` and meets a zero W2 column. Both contribute exact zeros in any precision.

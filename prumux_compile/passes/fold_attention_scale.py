@@ -1,4 +1,4 @@
-"""``fold-attention-scale``: multiply the 1/sqrt(dh) attention scale into Wq and bq (spec E8).
+"""``fold-attention-scale``: multiply the 1/sqrt(dh) attention scale into Wq and bq (docs/checkpoint-formats.md E8).
 
 Bit-exact when dh is a power of 4 (1/sqrt(64) = 1/8); otherwise exact up to rounding.
 """

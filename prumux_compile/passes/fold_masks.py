@@ -1,6 +1,6 @@
 """``fold-masks``: multiply the soft zs.pt masks into the weights as upstream ``update_params`` does.
 
-Semantics: spec §2.9 (upstream ``evaluation.py`` = ``update_params`` then ``prune_model_with_z``), including
+Semantics: docs/checkpoint-formats.md §2.9 (upstream ``evaluation.py`` = ``update_params`` then ``prune_model_with_z``), including
 its asymmetries: ``hidden_z`` scales the columns of the word/position/type tables, the hadamard instance
 vectors, the input columns of Q/K/V/W1, the demux input columns (both halves of ``dense_1``) and the pooler,
 and the rows of ``Wo``, ``bo`` and ``W2`` but NOT ``b2``; LayerNorm affines and the demux instance embedding

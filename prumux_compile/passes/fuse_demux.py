@@ -1,4 +1,4 @@
-"""``fuse-demux``: restructure the demultiplexer's first dense layer (spec E4).
+"""``fuse-demux``: restructure the demultiplexer's first dense layer (docs/checkpoint-formats.md E4).
 
 * index_pos: ``dense_1([e_n ; h]) = (W1[:, :d'] e_n + b1) + W1[:, d':] h`` — a per-instance constant
   ``[N, D]`` plus ONE shared GEMM per mux group (G rows instead of G*N).

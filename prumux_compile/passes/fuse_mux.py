@@ -1,4 +1,4 @@
-"""``fuse-mux``: fold the hadamard multiplexer into the pass-1 embedding LayerNorm's affine (spec E3).
+"""``fuse-mux``: fold the hadamard multiplexer into the pass-1 embedding LayerNorm's affine (docs/checkpoint-formats.md E3).
 
 With x̂_n the normalised pass-1 embeddings of instance n, gamma/beta the embedding LayerNorm affine and
 v_n the instance vectors: ``mean_n (x̂_n ⊙ gamma + beta) ⊙ v_n = sum_n x̂_n ⊙ (gamma ⊙ v_n / N) + beta ⊙ mean_n v_n``.

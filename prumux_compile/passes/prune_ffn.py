@@ -1,4 +1,4 @@
-"""``prune-ffn``: physically remove intermediate (FFN) dims whose keep mask is False (spec E7).
+"""``prune-ffn``: physically remove intermediate (FFN) dims whose keep mask is False (docs/checkpoint-formats.md E7).
 
 Slices rows of W1/b1 and columns of W2. Exact: removed dims have zero W2 columns after ``fold-masks``.
 A layer with no dim kept is left to ``drop-empty-sublayers``.

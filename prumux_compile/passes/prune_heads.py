@@ -1,4 +1,4 @@
-"""``prune-heads``: physically remove attention heads whose keep mask is False (spec E7).
+"""``prune-heads``: physically remove attention heads whose keep mask is False (docs/checkpoint-formats.md E7).
 
 Slices the head's 64-row (dh-row) blocks of Q/K/V and its columns of Wo. Exact: a removed head's value rows
 are already 0 after ``fold-masks``. A layer with no head kept is left to ``drop-empty-sublayers`` (no

@@ -1,4 +1,4 @@
-"""``prune-hidden``: physically remove hidden dims whose keep mask is False (spec E7, Q8).
+"""``prune-hidden``: physically remove hidden dims whose keep mask is False (docs/checkpoint-formats.md E7, Q8).
 
 Slices every tensor that touches the residual stream: embedding tables and LayerNorms, Q/K/V/W1 input
 columns, Wo/W2 output rows and biases, every LayerNorm, the hadamard instance vectors ``[N, d'] -> [N, K]``

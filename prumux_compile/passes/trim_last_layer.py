@@ -1,4 +1,4 @@
-"""``trim-last-layer``: the last encoder layer computes only the rows its reader consumes (spec E5).
+"""``trim-last-layer``: the last encoder layer computes only the rows its reader consumes (docs/checkpoint-formats.md E5).
 
 The demultiplexer (index_pos, mlp) and the pooler read position 0; the ``index`` demultiplexer reads
 positions 0..N. The last layer still needs keys and values of every position, but queries, softmax rows,

@@ -5,7 +5,7 @@ from prumux_compile.ir import ModelIR
 
 
 def cofi_sparsity(ir: ModelIR) -> float:
-    """Sparsity as CoFi's L0 module counts it (spec §6, upstream ``models/l0_module.py``).
+    """Sparsity as CoFi's L0 module counts it (docs/checkpoint-formats.md §6, upstream ``models/l0_module.py``).
 
     ``prunable = L*(4d² + 4d) + L*(2dF + 5d)`` with the ORIGINAL depth L, hidden size d and FFN width F;
     ``remaining = 4·dh·Σ_i h_i·d' + 2·Σ_i f_i·d'`` (no biases; 256·Σh_i·d' for dh = 64);

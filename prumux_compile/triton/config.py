@@ -4,7 +4,7 @@ The text is always produced by ``google.protobuf.text_format`` from
 ``tritonclient.grpc.model_config_pb2.ModelConfig`` (Triton's ``model_config.proto``), never from a
 string template, so every written file parses back into the same message.
 
-Batching rules for multiplexed models (DESIGN.md "Batching with multiplexing", fault classes F12/F14):
+Batching rules for multiplexed models (docs/field-faults.md F12, F14):
 ``max_batch_size`` and every ``preferred_batch_size`` are multiples of N = num_instances, because a
 batch that is a multiple of N fills every mux group; ``dims`` never contain the batch axis.
 """
@@ -30,6 +30,11 @@ PARAM_INTRA_OP_THREADS = "prumux.intra_op_num_threads"
 #: (ONNX metadata ``prumux.max_seq_len``). Triton's ``dims`` cannot bound a variable (-1) axis, so the bound is a
 #: parameter: the Python-backend ``model.py`` refuses longer requests, and a comment in ``config.pbtxt`` says it.
 PARAM_MAX_SEQ_LEN = "prumux.max_seq_len"
+PARAM_INTER_OP_THREADS = "prumux.inter_op_num_threads"
+PARAM_GRAPH_LEVEL = "prumux.graph_optimization_level"
+#: ONNX Runtime session graph levels by name -> Triton onnxruntime backend ``optimization.graph.level``
+#: (its encoding: -1 basic, 1 basic + extended, 2 all disabled; unset = everything enabled).
+ORT_GRAPH_LEVELS: dict[str, int | None] = {"disable_all": 2, "basic": -1, "extended": 1, "all": None}
 
 #: Default ``max_batch_size`` is this many mux groups (8·N), when neither the caller nor the model says.
 DEFAULT_GROUPS = 8
@@ -110,6 +115,9 @@ def build_model_config(
     intra_op_num_threads: int | None = None,
     default_model_filename: str | None = None,
     max_seq_len: int | None = None,
+    graph_optimization_level: str | None = None,
+    inter_op_num_threads: int | None = None,
+    gpu_accelerators: Sequence[Mapping] = (),
 ):
     """Assemble a ``ModelConfig`` message (no validation; see :mod:`prumux_compile.triton.validate`).
 
@@ -125,10 +133,17 @@ def build_model_config(
         max_queue_delay_us: dynamic batcher queue delay, microseconds.
         isolate_requests: python backend only (parameter ``prumux.isolate_requests``): requests whose
             batch is not a multiple of N run alone, so no request shares a mux group with another.
-        intra_op_num_threads: python backend only: onnxruntime intra-op threads (None: ORT default).
+        intra_op_num_threads / inter_op_num_threads: onnxruntime thread pools of the measured session (None: ORT
+            default); native backend: parameters ``intra_op_thread_count`` / ``inter_op_thread_count``, python
+            backend: ``prumux.intra_op_num_threads`` / ``prumux.inter_op_num_threads``.
         default_model_filename: written when given.
         max_seq_len: longest accepted sequence in tokens (ONNX metadata ``prumux.max_seq_len``), written as
             parameter :data:`PARAM_MAX_SEQ_LEN` when given.
+        graph_optimization_level: onnxruntime session graph level of the measured session (a key of
+            :data:`ORT_GRAPH_LEVELS`; ``"disable_all"`` for a graph saved after optimisation); native backend:
+            ``optimization.graph.level``, python backend: parameter ``prumux.graph_optimization_level``.
+        gpu_accelerators: native onnxruntime backend: ``optimization.execution_accelerators.gpu_execution_accelerator``
+            entries ``{"name": ..., "parameters": {...}}`` (e.g. the CUDA provider's ``use_tf32``).
 
     Returns:
         ``tritonclient.grpc.model_config_pb2.ModelConfig``.
@@ -169,10 +184,30 @@ def build_model_config(
     cfg.parameters[PARAM_NUM_INSTANCES].string_value = str(int(num_instances))
     if max_seq_len is not None:
         cfg.parameters[PARAM_MAX_SEQ_LEN].string_value = str(int(max_seq_len))
+    if graph_optimization_level is not None and graph_optimization_level not in ORT_GRAPH_LEVELS:
+        raise TritonConfigError(f"unknown graph optimization level {graph_optimization_level!r}; supported: "
+                                f"{', '.join(ORT_GRAPH_LEVELS)}")
     if backend == "python":
         cfg.parameters[PARAM_ISOLATE].string_value = "true" if isolate_requests else "false"
         if intra_op_num_threads is not None:
             cfg.parameters[PARAM_INTRA_OP_THREADS].string_value = str(int(intra_op_num_threads))
+        if inter_op_num_threads is not None:
+            cfg.parameters[PARAM_INTER_OP_THREADS].string_value = str(int(inter_op_num_threads))
+        if graph_optimization_level is not None:
+            cfg.parameters[PARAM_GRAPH_LEVEL].string_value = graph_optimization_level
+    elif backend == "onnxruntime":
+        if intra_op_num_threads is not None:
+            cfg.parameters["intra_op_thread_count"].string_value = str(int(intra_op_num_threads))
+        if inter_op_num_threads is not None:
+            cfg.parameters["inter_op_thread_count"].string_value = str(int(inter_op_num_threads))
+        level = ORT_GRAPH_LEVELS.get(graph_optimization_level) if graph_optimization_level else None
+        if level is not None:
+            cfg.optimization.graph.level = level
+        for acc in gpu_accelerators:
+            entry = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add()
+            entry.name = str(acc["name"])
+            for k, v in (acc.get("parameters") or {}).items():
+                entry.parameters[str(k)] = str(v)
     return cfg
 
 

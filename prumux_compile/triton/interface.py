@@ -1,6 +1,6 @@
 """The tensor interface of a compiled model, as Triton sees it.
 
-A compiled PruMUX model (DESIGN.md, "Batching with multiplexing") has inputs ``input_ids``,
+A compiled PruMUX model has inputs ``input_ids``,
 ``attention_mask``, ``token_type_ids`` (int64, ``[batch, sequence]``; batch always dynamic, sequence
 dynamic or fixed at the compiled length) and output ``logits`` (float32, ``[batch, num_labels]``).
 It multiplexes ``N = num_instances`` consecutive rows into one and pads the batch to a multiple of N

@@ -3,7 +3,9 @@
 This file is copied verbatim to ``<repo>/<name>/1/model.py`` by
 :func:`prumux_compile.triton.write_repository` (``backend="python"``); it is not imported by the
 package. Inside Triton it needs only ``numpy``, ``onnxruntime`` and the backend's
-``triton_python_backend_utils``; it loads ``model.onnx`` from its own directory.
+``triton_python_backend_utils``; it loads ``model.onnx`` from its own directory with the session settings the
+file was measured under (parameters ``prumux.graph_optimization_level``, ``prumux.intra_op_num_threads``,
+``prumux.inter_op_num_threads``; sequential execution).
 
 Requests: ``input_ids``, ``attention_mask``, ``token_type_ids`` int64 ``[batch, sequence]``;
 response: ``logits`` float32 ``[batch, num_labels]`` (as declared in ``config.pbtxt``).
@@ -32,6 +34,12 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
+_GRAPH_LEVELS = {"disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                 "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                 "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                 "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
 def _param(cfg: dict, key: str, default: str) -> str:
     return cfg.get("parameters", {}).get(key, {}).get("string_value", default)
 
@@ -48,6 +56,13 @@ class TritonPythonModel:
         threads = _param(cfg, "prumux.intra_op_num_threads", "")
         if threads:
             opts.intra_op_num_threads = int(threads)
+        # the session settings the model file was measured under (a saved optimised graph: "disable_all")
+        inter = _param(cfg, "prumux.inter_op_num_threads", "")
+        if inter:
+            opts.inter_op_num_threads = int(inter)
+        level = _param(cfg, "prumux.graph_optimization_level", "all")
+        opts.graph_optimization_level = _GRAPH_LEVELS[level]
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model.onnx")
         self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]

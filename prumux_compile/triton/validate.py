@@ -8,7 +8,7 @@ Two entry points share one set of tensor checks:
 Each returns a list of one-line problems (empty = valid); :func:`check_or_raise` and
 :func:`check_plan_or_raise` raise :class:`~prumux_compile.errors.TritonConfigError` (exit code 6).
 
-Rules (docs/fault-classes.md F12–F14; Triton model-configuration docs, "Maximum Batch Size",
+Rules (docs/field-faults.md F12–F14; Triton model-configuration docs, "Maximum Batch Size",
 "Inputs and Outputs", "Dynamic Batcher"):
 
 * names: config inputs/outputs are exactly the graph's inputs/outputs;

@@ -75,6 +75,9 @@ def write_repository(
     plan_inputs: Sequence[TensorSpec] | None = None,
     plan_outputs: Sequence[TensorSpec] | None = None,
     plan_profiles: Sequence[Profile] | None = None,
+    graph_optimization_level: str | None = None,
+    inter_op_num_threads: int | None = None,
+    gpu_accelerators: Sequence[dict] = (),
 ) -> Path:
     """Write ``repo_dir/<name>/config.pbtxt`` and ``repo_dir/<name>/1/model.onnx`` (or ``model.plan``).
 
@@ -93,8 +96,11 @@ def write_repository(
             onnxruntime CPU inside Triton's Python backend); default: the platform's native backend.
         overwrite: replace an existing ``repo_dir/<name>`` (atomically swapped); otherwise refuse.
         max_queue_delay_us: dynamic batcher queue delay in microseconds.
-        isolate_requests / intra_op_num_threads: python backend only, see
-            :func:`prumux_compile.triton.config.build_model_config`.
+        isolate_requests: python backend only, see :func:`prumux_compile.triton.config.build_model_config`.
+        intra_op_num_threads / inter_op_num_threads / graph_optimization_level / gpu_accelerators: the ONNX
+            Runtime session settings the model was measured under (see
+            :func:`~prumux_compile.triton.config.build_model_config`); the build driver passes its artifact's
+            :class:`~prumux_compile.engines.base.Deployment` here.
         plan_inputs / plan_outputs / plan_profiles: required for ``tensorrt_plan``: the plan's bindings
             (full shapes, batch axis first, None/-1 dynamic) and optimization profiles
             ``[{input: (min, opt, max)}]``.
@@ -116,6 +122,9 @@ def write_repository(
         raise InputError(f"model file not found: {model_path}")
     if instance_count < 1:
         raise TritonConfigError(f"instance_count must be >= 1, got {instance_count}")
+    if backend == "python" and instance_kind == "KIND_GPU":
+        raise TritonConfigError("the Python-backend variant runs ONNX Runtime on the CPU; it cannot serve a GPU "
+                                "(KIND_GPU) artifact as measured: use the onnxruntime backend")
 
     is_plan = platform == "tensorrt_plan"
     if is_plan:
@@ -166,6 +175,9 @@ def write_repository(
         isolate_requests=isolate_requests,
         intra_op_num_threads=intra_op_num_threads,
         max_seq_len=_positive_meta(model.metadata, PARAM_MAX_SEQ_LEN, str(model_path)),
+        graph_optimization_level=graph_optimization_level,
+        inter_op_num_threads=inter_op_num_threads,
+        gpu_accelerators=gpu_accelerators,
     )
     if is_plan:
         problems = validate_plan_config(

@@ -2,6 +2,7 @@
 report's own measurements for several budgets, the cache, and bad input (exit codes, no partial output)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -79,6 +80,17 @@ def test_build_outputs_and_selection(grid, tmp_path):
     assert (out / "pareto.png").stat().st_size > 1000
     repo = out / report["model_repository"]
     assert (repo / "config.pbtxt").is_file() and (repo / "1" / "model.onnx").is_file()
+    # the repository serves the benchmarked artifact: same bytes, same session settings
+    chosen = next(c for c in report["candidates"] if c["id"] == report["selection"]["chosen"])
+    art = chosen["artifact"]
+    cand_json = json.loads((out / "candidates" / chosen["id"] / "candidate.json").read_text())
+    assert art["path"] == "model.optimized.onnx" and cand_json["artifact"]["sha256"] == art["sha256"]
+    assert hashlib.sha256((repo / "1" / "model.onnx").read_bytes()).hexdigest() == art["sha256"]
+    assert hashlib.sha256((out / "candidates" / chosen["id"] / art["path"]).read_bytes()).hexdigest() == art["sha256"]
+    config = (repo / "config.pbtxt").read_text()
+    assert "level: 2" in config and 'key: "intra_op_thread_count"' in config and "KIND_CPU" in config
+    assert set(json.loads((out / "candidates" / chosen["id"] / "validation.json").read_text())["artifacts"]) == {
+        "model.onnx", "model.optimized.onnx"}
     pred = report["prediction"]
     for m in ("accuracy_model", "throughput_model"):
         assert "loo_mae" in pred[m] and "loo_mae_nearest_neighbour" in pred[m]

@@ -14,7 +14,7 @@ from prumux_compile.cli.main import cli
 # (command line, "module:attribute" the command calls first) — the failure is injected there
 COMMANDS = {
     "inspect": (["inspect", "ckpt"], "prumux_compile.checkpoint:load"),
-    "export": (["export", "ckpt", "-o", "out"], "prumux_compile.export:export_checkpoint"),
+    "export": (["export", "ckpt", "-o", "out"], "prumux_compile.export_job:export_checkpoint"),
     "build": (["build", "ckpt", "-o", "out", "--no-progress"], "prumux_compile.driver:build"),
     "triton": (["triton", "m.onnx", "-o", "repo", "--name", "m"], "prumux_compile.triton:write_repository"),
     "demo-checkpoints": (["demo-checkpoints", "demo"], "prumux_compile.demo:write_demo_grid"),

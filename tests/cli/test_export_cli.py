@@ -37,10 +37,11 @@ def test_success_writes_the_artifacts(ckpt, tmp_path):
     out = tmp_path / "out"
     result = _invoke(ckpt, "-o", out, "--seq-len", 16, "--threads", 1)
     assert result.exit_code == 0, result.output
-    for name in ("model.onnx", "model.ort.onnx", "validation.json", "passes.json", "export.json"):
+    for name in ("model.onnx", "model.ort.onnx", "model.optimized.onnx", "validation.json", "passes.json",
+                 "export.json"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "validation.json").read_text())
-    assert doc["passed"] is True and set(doc["artifacts"]) == {"model.onnx", "model.ort.onnx"}
+    assert doc["passed"] is True and set(doc["artifacts"]) == {"model.onnx", "model.ort.onnx", "model.optimized.onnx"}
     passes = json.loads((out / "passes.json").read_text())
     assert [p["name"] for p in passes][:2] == ["fold-masks", "prune-hidden"]
     assert "inputs ignored by this family (accepted, unused): attention_mask, token_type_ids" in result.stdout
@@ -102,7 +103,7 @@ def test_failed_forced_export_leaves_the_previous_output(ckpt, tmp_path, monkeyp
     """--force replaces OUT only after success: a failure late in the export (files already written into the
     temporary directory) leaves the previous OUT byte for byte."""
     from prumux_compile.errors import ValidationError
-    from prumux_compile.export import pipeline
+    from prumux_compile import export_job as pipeline
 
     def failing(checkpoint, dest, **options):
         (dest / "model.onnx").write_bytes(b"partial")
@@ -119,7 +120,7 @@ def test_failed_forced_export_leaves_the_previous_output(ckpt, tmp_path, monkeyp
 
 
 def test_forced_export_replaces_the_previous_output(ckpt, tmp_path, monkeypatch):
-    from prumux_compile.export import pipeline
+    from prumux_compile import export_job as pipeline
 
     real = pipeline.export_into
     calls = []
@@ -130,6 +131,8 @@ def test_forced_export_replaces_the_previous_output(ckpt, tmp_path, monkeypatch)
     result = _invoke(ckpt, "-o", out, "--force", "--seq-len", 16, "--threads", 1, "--no-ort-optimize")
     assert result.exit_code == 0, result.output
     assert calls == [dict(seq_len=16, opset=17, threads=1, ort_optimize=False)]
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "passes.json", "validation.json"]
-    assert set(json.loads((out / "validation.json").read_text())["artifacts"]) == {"model.onnx"}
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "model.optimized.onnx", "passes.json",
+                                                     "validation.json"]
+    assert set(json.loads((out / "validation.json").read_text())["artifacts"]) == {"model.onnx",
+                                                                                  "model.optimized.onnx"}
     assert _leftovers(tmp_path, "out") == []

@@ -100,8 +100,10 @@ def test_dry_run_exercises_every_stage(tmp_path):
     assert [s[0] for s in stages] == ["env", "kernels", "validate", "bench", "compile"]
     assert all(s[1] == "ok" for s in stages)
     val = json.loads((out / "validate.json").read_text())
-    assert val["ok"] and [c["N"] for c in val["configs"]] == [1, 2]
-    assert all(c["fp32"]["max_abs_diff"] <= 1e-3 and c["fp16"]["argmax_agreement"] >= 0.995 for c in val["configs"])
+    assert val["ok"] and [c["N"] for c in val["configs"]] == [2]  # one validation configuration
+    (c,) = val["configs"]
+    assert c["fp32"]["ok"] and c["fp32"]["max_abs_diff"] <= 1e-3 and c["fp32"]["criteria"] == "|Δ| <= 0.001"
+    assert c["fp16"]["ok"] and c["fp16"]["argmax_agreement"] >= 0.995 and c["fp16_vs_fp32_engine"]["ok"]
     bench = json.loads((out / "bench.json").read_text())
     assert bench["complete"] and not bench["failed"]
     rows = bench["rows"]

@@ -1,8 +1,8 @@
-"""The CUDA engine (``torch-cuda``).
+"""The CUDA engine (``torch-cuda``): a runtime around the compact model of prumux_compile.kernels.
 
 Tests marked ``gpu`` need a CUDA device and are skipped without one (reason shown with ``-rs``). The unmarked
-tests run the same compact model on the CPU (eager, PyTorch kernels): its numerics per family and precision,
-the IR file, options, batch buckets/chunking and the backend's errors.
+tests run the same runtime on the CPU (eager, PyTorch kernels): its numerics per family and precision judged by
+the one comparator, the IR file, options, batch buckets/chunking and the backend's errors.
 """
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from prumux_compile.checkpoint import load, read_raw
-from prumux_compile.engines.base import BuildSpec
-from prumux_compile.engines.trt_onnx import validation_batches
-from prumux_compile.engines.torch_cuda import (CudaCompactModel, CudaOptions, CudaRunner, TorchCudaBackend,
-                                               compile_for_cuda, load_ir, save_ir, validate_runner)
+from prumux_compile.engines.base import Compiled, EngineConfig
+from prumux_compile.engines.torch_cuda import (CudaOptions, CudaRunner, TorchCudaBackend, compile_for_cuda,
+                                               engine_model, load_ir, save_ir)
 from prumux_compile.errors import EngineBuildError, InputError
 from prumux_compile.export.inputs import realistic_inputs
 from prumux_compile.export.spec import spec_for_ir
 from prumux_compile.kernels import build_module
 from prumux_compile.passes import compile_ir
+from prumux_compile.validation import criteria_for, validate
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)")
@@ -41,9 +41,16 @@ FAMILIES = {
 
 
 def _engine(path, precision, device, **opts):
-    backend = TorchCudaBackend(CudaOptions(precision=precision, device=device, **opts))
-    art = backend.build_from_ir(load(path, seq_len=SEQ), path.parent / f"{path.name}-{precision}-engine")
+    ir, _ = compile_ir(load(path, seq_len=SEQ))
+    backend = TorchCudaBackend(CudaOptions(device=device, **opts))
+    out = path.parent / f"{path.name}-{precision}-engine"
+    art = backend.build(Compiled(out / "model.onnx", spec_for_ir(ir), ir), EngineConfig(precision=precision,
+                                                                                      out_dir=out))
     return art, backend.load(art)
+
+
+def _validate(runner, raw, art, **kw):
+    return validate({"engine": runner}, raw, art.spec, art.criteria, **kw)["engine"]
 
 
 # ------------------------------------------------------------------------------------------------ CPU
@@ -52,29 +59,22 @@ CPU_CASES = [(name, "fp32") for name in FAMILIES] + [("mux-index-pos", "fp16"), 
 
 
 @pytest.mark.parametrize("name,precision", CPU_CASES)
-def test_cpu_compact_model_matches_reference(name, precision, synth_ckpt):
-    from prumux_compile import reference
-    from prumux_compile.engines.trt_onnx import fidelity
-
+def test_cpu_engine_matches_reference(name, precision, synth_ckpt):
+    """The runtime on the CPU, every family, judged by the comparator with the (torch-cuda, precision) criteria."""
     path = synth_ckpt(name, **{**BASE, **FAMILIES[name]})
     raw = read_raw(path)
     art, runner = _engine(path, precision, "cpu", graph_mode="eager")
-    n = raw.num_instances
-    batches = sorted({1, max(1, n - 1), n, 2 * n + 1, 8})
+    assert (art.precision, art.criteria) == (precision, criteria_for("torch-cuda", precision))
+    assert art.deployment.platform is None and art.device == "cpu"
+    res = _validate(runner, raw, art)
     bound = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 6e-2}[precision]  # observed well below these
-    if precision == "bf16":  # few rows of a random model: an argmax near-tie may flip, check the tolerance only
-        feeds = realistic_inputs(9, 12, V, seed=3)
-        got = runner.run(feeds)["logits"]
-        ref = reference.forward(raw, *feeds.values(), seq_len=SEQ, dtype=torch.float64).numpy()
-        res = fidelity(got, ref, "bf16")
-        assert res["finite"] and res["max_excess"] <= 0 and 1e-6 < res["max_abs_diff"] <= bound
-        return
-    report = validate_runner(runner, raw, precision, seq_len=SEQ, seq=12, batches=batches)
-    assert report["ok"] and report["argmax_agreement"] == 1.0
-    assert report["max_abs_diff"] <= bound
-    if precision != "fp32":
-        assert report["max_abs_diff"] > 1e-6  # really ran in reduced precision
-    assert art.report["kernel_choice"] == {"mux": "torch", "demux": "torch"}
+    assert all(c.finite and c.deterministic and c.inputs_unchanged and c.max_excess <= 0 for c in res.cases)
+    assert res.max_abs_diff <= bound
+    if precision == "fp32":
+        assert res.passed and res.argmax_agreement == 1.0
+    else:
+        assert res.max_abs_diff > 1e-6  # really ran in reduced precision
+    assert art.report["kernel_choice"] == {"mux": "torch", "demux": "torch", "attention": "sdpa"}
     for layer in load_ir(art.path).layers:  # align-dims ran: widths are multiples of 8
         if layer.attention is not None:
             assert (layer.attention.heads * layer.attention.head_size) % 8 == 0
@@ -85,7 +85,7 @@ def test_cpu_compact_model_matches_reference(name, precision, synth_ckpt):
 def test_ir_file_roundtrip(synth_ckpt, tmp_path):
     path = synth_ckpt("rt", **{**BASE, **FAMILIES["mux-index-pos"]})
     ir, _ = compile_for_cuda(load(path, seq_len=SEQ), align=8)
-    again = load_ir(save_ir(ir, tmp_path / "model.ir.pt"))
+    again = load_ir(save_ir(ir, tmp_path / "model.engine-ir.pt"))
     assert again.history == ir.history and again.id2label == ir.id2label and again.seq_len == SEQ
     assert again.classifier[0].data_ptr() != ir.classifier[0].data_ptr()
     for a, b in zip(ir.layers, again.layers):
@@ -140,7 +140,7 @@ def test_cpu_runner_buckets_and_chunks(name, batch, synth_ckpt):
     path = synth_ckpt(name, **{**BASE, **FAMILIES[name]})
     ir, _ = compile_ir(load(path, seq_len=SEQ))
     n = ir.num_instances
-    model = CudaCompactModel(ir, "fp32")
+    model = engine_model(ir, "fp32")
     runner = CudaRunner(model, spec_for_ir(ir), CudaOptions(device="cpu", graph_mode="eager", batch_sizes=(n,)))
     assert runner.buckets == [n]
     feeds = realistic_inputs(batch, 12, V, seed=4)
@@ -157,27 +157,34 @@ def test_cpu_math_attention_matches_sdpa(synth_ckpt):
     feeds = realistic_inputs(5, 12, V, seed=1)
     x = [torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
     with torch.no_grad():
-        a = CudaCompactModel(ir, "fp32", attention="sdpa")(*x)
-        b = CudaCompactModel(ir, "fp32", attention="math")(*x)
+        a = engine_model(ir, "fp32", attention="sdpa")(*x)
+        b = engine_model(ir, "fp32", attention="math")(*x)
     assert (a - b).abs().max().item() <= 1e-5
 
 
-def test_compact_model_refuses_masked_ir(synth_ckpt):
+def test_engine_model_refuses_masked_ir(synth_ckpt):
     path = synth_ckpt("mk", **{**BASE, **FAMILIES["cofi-soft"]})
     with pytest.raises(InputError, match="still holds masks"):
-        CudaCompactModel(load(path, seq_len=SEQ))
+        engine_model(load(path, seq_len=SEQ))
 
 
-def test_build_from_onnx_dir_needs_ir_file(synth_ckpt, tmp_path):
+def test_build_needs_the_ir_and_loads_only_its_artifact(synth_ckpt, tmp_path):
     backend = TorchCudaBackend(CudaOptions(device="cpu", graph_mode="eager"))
-    with pytest.raises(EngineBuildError, match="model.ir.pt is missing"):
-        backend.build(tmp_path / "model.onnx")
     path = synth_ckpt("b", **{**BASE, **FAMILIES["bert"]})
-    save_ir(load(path, seq_len=SEQ), tmp_path / "model.ir.pt")
-    art = backend.build(tmp_path / "model.onnx", BuildSpec(out_dir=tmp_path / "engine"))
-    assert art.backend == "torch-cuda" and art.path.is_file() and art.spec.family == "bert"
+    ir, _ = compile_ir(load(path, seq_len=SEQ))
+    with pytest.raises(EngineBuildError, match="builds from the compiled IR"):
+        backend.build(Compiled(tmp_path / "model.onnx", spec_for_ir(ir)), EngineConfig(out_dir=tmp_path))
+    art = backend.build(Compiled(tmp_path / "model.onnx", spec_for_ir(ir), ir),
+                        EngineConfig(out_dir=tmp_path / "engine", options={"attention": "math"}))
+    assert art.backend == "torch-cuda" and art.path.name == "model.engine-ir.pt" and art.spec.family == "bert"
+    assert art.report["kernel_choice"]["attention"] == "math"
     with backend.load(art) as runner:
         assert runner.run({"input_ids": np.full((2, 5), 101)})["logits"].shape == (2, 3)
+        assert runner.model.kernels["attention"] == "math"
+    with pytest.raises(InputError, match="loads only its IR artifact"):
+        backend.load(art.using("plain"))
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['workspace_mb'\]"):
+        backend.build(Compiled(tmp_path / "model.onnx", spec_for_ir(ir), ir), EngineConfig(options={"workspace_mb": 1}))
 
 
 @pytest.mark.skipif(CUDA, reason="this machine has CUDA")
@@ -188,7 +195,7 @@ def test_unavailable_without_cuda():
     assert not ok and "no CUDA device" in reason
     assert registry.get("torch-cuda").available() == (False, reason)
     with pytest.raises(EngineBuildError, match="unavailable"):
-        TorchCudaBackend().build_from_ir(None, "unused")
+        TorchCudaBackend().build(Compiled("model.onnx", None, None))
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -200,14 +207,11 @@ def test_cuda_engine_fp32_and_fp16(name, synth_ckpt):
     raw = read_raw(path)
     for precision in ("fp32", "fp16"):
         art, runner = _engine(path, precision, "cuda", graph_mode="cuda-graph")
-        # >= 200 rows: 99.5 % agreement then tolerates one argmax near-tie of the random model
-        batches = validation_batches(raw.num_instances, extra=200)
-        report = validate_runner(runner, raw, precision, seq_len=SEQ, seq=12, batches=batches)
-        assert report["ok"]
+        assert art.device == "cuda" and art.criteria == criteria_for("torch-cuda", precision)
+        res = _validate(runner, raw, art)
+        assert all(c.passed for c in res.cases)
         if precision == "fp32":
-            assert report["max_abs_diff"] <= 1e-3
-        else:
-            assert report["argmax_agreement"] >= 0.995
+            assert res.max_abs_diff <= 1e-3
         captured = runner.captures
         assert captured >= 1
         runner.run(realistic_inputs(1, 12, V, seed=0))  # bucket already captured: no new graph
@@ -222,7 +226,7 @@ def test_cuda_graph_equals_eager(precision, synth_ckpt):
     """F18/F9: batch 7 with N=2 (odd batch, bucket padding), padded rows: graph replay == eager, all finite."""
     path = synth_ckpt("g", **{**BASE, **dict(FAMILIES["mux-index-pos"], num_instances=2)})
     ir, _ = compile_for_cuda(load(path, seq_len=SEQ))
-    model = CudaCompactModel(ir, precision).cuda()
+    model = engine_model(ir, precision, device="cuda")
     spec = spec_for_ir(ir)
     graph = CudaRunner(model, spec, CudaOptions(precision=precision, graph_mode="cuda-graph"))
     eager = CudaRunner(model, spec, CudaOptions(precision=precision, graph_mode="eager"))
@@ -238,7 +242,7 @@ def test_cuda_engine_with_triton_kernels(synth_ckpt):
     pytest.importorskip("triton")
     path = synth_ckpt("t", **{**BASE, **FAMILIES["mux-index-pos"]})
     art, runner = _engine(path, "fp32", "cuda", mux_kernel="triton", demux_kernel="triton")
-    assert art.report["kernel_choice"] == {"mux": "triton", "demux": "triton"}
+    assert art.report["kernel_choice"] == {"mux": "triton", "demux": "triton", "attention": "sdpa"}
     assert art.report["kernels"]["mux"]["max_abs_diff"] <= 1e-4
-    report = validate_runner(runner, read_raw(path), "fp32", seq_len=SEQ, seq=12)
-    assert report["ok"] and report["max_abs_diff"] <= 1e-3
+    res = _validate(runner, read_raw(path), art)
+    assert res.passed and res.max_abs_diff <= 1e-3

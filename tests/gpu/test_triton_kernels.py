@@ -47,7 +47,7 @@ def test_mux_torch_form_equals_compiled_module(n, synth_ckpt):
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_demux_torch_form_equals_unfused_first_layer(n, synth_ckpt):
-    """gelu(shared·h + const_n) == gelu(dense_1([e_n ; h])) of the IR before fuse-demux (spec E4)."""
+    """gelu(shared·h + const_n) == gelu(dense_1([e_n ; h])) of the IR before fuse-demux (docs/checkpoint-formats.md E4)."""
     path = synth_ckpt(f"d{n}", vocab=V, max_pos=64, num_layers=2, hidden=32, heads=4, ffn=48,
                       family="prumux_compressed", num_instances=n)
     before = load(path, seq_len=SEQ)

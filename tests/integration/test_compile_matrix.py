@@ -1,5 +1,5 @@
 """The equality matrix: compiled PyTorch model == independent reference, for every family and variant and the
-fault classes F1–F7, F18, F19 (docs/fault-classes.md). fp32, max |Δlogit| <= 1e-5."""
+fault classes F1–F7, F18, F19 (docs/field-faults.md). fp32, max |Δlogit| <= 1e-5."""
 from __future__ import annotations
 
 import numpy as np
@@ -141,13 +141,13 @@ def test_onnx_artifacts_equal_reference(case_id, fields, synth_ckpt, tmp_path, o
     """The same matrix through export: model.onnx (standard domain, no If, symbolic axes) and model.ort.onnx
     on ONNX Runtime CPU, validated against the reference at B in {1, N-1, N, 2N+1} and several lengths, 1e-4
     (F6 per-layer fused heads, F9 finite padded rows, F11, F13, F15, F17, F18, F19)."""
-    from prumux_compile.export.pipeline import export_into
+    from prumux_compile.export_job import export_into
 
     path = synth_ckpt(case_id, **_params(fields))
     dest = tmp_path / "export"
     dest.mkdir()
     result = export_into(path, dest, seq_len=SEQ, threads=1, prefer="plain")  # raises ValidationError (exit 3)
-    assert set(result.validation) == {"model.onnx", "model.ort.onnx"}
+    assert set(result.validation) == {"model.onnx", "model.ort.onnx", "model.optimized.onnx"}
     n = result.spec.num_instances
     for name, res in result.validation.items():
         assert res.passed, name

@@ -5,9 +5,15 @@ becomes ready on loopback, served logits equal ONNX Runtime's on the same inputs
 load of 8 concurrent clients x 100 requests of mixed batch sizes 1..2N+1 has zero errors, and stopping
 the server ends its whole process group. The server is stopped in the fixture finalizer, also when a
 test fails.
+
+The repository also holds the ort-cpu engine of a compiled PruMUX checkpoint as the build writes it, once per
+graph variant the engine may pick: its model file has the hash of the benchmarked artifact and the server
+returns that engine's logits.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import threading
 import time
@@ -28,6 +34,9 @@ pytestmark = pytest.mark.triton_server
 N = 2
 CLIENTS, REQUESTS = 8, 100
 MODELS = {"toy": None, "toy_seq16": 16}  # name -> fixed sequence length (None: dynamic)
+#: model name -> the ort-cpu graph variant forced at build time (every variant the engine may pick)
+MEASURED = {"measured_plain": "plain", "measured_noskip": "plain/no-skip-layernorm", "measured_fused": "fused"}
+SEQ, VOCAB = 16, 256
 
 http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
 
@@ -43,7 +52,40 @@ def repo(tmp_path_factory) -> Path:
         model_dir = write_repository(root / "repo", name=name, model_path=onnx_path, backend="python",
                                      max_queue_delay_us=200)
         assert validate_config(model_dir / "config.pbtxt", onnx_path) == []
+    _measured_entries(root)
     return root
+
+
+def _measured_entries(root: Path) -> None:
+    """Compile a tiny N=2 checkpoint, build the ort-cpu engine once per forced graph variant and write each
+    artifact into the repository as the build driver does (Python-backend variant)."""
+    from prumux_compile.checkpoint import load
+    from prumux_compile.driver import write_candidate_repository
+    from prumux_compile.engines.base import Compiled, EngineConfig
+    from prumux_compile.engines.onnxruntime import OrtCpuBackend
+    from prumux_compile.export.onnx_export import export_onnx
+    from prumux_compile.export.spec import spec_for_ir
+    from prumux_compile.kernels import build_module
+    from prumux_compile.passes import compile_ir
+    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+
+    write_checkpoint(root / "ckpt", SynthSpec(family="prumux_compressed", num_instances=N, num_layers=2, hidden=32,
+                                              heads=4, ffn=32, vocab=VOCAB, max_pos=64, num_labels=3,
+                                              heads_kept=[[0, 1, 2], [1, 3]]))
+    ir, _ = compile_ir(load(root / "ckpt", seq_len=SEQ))
+    spec = spec_for_ir(ir)
+    export_onnx(build_module(ir), spec, root / "model.onnx")
+    for name, variant in MEASURED.items():
+        art = OrtCpuBackend().build(Compiled(root / "model.onnx", spec, ir),
+                                    EngineConfig(threads=1, out_dir=root / name, options={"prefer": variant}))
+        info = {"id": name, "num_instances": N, "artifact": art.describe()}
+        (root / name / "candidate.json").write_text(json.dumps(info, default=str))
+        write_candidate_repository(root / "repo", info, root / name, name=name, backend="python",
+                                   max_queue_delay_us=200)
+        MEASURED_ARTIFACTS[name] = art
+
+
+MEASURED_ARTIFACTS: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +132,42 @@ def test_logits_equal_onnxruntime(server, repo, model, batch):
     assert got.shape == (batch, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(got, toy_reference(feeds), atol=1e-5, rtol=0)  # and the numpy oracle
+
+
+@pytest.mark.parametrize("name", list(MEASURED))
+def test_repository_serves_the_benchmarked_artifact(name, repo):
+    """The model file is the measured artifact itself (same sha256 as recorded in candidate.json), with the
+    session settings it was measured under."""
+    info = json.loads((repo / name / "candidate.json").read_text())
+    art = info["artifact"]
+    assert art["path"] == "model.optimized.onnx" and art["build"]["choice"] == MEASURED[name]
+    assert art["build"]["baked"]["bitwise_equal"] is True
+    served = repo / "repo" / name / "1" / "model.onnx"
+    assert hashlib.sha256(served.read_bytes()).hexdigest() == art["sha256"]
+    assert hashlib.sha256((repo / name / art["path"]).read_bytes()).hexdigest() == art["sha256"]
+    config = (repo / "repo" / name / "config.pbtxt").read_text()
+    for key, value in (("prumux.graph_optimization_level", "disable_all"), ("prumux.intra_op_num_threads", "1"),
+                       ("prumux.inter_op_num_threads", "1"), ("prumux.num_instances", str(N))):
+        assert f'key: "{key}"\n  value {{\n    string_value: "{value}"' in config, key
+
+
+@pytest.mark.parametrize("name", list(MEASURED))
+def test_server_returns_the_engines_logits(server, name):
+    """A real server answers with exactly what the ort-cpu engine (the benchmarked runner) computes."""
+    from prumux_compile.engines.onnxruntime import OrtCpuBackend
+    from prumux_compile.export.inputs import realistic_inputs
+
+    client = http.InferenceServerClient(server.http_url)
+    assert client.is_model_ready(name)
+    art = MEASURED_ARTIFACTS[name]
+    with OrtCpuBackend().load(art) as engine:
+        for batch in sorted({1, N - 1, N, 2 * N + 1} - {0}):
+            for seq in (SEQ, 9):
+                feeds = realistic_inputs(batch, seq, VOCAB, seed=batch * 31 + seq)
+                expected = engine.run(feeds)["logits"]
+                got = _infer(client, name, feeds)
+                assert got.shape == (batch, 3)
+                np.testing.assert_array_equal(got, expected)
 
 
 def test_bad_request_is_an_error_not_a_crash(server):

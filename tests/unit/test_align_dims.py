@@ -1,4 +1,4 @@
-"""``align-dims``: zero heads / FFN dims are exact (spec E9) and widths land on the requested multiples."""
+"""``align-dims``: zero heads / FFN dims are exact (docs/checkpoint-formats.md E9) and widths land on the requested multiples."""
 from __future__ import annotations
 
 import pytest

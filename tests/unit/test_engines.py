@@ -9,12 +9,12 @@ import torch
 
 from prumux_compile.checkpoint import read_raw
 from prumux_compile.engines import registry
-from prumux_compile.engines.base import Backend, BuildSpec, Runner, prepare_feeds
+from prumux_compile.engines.base import Backend, EngineConfig, Runner, file_sha256, prepare_feeds
 from prumux_compile.engines.onnxruntime import VARIANTS
 from prumux_compile.errors import EngineBuildError, InputError
-from prumux_compile.export import export_into
 from prumux_compile.export.spec import make_spec
-from prumux_compile.export.validate import validate_artifacts
+from prumux_compile.export_job import export_into
+from prumux_compile.validation import criteria_for, validate
 from prumux_compile.passes.onnx import ort_fuse
 from prumux_compile.passes.onnx.ort_fusions import _match_layers
 from prumux_compile.synthetic import SynthSpec, write_checkpoint
@@ -64,7 +64,7 @@ def built(plain, tmp_path_factory):
         if name not in cache:
             _, onnx_path = plain(name)
             out = tmp_path_factory.mktemp(f"{name}-engine")
-            cache[name] = registry.get("ort-cpu").build(onnx_path, BuildSpec(threads=1, out_dir=out, bench_rounds=3))
+            cache[name] = registry.get("ort-cpu").build(onnx_path, EngineConfig(threads=1, out_dir=out, bench_rounds=3))
         return cache[name]
 
     return get
@@ -111,7 +111,7 @@ class _Echo(Backend):
     def available(self):
         return True, "always"
 
-    def build(self, onnx_path, spec=None):
+    def build(self, compiled, config=None):
         raise NotImplementedError
 
     def load(self, artifact):
@@ -156,47 +156,72 @@ def test_fused_artifact_still_validates(name, plain, built):
     artifact = built(name)
     backend = registry.get("ort-cpu")
     raw = read_raw(ckpt)
-    with backend.load(artifact.using("fused")) as fused, backend.load(artifact.using("plain")) as unfused:
-        results = validate_artifacts({"fused": fused, "plain": unfused}, raw, artifact.spec)
+    with backend.load(artifact.using("fused")) as fused, backend.load(artifact.using("plain")) as unfused, \
+            backend.load(artifact) as deployed:
+        results = validate({"fused": fused, "plain": unfused, "deployed": deployed}, raw, artifact.spec,
+                           artifact.criteria)
+    assert artifact.criteria == criteria_for("ort-cpu", "fp32") and artifact.criteria.atol == 1e-4
     assert all(r.passed for r in results.values())
     assert all(r.max_abs_diff <= 1e-4 for r in results.values())
 
 
-def test_choice_is_the_measured_fastest_variant(built):
+def test_choice_is_the_measured_fastest_variant_baked_into_the_artifact(built):
+    """The fastest variant's optimised graph is saved and IS the artifact: loaded with every optimisation off it
+    gives the measured session's logits bit for bit; its hash is recorded; Triton gets that level."""
     artifact = built("mux2")
     timing = artifact.report["timing"]
     assert set(timing) == set(VARIANTS) == {"plain", "plain/no-skip-layernorm", "fused"}
     fastest = min(timing, key=lambda r: timing[r]["p50_ms"])
     role, disabled = VARIANTS[fastest]
     assert artifact.report["choice"] == fastest
-    assert artifact.role == role and artifact.path == artifact.files[role]
-    assert artifact.options == ({"disabled_optimizers": ["SkipLayerNormFusion"]} if disabled else {})
+    assert artifact.report["baked"] == {"source": artifact.files[role].name, "disabled_optimizers": list(disabled),
+                                        "saved_at_level": "all", "loaded_at_level": "disable_all",
+                                        "bitwise_equal": True}
+    assert artifact.role == "optimized" and artifact.path.name == "model.optimized.onnx"
+    assert artifact.sha256 == file_sha256(artifact.path)
+    assert artifact.options == {"graph_optimization_level": "disable_all"}
     assert timing["plain"]["batch"] == 16 and timing["plain"]["seq"] == SEQ
-    with registry.get("ort-cpu").load(artifact) as runner:
-        assert runner.disabled_optimizers == disabled
-    other = "fused" if role == "plain" else "plain"
-    assert artifact.using(other).options == {} and artifact.using(role).options == artifact.options
+    dep = artifact.deployment
+    assert (dep.platform, dep.instance_kind, dep.graph_optimization_level, dep.intra_op_num_threads) == (
+        "onnxruntime_onnx", "KIND_CPU", "disable_all", 1)
+    backend = registry.get("ort-cpu")
+    ids, mask, tt = make_inputs(5, SEQ, 128, seed=4)
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
+    from prumux_compile.engines.onnxruntime import OrtRunner
+
+    with backend.load(artifact) as deployed, OrtRunner(artifact.files[role], artifact.spec, threads=1,
+                                                       disabled_optimizers=disabled) as measured:
+        assert deployed.graph_level == "disable_all" and deployed.disabled_optimizers == ()
+        np.testing.assert_array_equal(deployed.run(feeds)["logits"], measured.run(feeds)["logits"])
+    assert artifact.using("plain").options == {} and artifact.using("fused").options == {}
 
 
-@pytest.mark.parametrize("prefer, optimize, role, timed", [
-    ("plain", True, "plain", None),
-    ("fused", True, "fused", None),
-    ("auto", False, "plain", {"plain", "plain/no-skip-layernorm"}),
+@pytest.mark.parametrize("prefer, optimize, source, timed", [
+    ("plain", True, "model.onnx", None),
+    ("fused", True, "model.ort.onnx", None),
+    ("auto", False, "model.onnx", {"plain", "plain/no-skip-layernorm"}),
 ])
-def test_requested_graph_and_no_optimize(prefer, optimize, role, timed, plain, tmp_path):
+def test_requested_graph_and_no_optimize(prefer, optimize, source, timed, plain, tmp_path):
     _, onnx_path = plain("mux2")
-    artifact = registry.get("ort-cpu").build(onnx_path, BuildSpec(threads=1, out_dir=tmp_path, prefer=prefer,
-                                                                  optimize=optimize, bench_rounds=1))
-    assert artifact.role == role
+    artifact = registry.get("ort-cpu").build(onnx_path, EngineConfig(threads=1, out_dir=tmp_path, bench_rounds=1,
+                                                                     options={"prefer": prefer,
+                                                                              "optimize": optimize}))
+    assert artifact.role == "optimized" and artifact.report["baked"]["source"] == source
     assert ("fused" in artifact.files) is optimize
     assert (tmp_path / "model.ort.onnx").exists() is optimize
     assert (set(artifact.report["timing"]) if "timing" in artifact.report else None) == timed
 
 
-def test_fused_without_optimize_is_refused(plain, tmp_path):
+@pytest.mark.parametrize("config, error, match", [
+    (EngineConfig(options={"prefer": "fused", "optimize": False}), EngineBuildError, "needs optimize=True"),
+    (EngineConfig(options={"prefer": "fastest"}), InputError, "prefer='fastest'"),
+    (EngineConfig(options={"workspace_mb": 1}), InputError, r"unknown option\(s\) \['workspace_mb'\]"),
+    (EngineConfig(precision="fp16"), EngineBuildError, "does not build fp16 engines"),
+])
+def test_bad_config_is_refused(config, error, match, plain, tmp_path):
     _, onnx_path = plain("mux2")
-    with pytest.raises(EngineBuildError, match="needs optimize=True"):
-        registry.get("ort-cpu").build(onnx_path, BuildSpec(out_dir=tmp_path, prefer="fused", optimize=False))
+    with pytest.raises(error, match=match):
+        registry.get("ort-cpu").build(onnx_path, config)
 
 
 def test_runner_threads_context_manager_and_roles(built):
@@ -211,6 +236,34 @@ def test_runner_threads_context_manager_and_roles(built):
         runner.run({"input_ids": ids})
     with pytest.raises(InputError, match="no 'trt' graph"):
         artifact.using("trt")
+
+
+def test_cuda_session_that_falls_back_to_the_cpu_is_refused(plain, monkeypatch):
+    """ORT CUDA: fp32 asks for TF32 off, and a session whose CUDA provider is not active is an error, never a
+    silent CPU run (checked with a stand-in session: this machine has no CUDA provider)."""
+    import onnxruntime
+
+    from prumux_compile.engines.onnxruntime import OrtCudaBackend, OrtRunner
+
+    seen = {}
+
+    class _Session:
+        def __init__(self, path, sess_options=None, providers=None, disabled_optimizers=None):
+            seen["providers"] = providers
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", _Session)
+    backend = OrtCudaBackend()
+    _, onnx_path = plain("mux2")
+    spec = make_spec(family="prumux_compressed", num_instances=2, num_labels=3, id2label={}, seq_len=SEQ,
+                     max_seq_len=SEQ, vocab_size=128, head_size=8, layer_heads=[])
+    with pytest.raises(EngineBuildError, match="did not activate CUDAExecutionProvider.*silent fallback"):
+        OrtRunner(onnx_path, spec, providers=backend.providers, provider_options=backend.provider_options("fp32"))
+    assert seen["providers"] == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    assert backend.accelerators("fp32") == ({"name": "cuda", "parameters": {"use_tf32": "0"}},)
+    assert set(backend.variants()) == {"plain", "fused"}  # only variants a Triton config can reproduce
 
 
 def test_fusion_tool_failure_is_reported_not_fatal(plain, tmp_path, monkeypatch):

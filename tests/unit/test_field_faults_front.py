@@ -591,12 +591,12 @@ F20_TABLES = [
 @pytest.mark.parametrize("fields", [c[1] for c in F20_TABLES], ids=[c[0] for c in F20_TABLES])
 def test_f20_export_validate_and_refuse(tmp_path, one_torch_thread, fields):
     from prumux_compile.engines import registry
-    from prumux_compile.engines.base import BuildSpec
+    from prumux_compile.engines.base import EngineConfig
     from prumux_compile.errors import InputError
     from prumux_compile.export.inputs import realistic_inputs
     from prumux_compile.export.onnx_export import export_onnx, read_metadata
     from prumux_compile.export.spec import ExportSpec, spec_for_ir
-    from prumux_compile.export.validate import validate_artifacts
+    from prumux_compile.validation import criteria_for, validate
 
     raw = read_raw(_write(tmp_path, **fields))
     t = fields.get("type_vocab_size", 2)
@@ -606,10 +606,10 @@ def test_f20_export_validate_and_refuse(tmp_path, one_torch_thread, fields):
     export_onnx(build_module(ir), spec, tmp_path / "model.onnx")  # the example inputs fit the table
     assert ExportSpec.from_metadata(read_metadata(tmp_path / "model.onnx")).type_vocab_size == t
     backend = registry.get("ort-cpu")
-    art = backend.build(tmp_path / "model.onnx", BuildSpec(threads=1, optimize=False, prefer="plain",
-                                                          bench_rounds=1, bench_warmup=0))
+    art = backend.build(tmp_path / "model.onnx", EngineConfig(threads=1, bench_rounds=1, bench_warmup=0,
+                                                             options={"optimize": False, "prefer": "plain"}))
     with backend.load(art) as runner:
-        results = validate_artifacts({"model.onnx": runner}, raw, spec, tolerance=1e-4)
+        results = validate({"model.onnx": runner}, raw, spec, criteria_for("ort-cpu", "fp32"))
         assert results["model.onnx"].passed
         feeds = realistic_inputs(3, 9, SMALL["vocab"], seed=0, type_vocab_size=t)
         ok = runner.run(feeds)["logits"]
@@ -625,7 +625,7 @@ def test_f20_export_validate_and_refuse(tmp_path, one_torch_thread, fields):
 
 def test_f20_muxed_models_ignore_segment_ids_as_upstream(tmp_path, one_torch_thread):
     from prumux_compile.engines import registry
-    from prumux_compile.engines.base import BuildSpec
+    from prumux_compile.engines.base import EngineConfig
     from prumux_compile.export.inputs import realistic_inputs
     from prumux_compile.export.onnx_export import export_onnx
     from prumux_compile.export.spec import spec_for_ir
@@ -636,8 +636,8 @@ def test_f20_muxed_models_ignore_segment_ids_as_upstream(tmp_path, one_torch_thr
     assert spec.type_vocab_size == 1 and "token_type_ids" in spec.ignored_inputs
     export_onnx(build_module(ir), spec, tmp_path / "model.onnx")
     backend = registry.get("ort-cpu")
-    art = backend.build(tmp_path / "model.onnx", BuildSpec(threads=1, optimize=False, prefer="plain",
-                                                          bench_rounds=1, bench_warmup=0))
+    art = backend.build(tmp_path / "model.onnx", EngineConfig(threads=1, bench_rounds=1, bench_warmup=0,
+                                                             options={"optimize": False, "prefer": "plain"}))
     feeds = realistic_inputs(5, 12, SMALL["vocab"], seed=0, type_vocab_size=2)  # has segment id 1
     with backend.load(art) as runner:
         got = runner.run(feeds)["logits"]
@@ -671,11 +671,11 @@ def test_f26_external_data_through_export_engine_validation_and_triton(tmp_path,
     import onnxruntime as ort
 
     from prumux_compile.engines import registry
-    from prumux_compile.engines.base import BuildSpec
+    from prumux_compile.engines.base import EngineConfig
     from prumux_compile.export.inputs import realistic_inputs
     from prumux_compile.export.onnx_export import check_onnx, export_onnx, onnx_data_files, read_metadata
     from prumux_compile.export.spec import spec_for_ir
-    from prumux_compile.export.validate import validate_artifacts
+    from prumux_compile.validation import criteria_for, validate
     from prumux_compile.triton import write_repository
 
     raw = read_raw(_write(tmp_path, "ckpt", **fields))
@@ -696,12 +696,13 @@ def test_f26_external_data_through_export_engine_validation_and_triton(tmp_path,
     assert read_metadata(out / "model.onnx")["prumux.family"] == raw.family
     # the engine build writes the fused graph with ITS OWN data file; both graphs validate against the reference
     backend = registry.get("ort-cpu")
-    art = backend.build(out / "model.onnx", BuildSpec(threads=1, bench_rounds=1, bench_warmup=0))
-    assert set(art.files) == {"plain", "fused"}
+    art = backend.build(out / "model.onnx", EngineConfig(threads=1, bench_rounds=1, bench_warmup=0))
+    assert set(art.files) == {"plain", "fused", "optimized"}
     assert onnx_data_files(out / "model.ort.onnx") == [out / "model.ort.onnx.data"]
+    assert onnx_data_files(out / "model.optimized.onnx") == [out / "model.optimized.onnx.data"]
     runners = {role: backend.load(art.using(role)) for role in art.files}
     try:
-        results = validate_artifacts(runners, raw, spec, tolerance=1e-4)
+        results = validate(runners, raw, spec, criteria_for("ort-cpu", "fp32"))
         assert all(r.passed for r in results.values()), {k: v.max_abs_diff for k, v in results.items()}
     finally:
         for r in runners.values():
@@ -822,12 +823,12 @@ def test_inspect_before_is_the_unpruned_model_for_compressed_checkpoints(tmp_pat
                          ids=["bert", "prumux"])
 def test_f22_cuda_compact_model_honours_the_activation(tmp_path, one_torch_thread, fields, act):
     """The CUDA engine's own model, run on the CPU (fp32, torch kernels, math attention)."""
-    from prumux_compile.engines.torch_cuda import CudaCompactModel, compile_for_cuda
+    from prumux_compile.engines.torch_cuda import compile_for_cuda, engine_model
     from tests.conftest import make_inputs
 
     raw = read_raw(_write(tmp_path, hidden_act=act, **fields))
     ir, _ = compile_for_cuda(from_raw(raw, seq_len=16), align=None)
-    model = CudaCompactModel(ir, "fp32", attention="math")
+    model = engine_model(ir, "fp32", attention="math")
     ids, mask, tt = make_inputs(4, 10, SMALL["vocab"], seed=6)
     with torch.no_grad():
         got = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(tt))

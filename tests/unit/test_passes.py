@@ -104,3 +104,38 @@ def test_kernels_refuse_soft_masks(synth_ckpt):
     path = synth_ckpt("s", **{**BASE, **CKPTS["masked-cofi-soft"]})
     with pytest.raises(IRInvariantError, match="fold-masks"):
         build_module(load(path))
+
+
+def test_passes_share_untouched_tensors_and_never_write_into_them(synth_ckpt):
+    """Cheap passes: each pass works on a structural copy (tensors shared, not deep-copied); every tensor of the
+    input survives the whole pipeline unchanged (same object, same version counter, same values)."""
+    from prumux_compile.passes.base import ir_tensors
+
+    path = synth_ckpt("c", **{**BASE, **CKPTS["masked-mux"]})
+    ir = load(path, seq_len=SEQ)
+    before = [(t, t._version, t.clone()) for t in ir_tensors(ir)]
+    new, report = ALL_PASSES["fold-attention-scale"]().run(ir)
+    assert report.changed
+    # untouched tensors are the very same objects, the rewritten ones are new
+    assert new.embeddings.word is ir.embeddings.word and new.layers[0].ffn.w1 is ir.layers[0].ffn.w1
+    assert new.layers[0].attention.wq is not ir.layers[0].attention.wq
+    assert new.layers[0].attention.wk is ir.layers[0].attention.wk
+    assert new.layers is not ir.layers and new.layers[0] is not ir.layers[0] and ir.history == []
+    final, _ = PassManager([ALL_PASSES[p]() for p in ORDER]).run(ir)
+    assert final.history == ORDER
+    for t, version, copy in before:
+        assert t._version == version and torch.equal(t, copy)
+
+
+class _WritesInPlace(Pass):
+    name = "writes-in-place"
+
+    def apply(self, ir):
+        ir.layers[0].attention.bq.mul_(2.0)  # a write into a tensor shared with the input IR
+        return "scaled bq in place", {}
+
+
+def test_in_place_write_is_refused_naming_the_pass(synth_ckpt):
+    path = synth_ckpt("w", **{**BASE, "family": "bert"})
+    with pytest.raises(IRInvariantError, match="pass 'writes-in-place' wrote into 1 tensor"):
+        PassManager([_WritesInPlace()]).run(load(path))

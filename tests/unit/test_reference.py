@@ -1,4 +1,4 @@
-"""Tests of the reference forward pass (``prumux_compile.reference``), spec §2.1-2.9.
+"""Tests of the reference forward pass (``prumux_compile.reference``), docs/checkpoint-formats.md §2.1-2.9.
 
 Every checkpoint is built here from seeded random tensors (config.json + pytorch_model.bin (+ zs.pt)
 written to tmp_path and read back with ``read_raw``). Values are checked against independent

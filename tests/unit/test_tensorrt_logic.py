@@ -75,8 +75,16 @@ def test_select_profile_out_of_range(batch):
 def test_options_rejected(options, match):
     with pytest.raises(InputError, match=match):
         TrtOptions(**options).check()
-    with pytest.raises(InputError):
-        TensorRTBackend(TrtOptions(**options))
+
+
+def test_options_from_engine_config():
+    from prumux_compile.engines.base import EngineConfig
+
+    cfg = EngineConfig(precision="fp32", batch_sizes=(8, 32), max_batch=64, seq_len=96,
+                       options={"workspace_mb": 512, "optimization_level": 5, "min_seq": 4})
+    assert TrtOptions.from_config(cfg) == TrtOptions(precision="fp32", batch_sizes=(8, 32), max_batch=64, seq_len=96,
+                                                     min_seq=4, workspace_mb=512, optimization_level=5)
+    assert TensorRTBackend.default_precision == "fp16" and TensorRTBackend.precisions == ("fp32", "fp16")
 
 
 @pytest.mark.parametrize("log,expected", [

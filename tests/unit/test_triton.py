@@ -132,6 +132,38 @@ def test_python_backend_variant(tmp_path, toy):
     assert validate_config(model_dir / "config.pbtxt", toy) == []
 
 
+@pytest.mark.parametrize("backend, kind, level, want_level, want_params", [
+    # native ONNX Runtime backend: Triton's own fields (graph level 2 = every optimisation off)
+    ("onnxruntime", "KIND_CPU", "disable_all", 2, {"intra_op_thread_count": "2", "inter_op_thread_count": "1"}),
+    ("onnxruntime", "KIND_GPU", "all", 0, {"intra_op_thread_count": "2", "inter_op_thread_count": "1"}),
+    # Python-backend variant: the same session settings as prumux.* parameters read by model.py
+    ("python", "KIND_CPU", "disable_all", 0, {"prumux.graph_optimization_level": "disable_all",
+                                              "prumux.intra_op_num_threads": "2",
+                                              "prumux.inter_op_num_threads": "1"}),
+])
+def test_measured_session_settings_reach_the_config(tmp_path, toy, backend, kind, level, want_level, want_params):
+    acc = ({"name": "cuda", "parameters": {"use_tf32": "0"}},) if kind == "KIND_GPU" else ()
+    model_dir = write_repository(tmp_path / "repo", name="m", model_path=toy, backend=backend, instance_kind=kind,
+                                 graph_optimization_level=level, intra_op_num_threads=2, inter_op_num_threads=1,
+                                 gpu_accelerators=acc)
+    cfg = _read(model_dir)
+    assert cfg.optimization.graph.level == want_level
+    assert {k: v.string_value for k, v in cfg.parameters.items() if k != "prumux.num_instances"
+            and k != "prumux.isolate_requests"} == want_params
+    got_acc = [(a.name, dict(a.parameters)) for a in cfg.optimization.execution_accelerators.gpu_execution_accelerator]
+    assert got_acc == [(a["name"], a["parameters"]) for a in acc]
+    assert cfg.instance_group[0].kind == pb2.ModelInstanceGroup.Kind.Value(kind)
+    assert validate_config(model_dir / "config.pbtxt", toy) == []
+
+
+def test_python_variant_refuses_a_gpu_artifact_and_unknown_levels(tmp_path, toy):
+    with pytest.raises(TritonConfigError, match="Python-backend variant runs ONNX Runtime on the CPU"):
+        write_repository(tmp_path / "repo", name="m", model_path=toy, backend="python", instance_kind="KIND_GPU")
+    with pytest.raises(TritonConfigError, match="unknown graph optimization level 'fast'"):
+        write_repository(tmp_path / "repo", name="m", model_path=toy, graph_optimization_level="fast")
+    assert not (tmp_path / "repo").exists()
+
+
 def test_external_data_is_copied(tmp_path):
     src = make_toy_onnx(tmp_path / "src.onnx", metadata=META)
     ext_dir = tmp_path / "ext"
@@ -549,3 +581,23 @@ def test_explicit_n_contradicting_the_model_is_refused(tmp_path):
     with pytest.raises(TritonConfigError, match="contradicts"):
         write_repository(tmp_path / "repo", name="m", model_path=model, num_instances=2)
     assert not (tmp_path / "repo" / "m").exists()
+
+
+def test_python_model_opens_the_measured_session(tmp_path, toy, monkeypatch):
+    """model.py applies the session settings the artifact was measured under (graph level, thread pools)."""
+    import onnxruntime as ort
+    from google.protobuf import json_format
+
+    model_dir = write_repository(tmp_path / "repo", name="toy", model_path=toy, backend="python",
+                                 graph_optimization_level="disable_all", intra_op_num_threads=2, inter_op_num_threads=1)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    spec = importlib.util.spec_from_file_location("emitted_model_session", model_dir / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json_format.MessageToJson(_read(model_dir), preserving_proto_field_name=True),
+                      "model_version": "1"})
+    opts = model.session.get_session_options()
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (2, 1)
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL

@@ -29,7 +29,10 @@ def _candidate(tmp_path: Path, cid: str, **meta) -> Path:
     folder = tmp_path / "out" / "candidates" / cid
     folder.mkdir(parents=True)
     make_toy_onnx(folder / "model.onnx", metadata={"prumux.num_instances": "2", **meta})
-    (folder / "candidate.json").write_text(json.dumps({"id": cid, "num_instances": 2}))
+    deployment = {"platform": "onnxruntime_onnx", "instance_kind": "KIND_CPU", "model_file": "model.onnx",
+                  "graph_optimization_level": "all"}
+    (folder / "candidate.json").write_text(json.dumps({"id": cid, "num_instances": 2, "backend": "ort-cpu",
+                                                       "artifact": {"path": "model.onnx", "deployment": deployment}}))
     return folder
 
 
@@ -50,7 +53,7 @@ def test_triton_names_a_candidate_folder_after_its_id(tmp_path, source, extra, w
 @pytest.mark.parametrize("content, words", [
     (None, "--name is required when SOURCE is a model file without a candidate.json"),
     ("{not json", "cannot read the candidate record"),
-    ('{"num_instances": 2}', "no candidate id in it; pass --name"),
+    ('{"num_instances": 2}', "not a build's candidate record (no id or no artifact record"),
 ])
 def test_triton_without_a_usable_candidate_json_needs_name(tmp_path, content, words):
     folder = _candidate(tmp_path, "x")

@@ -1,5 +1,5 @@
-"""``model.trt.onnx`` and its fp16 form: standard ops only (F17), fp32 islands (F8), validated with ONNX Runtime
-CPU against the float64 reference."""
+"""``model.trt.onnx`` and its fp16 form: standard ops only (F17), fp32 islands (F8), run with ONNX Runtime CPU
+and judged by the one comparator with TensorRT's criteria."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,14 +8,15 @@ import pytest
 from onnx import TensorProto, helper
 
 from prumux_compile.checkpoint import load, read_raw
-from prumux_compile.engines.trt_onnx import (FP32_OPS, TOLERANCES, check_standard_ops, fidelity, validate_onnx,
-                                             validation_batches, write_trt_onnx, write_trt_onnx_fp16)
+from prumux_compile.engines.onnxruntime import OrtRunner
+from prumux_compile.engines.trt_onnx import FP32_OPS, check_standard_ops, write_trt_onnx, write_trt_onnx_fp16
 from prumux_compile.errors import EngineBuildError, InputError, ValidationError
 from prumux_compile.export.onnx_export import export_onnx
 from prumux_compile.export.spec import spec_for_ir
 from prumux_compile.kernels import build_module
 from prumux_compile.passes import compile_ir
 from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.validation import criteria_for, require_passed, validate, validation_cases
 
 SEQ, V = 16, 1024
 MODELS = {
@@ -37,33 +38,38 @@ def exported(tmp_path_factory):
         export_onnx(build_module(ir), spec_for_ir(ir), root / "model.onnx")
         rep32 = write_trt_onnx(root / "model.onnx")
         rep16 = write_trt_onnx_fp16(rep32["path"])
-        out[name] = (read_raw(root / "ckpt"), root, rep16, rep32)
+        out[name] = (read_raw(root / "ckpt"), root, rep16, rep32, spec_for_ir(ir))
     return out
+
+
+def _validate(path, raw, spec, precision):
+    with OrtRunner(path, spec, threads=1) as runner:
+        res = validate({"g": runner}, raw, spec, criteria_for("tensorrt", precision))
+    require_passed(res)
+    return res["g"]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_fp32_graph_matches_reference(name, exported):
-    raw, root, _, rep32 = exported[name]
+    raw, root, _, rep32, spec = exported[name]
     assert rep32["path"].endswith("model.trt.onnx") and "LayerNormalization" in rep32["ops"]
-    report = validate_onnx(rep32["path"], raw, precision="fp32", seq_len=SEQ)
-    assert report["ok"] and report["max_abs_diff"] <= 1e-4
-    n = raw.num_instances
-    assert [b["batch"] for b in report["batches"]] == sorted({1, max(n - 1, 1), n, 2 * n + 1, 64})
-    assert report["argmax_agreement"] == 1.0
+    res = _validate(rep32["path"], raw, spec, "fp32")
+    assert res.max_abs_diff <= 1e-4 and res.argmax_agreement == 1.0
+    assert [(c.batch, c.seq) for c in res.cases] == validation_cases(spec)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_fp16_graph_matches_reference(name, exported):
-    raw, root, rep16, _ = exported[name]
-    report = validate_onnx(rep16["path"], raw, precision="fp16", seq_len=SEQ)
-    assert report["ok"] and report["argmax_agreement"] >= 0.995
-    assert 0 < report["max_abs_diff"] <= 5e-2  # really fp16 (not bit-equal to fp32), within the fp16 bound
+    raw, root, rep16, _, spec = exported[name]
+    res = _validate(rep16["path"], raw, spec, "fp16")
+    assert res.criteria.min_agreement == 0.995 and res.argmax_agreement >= 0.995
+    assert 0 < res.max_abs_diff <= 5e-2  # really fp16 (not bit-equal to fp32), within the fp16 bound
     assert rep16["fp16_initializers"] > 0 and rep16["casts"] > 0
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_fp16_keeps_norm_softmax_reductions_in_fp32(name, exported):
-    _, _, rep16, _ = exported[name]
+    _, _, rep16, _, _ = exported[name]
     model = onnx.shape_inference.infer_shapes(onnx.load(rep16["path"]))
     types = {v.name: v.type.tensor_type.elem_type for v in
              list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
@@ -104,7 +110,7 @@ def test_refuses_overwriting_input(tmp_path):
 
 
 def test_nan_logits_fail_validation(exported, tmp_path):
-    raw, _, _, rep32 = exported["mux-n3"]
+    raw, _, _, rep32, spec = exported["mux-n3"]
     model = onnx.load(rep32["path"])
     # poison the classifier bias (the only [C] initializer) with +inf: every logit becomes inf
     c = 3
@@ -114,38 +120,4 @@ def test_nan_logits_fail_validation(exported, tmp_path):
     target.CopyFrom(onnx.numpy_helper.from_array(arr, target.name))
     onnx.save(model, tmp_path / "poisoned.onnx")
     with pytest.raises(ValidationError, match="NaN/Inf"):
-        validate_onnx(tmp_path / "poisoned.onnx", raw, precision="fp32", seq_len=SEQ, batches=[3])
-
-
-REF = np.array([[0.5, -1.0, 2.0], [1.0, 0.98, -3.0], [0.0, 0.8, 0.1], [4.0, 2.0, 1.0]])
-
-
-@pytest.mark.parametrize("precision,delta,ok", [
-    ("fp32", 0.9e-4, True), ("fp32", 1.1e-4, False), ("fp32-cuda", 0.9e-3, True), ("fp32-cuda", 1.1e-3, False),
-    ("fp16", 0.049, True), ("fp16", 0.2, False), ("bf16", 0.19, True),
-])
-def test_fidelity_tolerance(precision, delta, ok):
-    res = fidelity(REF + delta * np.array([1, -1, 0.5]), REF, precision)
-    assert res["ok"] is ok and res["finite"]
-    assert res["max_abs_diff"] == pytest.approx(delta)
-
-
-def test_fidelity_agreement_and_nan():
-    flipped = REF.copy()
-    flipped[1] = [0.99, 1.0, -3.0]  # argmax 0 -> 1, yet within fp16 atol 0.05 + rtol 0.02|ref|
-    res = fidelity(flipped, REF, "fp16")
-    assert res["argmax_agreement"] == 0.75 and not res["ok"] and res["max_excess"] <= 0
-    bad = REF.copy()
-    bad[2, 1] = np.nan
-    res = fidelity(bad, REF, "fp32")
-    assert not res["ok"] and not res["finite"] and res["max_abs_diff"] == float("inf")
-    with pytest.raises(InputError):
-        fidelity(REF, REF, "int8")
-    with pytest.raises(InputError):
-        fidelity(REF[:2], REF, "fp32")
-
-
-@pytest.mark.parametrize("n,expected", [(1, [1, 3, 64]), (2, [1, 2, 5, 64]), (5, [1, 4, 5, 11, 64])])
-def test_validation_batches(n, expected):
-    assert validation_batches(n) == expected
-    assert TOLERANCES["fp16"].min_agreement == 0.995
+        _validate(tmp_path / "poisoned.onnx", raw, spec, "fp32")

@@ -1,4 +1,4 @@
-"""Graph-level passes on exported ONNX models (DESIGN.md ``passes/onnx``).
+"""Graph-level passes on exported ONNX models.
 
 * :func:`~prumux_compile.passes.onnx.ort_fusions.ort_fuse`: ONNX Runtime transformer fusions with a
   per-layer attention report (writes ``model.ort.onnx``; fault class F6).

@@ -1,7 +1,7 @@
 """ONNX Runtime transformer fusions on an exported graph, with a per-layer attention report (fault class F6).
 
 Tool: ``onnxscript.rewriter.ort_fusions.optimize_for_ort`` (rewrites into ``com.microsoft`` ops: Attention /
-MultiHeadAttention, SkipLayerNormalization, BiasGelu, Gelu). docs/environment.md: ONNX Runtime's own
+MultiHeadAttention, SkipLayerNormalization, BiasGelu, Gelu). measured here: ONNX Runtime's own
 ``optimizer.optimize_model(model_type="bert")`` takes ONE global head count (wrong for pruned layers, or no
 attention fusion at all with ``num_heads=0``), while the onnxscript rewriter reads each layer's head count
 from the constant reshape the exporter wrote and fused attention with per-layer heads. Measured here on the

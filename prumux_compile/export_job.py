@@ -1,14 +1,19 @@
 """Checkpoint -> validated ONNX artifacts: the library call behind ``prumux-compile export``.
 
+It sits beside the build driver (:mod:`prumux_compile.driver`), above :mod:`prumux_compile.export` (the ONNX
+interface and export mechanics) and :mod:`prumux_compile.engines` (which build on that export), so no package
+imports another that imports it back.
+
 :func:`export_into` writes into an existing directory; :func:`export_checkpoint` wraps it atomically (a
 temporary directory next to OUT, renamed into place only after every artifact validated; a failed export
-leaves OUT as it was, DESIGN.md "Outputs").
+leaves OUT as it was).
 
 Files written::
 
     model.onnx        standard ONNX ops only (opset >= 17), dynamic batch (and sequence) axes, prumux.* metadata
     model.ort.onnx    the same graph after ONNX Runtime fusions (com.microsoft ops), unless ort_optimize=False
-    validation.json   per artifact and case: max |Δlogit| vs the reference, argmax agreement, pass/fail
+    model.optimized.onnx  the ort-cpu engine: ONNX Runtime's optimised graph of the fastest variant
+    validation.json   per artifact and case: max |Δlogit| vs the reference, argmax agreement, pass/fail, criteria
     passes.json       the IR pass reports
     export.json       interface, graph checks, fusion report, engine choice, environment
 """
@@ -22,18 +27,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from prumux_compile.bench.timing import environment
 from prumux_compile.checkpoint import from_raw, read_raw
+from prumux_compile.engines import registry
+from prumux_compile.engines.base import Artifact, Compiled, EngineConfig
 from prumux_compile.errors import InputError
 from prumux_compile.export.onnx_export import check_onnx, export_onnx, tool_version
 from prumux_compile.export.spec import ExportSpec, spec_for_ir
-from prumux_compile.export.validate import (DEFAULT_TOLERANCE, ArtifactValidation, require_passed,
-                                            validate_artifacts, validation_document)
-
-if TYPE_CHECKING:
-    from prumux_compile.engines.base import Artifact
+from prumux_compile.validation import ArtifactValidation, require_passed, validate, validation_document
 
 __all__ = ["ExportResult", "export_into", "export_checkpoint", "MODEL_FILENAME"]
 
@@ -49,7 +51,7 @@ class ExportResult:
         files: file name -> path of every file written.
         spec: the model interface.
         artifact: the ONNX Runtime engine artifact (which graph it uses and why, fusion report).
-        validation: artifact file name -> :class:`~prumux_compile.export.validate.ArtifactValidation`.
+        validation: artifact file name -> :class:`~prumux_compile.validation.ArtifactValidation`.
         passes: the IR pass reports (dicts).
         onnx: export and graph-check info of ``model.onnx``.
     """
@@ -57,7 +59,7 @@ class ExportResult:
     out_dir: Path
     files: dict[str, Path]
     spec: ExportSpec
-    artifact: "Artifact"
+    artifact: Artifact
     validation: dict[str, ArtifactValidation]
     passes: list[dict] = field(default_factory=list)
     onnx: dict = field(default_factory=dict)
@@ -66,11 +68,7 @@ class ExportResult:
         def move(p: Path) -> Path:
             return new_dir / Path(p).relative_to(self.out_dir)
 
-        from prumux_compile.engines.base import Artifact
-
-        art = self.artifact
-        artifact = Artifact(art.backend, move(art.path), {r: move(p) for r, p in art.files.items()}, art.spec,
-                            art.threads, art.report, art.options)
+        artifact = self.artifact.rebased(self.out_dir, new_dir)
         return ExportResult(new_dir, {k: move(p) for k, p in self.files.items()}, self.spec, artifact,
                             self.validation, self.passes, self.onnx)
 
@@ -80,8 +78,8 @@ def _write_json(path: Path, obj) -> None:
 
 
 def export_into(checkpoint: str | Path, dest: str | Path, *, seq_len: int = 128, opset: int = 17,
-                threads: int | None = None, ort_optimize: bool = True, tolerance: float = DEFAULT_TOLERANCE,
-                backend: str = "ort-cpu", prefer: str = "auto") -> ExportResult:
+                threads: int | None = None, ort_optimize: bool = True, backend: str = "ort-cpu",
+                prefer: str = "auto") -> ExportResult:
     """Compile, export, fuse, validate; write the files of the module docstring into ``dest``.
 
     Args:
@@ -92,10 +90,10 @@ def export_into(checkpoint: str | Path, dest: str | Path, *, seq_len: int = 128,
         opset: ONNX default-domain opset (>= 17).
         threads: intra-op threads of the ONNX Runtime sessions (None = ORT default).
         ort_optimize: write ``model.ort.onnx`` (ORT fusions) and let the engine choose by measurement.
-        tolerance: max ``|Δlogit|`` against the reference (fp32 absolute).
-        backend: the ONNX Runtime backend (``ort-cpu`` or ``ort-cuda``) that builds the engine and runs both
-            graphs for validation.
-        prefer: ``"auto"`` | ``"plain"`` | ``"fused"`` (see :class:`~prumux_compile.engines.BuildSpec`).
+        backend: the ONNX Runtime backend (``ort-cpu`` or ``ort-cuda``) that builds the engine and runs every
+            graph for validation (criteria: :func:`prumux_compile.validation.criteria_for`).
+        prefer: ``"auto"`` or a graph variant (:data:`prumux_compile.engines.onnxruntime.VARIANTS`, ``"plain"``,
+            ``"fused"``).
 
     Returns:
         :class:`ExportResult`.
@@ -113,8 +111,6 @@ def export_into(checkpoint: str | Path, dest: str | Path, *, seq_len: int = 128,
     dest = Path(dest)
     raw = read_raw(checkpoint)
     ir = from_raw(raw, seq_len=int(seq_len))
-    from prumux_compile.engines import registry  # engines import export.spec: import here, not at the top
-    from prumux_compile.engines.base import BuildSpec
     from prumux_compile.kernels import build_module
     from prumux_compile.passes import compile_ir
 
@@ -126,22 +122,24 @@ def export_into(checkpoint: str | Path, dest: str | Path, *, seq_len: int = 128,
     onnx_info.update(check_onnx(model_path, spec))
     del module
     engine = registry.get(backend)
-    artifact = engine.build(model_path, BuildSpec(threads=threads, optimize=ort_optimize, out_dir=dest,
-                                                  prefer=prefer))
-    runners = {Path(p).name: engine.load(artifact.using(role)) for role, p in artifact.files.items()}
+    artifact = engine.build(Compiled(model_path, spec, compiled),
+                            EngineConfig(threads=threads, out_dir=dest,
+                                         options={"optimize": ort_optimize, "prefer": prefer}))
+    runners = {Path(path).name: engine.load(artifact.using(role)) for role, path in artifact.files.items()}
     try:
-        results = validate_artifacts(runners, raw, spec, tolerance=tolerance)
+        results = validate(runners, raw, spec, artifact.criteria)
     finally:
         for r in runners.values():
             r.close()
     files = {Path(p).name: Path(p) for p in artifact.files.values()}
     passes = [r.to_dict() for r in reports]
-    for name, obj in (("validation.json", validation_document(results, spec)), ("passes.json", passes),
+    doc = validation_document(results, spec, backend=artifact.backend, precision=artifact.precision)
+    for name, obj in (("validation.json", doc), ("passes.json", passes),
                       ("export.json", {
                           "schema": "prumux-compile/export/1", "tool_version": tool_version(),
                           "checkpoint": {"path": str(raw.path), "family": raw.family, "files": raw.files},
                           "interface": spec.metadata(tool_version()), "ignored_inputs": list(spec.ignored_inputs),
-                          "onnx": onnx_info, "engine": {**artifact.report, "uses": Path(artifact.path).name},
+                          "onnx": onnx_info, "engine": {**artifact.report, "uses": Path(artifact.path).name, "sha256": artifact.sha256},
                           "environment": environment()})):
         _write_json(dest / name, obj)
         files[name] = dest / name
