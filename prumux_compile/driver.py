@@ -11,7 +11,7 @@ measured under (fields: docs/report.md).
 """
 from __future__ import annotations
 
-from prumux_compile.fsutil import output_tempdir, require_writable_dir
+from prumux_compile.fsutil import output_tempdir, refuse_inputs_inside, require_writable_dir
 
 import csv
 import hashlib
@@ -139,8 +139,20 @@ def read_accuracy_table(path: Path) -> dict[str, float]:
             raise InputError(f"{path}:{i}: accuracy {row['accuracy']!r} is not a number") from None
         if not 0.0 <= acc <= 1.0:
             raise InputError(f"{path}:{i}: accuracy {acc} outside [0, 1] (give fractions, not percent)")
-        table[row["checkpoint"].strip()] = acc
+        name = (row["checkpoint"] or "").strip()
+        if name in table:
+            raise InputError(f"{path}:{i}: checkpoint {name!r} appears twice; keep one accuracy per checkpoint")
+        table[name] = acc
     return table
+
+
+def _recorded(table: dict[str, float], cid: str, ckpt: Path) -> float | None:
+    """The accuracy ``table`` records for candidate ``cid`` of checkpoint ``ckpt``: by id, then by the path as
+    given, then by the folder name (a multi-backend id ``name@backend`` also by ``name``); None when absent."""
+    for key in (cid, cid.split("@")[0], str(ckpt), Path(ckpt).name):
+        if key in table:
+            return table[key]
+    return None
 
 
 def demo_texts(n: int) -> list[str]:
@@ -450,7 +462,7 @@ def _accuracies(infos: list[dict], out_dir: Path, opts: BuildOptions, baseline_i
         cid = info["id"]
         info["metric"] = metric
         info["num_outputs"] = widths[0]
-        recorded = table.get(cid, table.get(info["checkpoint"], table.get(Path(info["checkpoint"]).name)))
+        recorded = _recorded(table, info["id"], Path(info["checkpoint"]))
         if have_labels and regression:
             info["accuracy"] = pearson(preds[cid], labels[cid])
             info["spearman"] = spearman(preds[cid], labels[cid])
@@ -628,9 +640,24 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                              "accuracy point)")
     if opts.eval_data is not None and not Path(opts.eval_data).is_file():
         raise InputError(f"{opts.eval_data}: evaluation file not found")
-    if opts.accuracy_table is not None:
-        read_accuracy_table(Path(opts.accuracy_table))  # fail fast
+    for flag, value, low in (("--seq-len", opts.seq_len, 2), ("--threads", opts.threads, 1),
+                             ("--rounds", opts.rounds, 1), ("--warmup", opts.warmup, 0),
+                             ("--eval-limit", opts.eval_limit, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise InputError(f"{flag} {value!r}: must be an integer >= {low}")
+    table = read_accuracy_table(Path(opts.accuracy_table)) if opts.accuracy_table is not None else None  # fail fast
     ckpts = discover_checkpoints(checkpoints)
+    # replacing OUT must never delete what the build reads (a grid folder given as -o with --force, a link, '..')
+    refuse_inputs_inside(out, {**{f"checkpoint {cid}": p for cid, p in ckpts}, "--eval-data": opts.eval_data,
+                               "--accuracy-table": opts.accuracy_table,
+                               "build cache": _cache_root(opts) if opts.cache else None})
+    if table is not None and (opts.eval_data is None or opts.eval_unlabelled):
+        missing = [cid for cid, p in ckpts if _recorded(table, cid, p) is None]
+        if missing:
+            raise InputError(f"{opts.accuracy_table}: no accuracy recorded for {', '.join(missing)} (rows are matched "
+                             f"to a checkpoint's id, path or folder name, exactly); the table has: "
+                             f"{', '.join(sorted(table)) or 'no rows'}. Add the missing rows, or give --eval-data: "
+                             "recorded accuracies cannot be compared with another kind of number")
     task = _task_of(ckpts)
     if opts.eval_data is not None:  # fail fast on a bad evaluation file, before anything is built
         _check_eval_data(opts, ckpts[0][1], task)

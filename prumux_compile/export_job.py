@@ -19,7 +19,7 @@ Files written::
 """
 from __future__ import annotations
 
-from prumux_compile.fsutil import output_tempdir
+from prumux_compile.fsutil import output_tempdir, refuse_inputs_inside
 
 import json
 import os
@@ -179,6 +179,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, force: bool = 
         raise InputError(f"{out} already exists; pass --force to replace it")
     if ckpt == out or _inside(ckpt, out):
         raise InputError(f"the checkpoint {ckpt} lies inside the output {out}; choose another output directory")
+    refuse_inputs_inside(out, {"the checkpoint": ckpt})  # also through symbolic links and '..'
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_tempdir(f".{out.name}.", out.parent, suffix=".tmp")
     try:

@@ -79,3 +79,29 @@ def require_writable_dir(path: str | Path, *, what: str, hint: str = "") -> None
             exc.filename = str(target)
         raise InputError(f"{what}: cannot write there: {describe_os_error(exc)}" + (f"; {hint}" if hint else "")) \
             from None
+
+
+def refuse_inputs_inside(out: str | Path, inputs: dict[str, str | Path | None], *, flag: str = "-o") -> None:
+    """Refuse an output folder that an input lies in (or is): replacing the output would delete the input.
+
+    Paths are compared after resolving symbolic links and ``..`` (``Path.resolve``), so ``ckpt/../ckpt`` or a
+    link to the output is recognised too.
+
+    Args:
+        out: the output folder that a run creates or replaces.
+        inputs: what each input is (e.g. ``"checkpoint n1_s0"``) -> its path; None values are skipped.
+        flag: the option that named ``out`` (for the message).
+
+    Raises:
+        InputError (exit 2): an input equals ``out`` or lies below it; the message names both paths.
+    """
+    from prumux_compile.errors import InputError
+
+    target = Path(out).resolve()
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        p = Path(path).resolve()
+        if p == target or target in p.parents:
+            raise InputError(f"{what} {path} lies inside the output {out} ({flag}), which a run replaces: nothing "
+                             "would be left of it; choose another output folder")

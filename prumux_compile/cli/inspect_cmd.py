@@ -11,7 +11,8 @@ from prumux_compile.cli.common import fancy_output, handle_errors
 @click.command("inspect")
 @click.argument("checkpoint", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")
-@click.option("--seq-len", default=128, show_default=True, help="Sequence length for FLOPs (compiled length).")
+@click.option("--seq-len", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Sequence length for FLOPs (compiled length).")
 @handle_errors
 def inspect_cmd(checkpoint: str, as_json: bool, seq_len: int) -> None:
     """Show family, N, variants, per-layer kept heads / FFN dims / hidden dims, params, FLOPs and sparsity.

@@ -1,0 +1,124 @@
+"""A run never destroys or misreads what it was given (findings of a fresh-user review).
+
+* An output folder that holds (or is) an input is refused before anything is built, also through ``..`` and
+  symbolic links: replacing OUT with ``--force`` would delete the checkpoints, the evaluation file or the cache.
+* A recorded-accuracy table must cover every candidate: a candidate without a row would otherwise be scored by
+  teacher agreement (1.0 for a copy of the baseline) and compared with recorded accuracies.
+* Numeric options are refused before the first candidate is compiled, naming the flag.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from prumux_compile.cli.main import cli
+from prumux_compile.synthetic import SynthSpec, write_checkpoint
+
+TINY = dict(family="bert", num_instances=1, vocab=128, max_pos=32, num_layers=1, hidden=16, heads=2, ffn=16)
+
+
+def _ckpt(path: Path) -> Path:
+    write_checkpoint(path, SynthSpec(**TINY))
+    return path
+
+
+def _build(args, tmp_path):
+    return CliRunner().invoke(cli, ["build", *args, "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("case", ["grid-as-out", "parent-via-dotdot", "symlink-to-grid", "eval-data-in-out",
+                                  "cache-in-out", "table-in-out"])
+def test_build_refuses_an_output_holding_its_inputs(tmp_path, case):
+    grid = tmp_path / "grid"
+    ckpt = _ckpt(grid / "a")
+    before = _files(ckpt)
+    extra: list[str] = []
+    out = grid
+    if case == "parent-via-dotdot":
+        out = grid / "nowhere" / ".."
+    elif case == "symlink-to-grid":
+        out = tmp_path / "link"
+        os.symlink(grid, out)
+    elif case in ("eval-data-in-out", "cache-in-out", "table-in-out"):
+        out = tmp_path / "out"
+        out.mkdir()
+        target = out / {"eval-data-in-out": "eval.tsv", "cache-in-out": "cache",
+                        "table-in-out": "acc.csv"}[case]
+        if case == "eval-data-in-out":
+            target.write_text("sentence\tlabel\ngood\t1\n")
+            extra = ["--eval-data", str(target)]
+        elif case == "table-in-out":
+            target.write_text("checkpoint,accuracy\na,0.9\n")
+            extra = ["--accuracy-table", str(target)]
+        else:
+            extra = ["--cache-dir", str(target)]
+    args = [str(grid), "-o", str(out), "--force", *extra]
+    res = CliRunner().invoke(cli, ["build", *args, "--no-progress"] + ([] if case == "cache-in-out" else
+                                                                       ["--cache-dir", str(tmp_path / "cache")]))
+    assert res.exit_code == 2, res.output
+    assert "lies inside the output" in res.output and res.output.count("\n") == 1
+    assert _files(ckpt) == before  # nothing of the checkpoint was touched
+    if case in ("eval-data-in-out", "table-in-out"):
+        assert target.is_file()
+    assert not (tmp_path / "cache").exists()  # refused before any candidate was built
+
+
+@pytest.mark.parametrize("how", ["dotdot", "symlink"])
+def test_export_refuses_an_output_that_is_its_checkpoint_by_another_path(tmp_path, how):
+    ckpt = _ckpt(tmp_path / "ckpt")
+    before = _files(ckpt)
+    if how == "dotdot":
+        (tmp_path / "sub").mkdir()
+        source = tmp_path / "sub" / ".." / "ckpt"
+    else:
+        source = tmp_path / "link"
+        os.symlink(ckpt, source)
+    res = CliRunner().invoke(cli, ["export", str(source), "-o", str(ckpt), "--force"])
+    assert res.exit_code == 2, res.output
+    assert "lies inside the output" in res.output
+    assert _files(ckpt) == before
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ("a,0.9\n", "no accuracy recorded for b"),  # a candidate without a row
+    ("a,0.9\nB,0.8\n", "no accuracy recorded for b"),  # names match exactly, not case-insensitively
+    ("a,0.9\nb,0.8\nb,0.85\n", "checkpoint 'b' appears twice"),  # a row per checkpoint
+])
+def test_accuracy_table_must_cover_every_candidate(tmp_path, rows, expected):
+    _ckpt(tmp_path / "grid" / "a")
+    _ckpt(tmp_path / "grid" / "b")
+    table = tmp_path / "acc.csv"
+    table.write_text("checkpoint,accuracy\n" + rows)
+    res = _build([str(tmp_path / "grid"), "-o", str(tmp_path / "out"), "--accuracy-table", str(table)], tmp_path)
+    assert res.exit_code == 2, res.output
+    assert expected in res.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("option, value, flag", [
+    ("--seq-len", "1", "--seq-len 1: must be an integer >= 2"),
+    ("--seq-len", "0", "--seq-len 0: must be an integer >= 2"),
+    ("--threads", "0", "--threads 0: must be an integer >= 1"),
+    ("--rounds", "0", "--rounds 0: must be an integer >= 1"),
+    ("--warmup", "-1", "--warmup -1: must be an integer >= 0"),
+    ("--eval-limit", "0", "--eval-limit 0: must be an integer >= 1"),
+])
+def test_build_options_refused_before_anything_is_built(tmp_path, option, value, flag):
+    _ckpt(tmp_path / "a")
+    res = _build([str(tmp_path / "a"), "-o", str(tmp_path / "out"), f"{option}={value}"], tmp_path)
+    assert res.exit_code == 2, res.output
+    assert flag in res.output
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_inspect_refuses_a_sequence_length_below_one(tmp_path, value):
+    res = CliRunner().invoke(cli, ["inspect", str(_ckpt(tmp_path / "a")), f"--seq-len={value}"])
+    assert res.exit_code == 2 and "--seq-len" in res.output
