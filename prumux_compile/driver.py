@@ -206,9 +206,30 @@ def _file_hash(path: Path | None) -> str | None:
     return h.hexdigest()
 
 
+#: Files of a tokenizer folder that change how texts become token ids (hashed into the cache key).
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _tokenizer_hashes(ckpt: Path) -> dict[str, str]:
+    """sha256 of each tokenizer file the build reads for ``ckpt`` (its folder or its parent, as
+    :func:`prumux_compile.bench.data.find_tokenizer_dir` finds it); empty when there is none."""
+    from prumux_compile.bench.data import find_tokenizer_dir
+    from prumux_compile.engines.base import file_sha256
+
+    try:
+        tok = find_tokenizer_dir(ckpt)
+    except PrumuxError:
+        return {}
+    return {name: file_sha256(tok / name) for name in _TOKENIZER_FILES if (tok / name).is_file()}
+
+
 def _cache_key(files: dict[str, str], backend: str, opts: BuildOptions, batch_sizes: list[int],
-               eval_hash: str | None) -> str:
-    payload = {"files": files, "backend": backend, "seq_len": opts.seq_len, "batch_sizes": batch_sizes,
+               eval_hash: str | None, tokenizer: dict[str, str] | None = None) -> str:
+    """Hex key of a candidate's cache entry: everything its files and measurements depend on (checkpoint and
+    tokenizer file hashes, backend, options, evaluation file, tool version, cache layout)."""
+    payload = {"files": files, "tokenizer": tokenizer or {}, "backend": backend, "seq_len": opts.seq_len,
+               "batch_sizes": batch_sizes,
                "threads": opts.threads, "rounds": opts.rounds, "warmup": opts.warmup, "eval": eval_hash,
                "eval_limit": opts.eval_limit, "agreement_samples": opts.agreement_samples,
                "tool": _tool_version(), "layout": _CACHE_LAYOUT}
@@ -289,14 +310,18 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     if not ir.is_muxed and opts.seq_len > positions:
         raise InputError(f"{ckpt}: --seq-len {opts.seq_len} exceeds the checkpoint's {positions} position embeddings")
     batch_sizes = list(opts.batch_sizes or (8 * n,))
-    cache_dir = _cache_root(opts) / _cache_key(raw.files, backend_name, opts, batch_sizes, eval_hash)
+    cache_dir = _cache_root(opts) / _cache_key(raw.files, backend_name, opts, batch_sizes, eval_hash,
+                                               _tokenizer_hashes(ckpt))
     if opts.cache and (cache_dir / "candidate.json").is_file():
-        _log(opts, f"{cid}: cached ({cache_dir})")
-        _copy_files(cache_dir, cand_dir)
-        info = json.loads((cand_dir / "candidate.json").read_text())
-        # the cache is keyed by content: the same weights may come back under another folder name
-        info.update(id=cid, checkpoint=str(ckpt), cached=True)
-        return info
+        problem = _cache_entry_problem(cache_dir)
+        if problem is None:
+            _log(opts, f"{cid}: cached ({cache_dir})")
+            _copy_files(cache_dir, cand_dir)
+            info = json.loads((cand_dir / "candidate.json").read_text())
+            # the cache is keyed by content: the same weights may come back under another folder name
+            info.update(id=cid, checkpoint=str(ckpt), cached=True)
+            return info
+        _log(opts, f"{cid}: cache entry {cache_dir} not reused ({problem}); rebuilding")
 
     _log(opts, f"{cid}: passes")
     pruned, _ = compile_ir(ir, "pruning")
@@ -384,6 +409,24 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
         except OSError as exc:  # a cache that cannot be written only costs time
             _log(opts, f"{cid}: cache not written ({exc})")
     return info
+
+
+def _cache_entry_problem(entry: Path) -> str | None:
+    """Why a cache entry must not be reused (its record unreadable, or its artifact file missing or no longer the
+    file that was validated and measured: another sha256 than ``candidate.json`` records), or None."""
+    from prumux_compile.engines.base import file_sha256
+
+    try:
+        info = json.loads((entry / "candidate.json").read_text())
+        art = info["artifact"]
+        path, want = entry / art["path"], art.get("sha256")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "candidate.json unreadable"
+    if not path.is_file():
+        return f"{path.name} missing"
+    if want and file_sha256(path) != want:
+        return f"{path.name} is not the measured artifact (sha256 differs from candidate.json)"
+    return None
 
 
 def _validate(backend, artifact, raw, out_path: Path) -> dict:
@@ -796,7 +839,8 @@ def write_candidate_repository(repo_dir: Path, info: dict, cand_dir: Path, *, na
         The model directory, or None when the artifact has no Triton platform.
 
     Raises:
-        TritonConfigError / InputError: as :func:`~prumux_compile.triton.write_repository`.
+        TritonConfigError / InputError: as :func:`~prumux_compile.triton.write_repository`; InputError also when
+            the artifact file's sha256 is not the one ``info`` records (the file changed after it was measured).
     """
     from prumux_compile.engines.base import Deployment
     from prumux_compile.triton import write_repository
@@ -805,7 +849,16 @@ def write_candidate_repository(repo_dir: Path, info: dict, cand_dir: Path, *, na
     dep = Deployment.from_dict(art.get("deployment"))
     if dep is None or dep.platform is None:
         return None
-    kwargs = dict(name=name or _model_name(info), model_path=Path(cand_dir) / art["path"], platform=dep.platform,
+    model_path = Path(cand_dir) / art["path"]
+    if art.get("sha256") and model_path.is_file():
+        from prumux_compile.engines.base import file_sha256
+
+        found = file_sha256(model_path)
+        if found != art["sha256"]:
+            raise InputError(f"{model_path}: sha256 {found[:12]}... is not that of the artifact candidate {info['id']} "
+                             f"was validated and measured with ({art['sha256'][:12]}..., its candidate.json): the file "
+                             "changed afterwards; rebuild the candidate (prumux-compile build --no-cache)")
+    kwargs = dict(name=name or _model_name(info), model_path=model_path, platform=dep.platform,
                   num_instances=info["num_instances"], instance_kind=dep.instance_kind, overwrite=overwrite,
                   intra_op_num_threads=dep.intra_op_num_threads, inter_op_num_threads=dep.inter_op_num_threads,
                   graph_optimization_level=dep.graph_optimization_level, gpu_accelerators=dep.accelerators)

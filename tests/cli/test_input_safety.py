@@ -122,3 +122,91 @@ def test_build_options_refused_before_anything_is_built(tmp_path, option, value,
 def test_inspect_refuses_a_sequence_length_below_one(tmp_path, value):
     res = CliRunner().invoke(cli, ["inspect", str(_ckpt(tmp_path / "a")), f"--seq-len={value}"])
     assert res.exit_code == 2 and "--seq-len" in res.output
+
+
+# ------------------------------------------------------------------------------------------------ served = measured
+FAST = ["--seq-len", "8", "--batch-sizes", "2", "--rounds", "1", "--warmup", "0", "--threads", "1"]
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(123)]
+
+
+def _with_vocab(path: Path, order: list[str]) -> Path:
+    """A tiny WordPiece vocabulary (128 tokens) beside the checkpoint: AutoTokenizer reads it with config.json."""
+    (path / "vocab.txt").write_text("\n".join(order) + "\n")
+    return path
+
+
+def _artifact(out: Path, cid: str) -> tuple[Path, str]:
+    import json
+
+    info = json.loads((out / "candidates" / cid / "candidate.json").read_text())
+    return out / "candidates" / cid / info["artifact"]["path"], info["artifact"]["sha256"]
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_changed_cache_entry_is_rebuilt_and_the_repository_gets_the_measured_file(tmp_path):
+    import json
+
+    _ckpt(tmp_path / "a")
+    write_checkpoint(tmp_path / "other", SynthSpec(**{**TINY, "seed": 9}))
+    res = _build([str(tmp_path / "a"), "-o", str(tmp_path / "out1"), *FAST], tmp_path)
+    assert res.exit_code == 0, res.output
+    other = _build([str(tmp_path / "other"), "-o", str(tmp_path / "out2"), *FAST], tmp_path)
+    assert other.exit_code == 0, other.output
+    art, sha = _artifact(tmp_path / "out1", "a")
+    foreign, foreign_sha = _artifact(tmp_path / "out2", "other")
+    assert foreign_sha != sha
+    entry = next(p for p in (tmp_path / "cache").iterdir() if (p / art.name).is_file() and _sha(p / art.name) == sha)
+    (entry / art.name).write_bytes(foreign.read_bytes())  # the cache now holds another model under this key
+
+    res = _build([str(tmp_path / "a"), "-o", str(tmp_path / "out3"), *FAST], tmp_path)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out3" / "report.json").read_text())
+    assert report["candidates"][0]["cached"] is False  # not reused: rebuilt and measured again
+    served = next((tmp_path / "out3" / "model_repository").glob("*/1/model.onnx"))
+    assert _sha(served) == sha == report["candidates"][0]["artifact"]["sha256"]
+
+
+def test_triton_refuses_an_artifact_changed_after_it_was_measured(tmp_path):
+    _ckpt(tmp_path / "a")
+    write_checkpoint(tmp_path / "other", SynthSpec(**{**TINY, "seed": 9}))
+    for name in ("a", "other"):
+        assert _build([str(tmp_path / name), "-o", str(tmp_path / f"out_{name}"), *FAST], tmp_path).exit_code == 0
+    art, sha = _artifact(tmp_path / "out_a", "a")
+    foreign, _ = _artifact(tmp_path / "out_other", "other")
+    art.write_bytes(foreign.read_bytes())
+    for source in (tmp_path / "out_a" / "report.json", tmp_path / "out_a" / "candidates" / "a"):
+        res = CliRunner().invoke(cli, ["triton", str(source), "-o", str(tmp_path / "repo"), "--backend", "python"])
+        assert res.exit_code == 2, res.output
+        assert f"is not that of the artifact candidate a was validated and measured with ({sha[:12]}" in res.output
+        assert not (tmp_path / "repo" / "prumux_a").exists()
+
+
+def test_a_changed_tokenizer_is_a_cache_miss(tmp_path):
+    import json
+
+    import numpy as np
+
+    ckpt = _with_vocab(_ckpt(tmp_path / "a"), WORDS)
+    eval_tsv = tmp_path / "eval.tsv"
+    eval_tsv.write_text("sentence\tlabel\n" + "".join(f"w{i} w{i + 7} w{(i * 5) % 120}\t{i % 2}\n"
+                                                      for i in range(12)))
+    args = [str(ckpt), "--eval-data", str(eval_tsv), *FAST]
+    assert _build([*args[:1], "-o", str(tmp_path / "o1"), *args[1:]], tmp_path).exit_code == 0
+    _with_vocab(ckpt, WORDS[:5] + WORDS[5:][::-1])  # same words, other ids: other token ids for the same texts
+    res = _build([*args[:1], "-o", str(tmp_path / "o2"), *args[1:]], tmp_path)
+    assert res.exit_code == 0, res.output
+    fresh = CliRunner().invoke(cli, ["build", *args[:1], "-o", str(tmp_path / "o3"), *args[1:], "--no-cache",
+                                     "--no-progress"])
+    assert fresh.exit_code == 0, fresh.output
+    report = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert report["candidates"][0]["cached"] is False
+    got = np.load(tmp_path / "o2" / "candidates" / "a" / "predictions.npz")["logits"]
+    want = np.load(tmp_path / "o3" / "candidates" / "a" / "predictions.npz")["logits"]
+    old = np.load(tmp_path / "o1" / "candidates" / "a" / "predictions.npz")["logits"]
+    np.testing.assert_array_equal(got, want)  # the predictions of the tokenizer now in the folder
+    assert np.abs(got - old).max() > 1e-3  # ... which differ from the first tokenizer's
