@@ -170,7 +170,7 @@ def _not_a_checkpoint(path: Path, kind: str, expected: str) -> CheckpointError |
         return CheckpointError(f"{path}: empty (0 bytes), not {expected}; copy the file again from its source")
     if kind == "lfs-pointer":
         return CheckpointError(
-            f"{path}: a Git LFS pointer ({size} bytes), not the weights: run `git lfs pull` in the repository "
+            f"{path}: a Git LFS pointer ({size} bytes), not the file itself: run `git lfs pull` in the repository "
             "the checkpoint was cloned from (or download the real file)"
         )
     if kind == "text":
@@ -606,6 +606,16 @@ def check_config(config: dict, cfg_path: Path, sd: dict[str, torch.Tensor]) -> N
         refuse("model_type", "only BERT checkpoints are implemented (their embeddings differ)")
     if config.get("problem_type") is not None and config["problem_type"] not in PROBLEM_TYPES:
         refuse("problem_type", f"expected one of {', '.join(PROBLEM_TYPES)}")
+    for name in ("num_hidden_layers", "intermediate_size"):
+        value = config.get(name)
+        if name in config and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            refuse(name, "must be a positive integer (the original size)")
+    heads = config.get("pruned_heads") or {}
+    if not isinstance(heads, dict) or not all(
+            _int_key(k) is not None and isinstance(v, list) and all(_int_key(h) is not None for h in v)
+            for k, v in heads.items()):
+        refuse("pruned_heads", "expected {layer id: [head ids]} with integer ids")
+    _check_id2label(config, cfg_path, sd)
     muxed = "instance_embedding" in sd
     n_cfg = config.get("num_instances")
     if muxed:
@@ -627,6 +637,43 @@ def check_config(config: dict, cfg_path: Path, sd: dict[str, torch.Tensor]) -> N
                                                       "when the field is absent)")
     elif isinstance(n_cfg, int) and not isinstance(n_cfg, bool) and n_cfg > 1:
         refuse("num_instances", "the weights have no instance_embedding (not a multiplexed model)")
+
+
+def _int_key(key) -> int | None:
+    """A JSON object key or list item as an integer id (``"3"`` or ``3``), or None when it is not one."""
+    if isinstance(key, bool):
+        return None
+    if isinstance(key, int):
+        return key
+    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        return int(key)
+    return None
+
+
+def _check_id2label(config: dict, cfg_path: Path, sd: dict[str, torch.Tensor]) -> None:
+    """``id2label`` must name exactly the classifier's outputs 0..C-1 (C = rows of ``classifier.weight``).
+
+    Labels of an evaluation file are mapped to class ids through it: an id the head never outputs (a gap such as
+    ``{0, 2, 3}`` for 3 outputs) or a map of another size would score accuracy against the wrong classes
+    (transformers cannot load such a checkpoint either: its head would get ``len(id2label)`` outputs).
+
+    Raises:
+        CheckpointError: keys that are not integer ids, or ids other than 0..C-1; the message names both.
+    """
+    id2label = config.get("id2label")
+    if id2label in (None, {}):
+        return
+    outputs = int(sd["classifier.weight"].shape[0])
+    if not isinstance(id2label, dict):
+        raise CheckpointError(f"{cfg_path}: config.json id2label is a {type(id2label).__name__}; expected "
+                              "{class id: name}")
+    ids = [_int_key(k) for k in id2label]
+    if None in ids or sorted(ids) != list(range(outputs)):
+        shown = ", ".join(repr(k) for k in list(id2label)[:8]) + (", ..." if len(id2label) > 8 else "")
+        raise CheckpointError(
+            f"{cfg_path}: config.json id2label has the keys {shown}, but the classifier has {outputs} output(s): "
+            f"its keys must be the class ids 0..{outputs - 1}, one each (labels are mapped to outputs through it); "
+            "fix id2label (and label2id) in config.json")
 
 
 def read_raw(path: str | Path) -> RawCheckpoint:
@@ -652,6 +699,9 @@ def read_raw(path: str | Path) -> RawCheckpoint:
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: missing; a checkpoint directory needs its config.json")
     files: dict[str, str] = {"config.json": _sha256(cfg_path)}
+    kind = sniff_file(cfg_path)
+    if kind in ("empty", "lfs-pointer"):  # F28: named for what it is, not "invalid JSON"
+        raise _not_a_checkpoint(cfg_path, kind, "a JSON configuration")
     try:
         config = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
