@@ -31,6 +31,9 @@ TEMP_PREFIX = ".tmp-"
 TEMP_GRACE_S = 3600.0
 #: The file whose presence makes a folder a complete cache entry.
 MARKER = "candidate.json"
+#: Name of an entry folder: the cache key ``build`` writes (24 hex digits). A folder with another name is foreign
+#: even if it holds ``candidate.json`` (e.g. a build's ``OUT/candidates/<id>`` when --cache-dir points there).
+KEY_RE = re.compile(r"^[0-9a-f]{24}$")
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -47,8 +50,9 @@ class CacheEntry:
 
     Attributes:
         path: the folder.
-        kind: ``"entry"`` (complete: holds ``candidate.json``), ``"temporary"`` (``.tmp-*``: being written or
-            left by a killed build) or ``"foreign"`` (not written by prumux-compile; never removed).
+        kind: ``"entry"`` (complete: named by a cache key, :data:`KEY_RE`, and holding ``candidate.json``),
+            ``"temporary"`` (``.tmp-*``: being written or left by a killed build) or ``"foreign"`` (not written by
+            prumux-compile; never removed).
         size_bytes: bytes of all regular files below it (symbolic links not followed).
         mtime: newest modification time (seconds since the epoch) of the folder and its files: when the entry was
             last written.
@@ -121,7 +125,7 @@ def list_entries(root: str | Path) -> list[CacheEntry]:
             continue
         if child.name.startswith(TEMP_PREFIX):
             kind = "temporary"
-        elif (child / MARKER).is_file():
+        elif (child / MARKER).is_file() and KEY_RE.match(child.name):
             kind = "entry"
         else:
             kind = "foreign"

@@ -113,6 +113,13 @@ def _iter_delimited(path: Path, delimiter: str) -> tuple[list[str], Iterator[tup
         raise InputError(f"eval data {path}: the file is empty (expected a header row and examples)") from None
     except csv.Error as exc:
         raise InputError(f"eval data {path}: cannot parse the header: {exc}") from None
+    seen: dict[str, str] = {}
+    for name in header:
+        key = name.strip().lower()
+        if key and key in seen:  # a row dict keeps only the last of two same-named columns
+            raise InputError(f"eval data {path}: the header names column {name.strip()!r} twice (columns: "
+                             f"{', '.join(header)}); rename one so that it is clear which holds the texts or labels")
+        seen[key] = name
 
     def rows() -> Iterator[tuple[int, dict]]:
         while True:

@@ -14,6 +14,8 @@ from prumux_compile.cache import clean, human_size, list_entries, parse_age
 from prumux_compile.cli.main import cli
 
 DAY = 86400.0
+#: entry folders are named by a 24-hex-digit cache key (anything else is foreign)
+A, B = "a" * 24, "b" * 24
 
 
 def _entry(root: Path, key: str, sizes: dict[str, int], age_s: float, cid: str | None = "c", now: float = None):
@@ -34,8 +36,8 @@ def _entry(root: Path, key: str, sizes: dict[str, int], age_s: float, cid: str |
 def cache(tmp_path):
     now = time.time()
     root = tmp_path / "cache"
-    _entry(root, "aaaa", {"model.onnx": 3000, "model.ort.onnx": 1000}, 10 * DAY, "old", now)
-    _entry(root, "bbbb", {"model.onnx": 500}, 2 * 3600, "new", now)
+    _entry(root, A, {"model.onnx": 3000, "model.ort.onnx": 1000}, 10 * DAY, "old", now)
+    _entry(root, B, {"model.onnx": 500}, 2 * 3600, "new", now)
     _entry(root, ".tmp-stale", {"model.onnx": 70}, 3 * DAY, None, now)  # left by a killed build
     _entry(root, ".tmp-live", {"model.onnx": 30}, 60, None, now)  # a build writing right now
     _entry(root, "photos", {"cat.jpg": 99}, 30 * DAY, None, now)  # not ours
@@ -46,31 +48,31 @@ def test_list_kinds_sizes_and_order(cache):
     root, now = cache
     entries = list_entries(root)
     got = [(e.key, e.kind) for e in entries]
-    assert got == [(".tmp-live", "temporary"), ("bbbb", "entry"), (".tmp-stale", "temporary"), ("aaaa", "entry"),
+    assert got == [(".tmp-live", "temporary"), (B, "entry"), (".tmp-stale", "temporary"), (A, "entry"),
                    ("photos", "foreign")]
     sizes = {e.key: e.size_bytes for e in entries}
     cand = len(json.dumps({"id": "old", "checkpoint": "/ckpts/old", "backend": "ort-cpu", "num_instances": 2,
                            "sparsity": 0.5}))
-    assert sizes["aaaa"] == 4000 + cand and sizes["photos"] == 99 and sizes[".tmp-live"] == 30
+    assert sizes[A] == 4000 + cand and sizes["photos"] == 99 and sizes[".tmp-live"] == 30
     assert entries[1].info == {"id": "new", "checkpoint": "/ckpts/new", "backend": "ort-cpu", "num_instances": 2,
                                "sparsity": 0.5}
 
 
 @pytest.mark.parametrize("older_than, removed", [
-    (None, ["bbbb", ".tmp-stale", "aaaa"]),  # everything ours except a temp folder a running build may own
-    (DAY, [".tmp-stale", "aaaa"]),
-    (5 * DAY, ["aaaa"]),  # the stale temp folder is younger than that
+    (None, [B, ".tmp-stale", A]),  # everything ours except a temp folder a running build may own
+    (DAY, [".tmp-stale", A]),
+    (5 * DAY, [A]),  # the stale temp folder is younger than that
     (20 * DAY, []),
 ])
 def test_clean_by_age(cache, older_than, removed):
     root, now = cache
     plan = clean(root, older_than_s=older_than, dry_run=True, now=now)
     assert [e.key for e in plan] == removed
-    assert sorted(p.name for p in root.iterdir()) == [".tmp-live", ".tmp-stale", "aaaa", "bbbb", "photos"]
+    assert sorted(p.name for p in root.iterdir()) == [".tmp-live", ".tmp-stale", A, B, "photos"]
     done = clean(root, older_than_s=older_than, now=now)
     assert [e.key for e in done] == removed
     left = sorted(p.name for p in root.iterdir())
-    assert left == sorted({".tmp-live", ".tmp-stale", "aaaa", "bbbb", "photos"} - set(removed))
+    assert left == sorted({".tmp-live", ".tmp-stale", A, B, "photos"} - set(removed))
     assert (root / "photos" / "cat.jpg").is_file()
 
 
@@ -110,10 +112,10 @@ def test_cli_list_and_clean(cache):
     assert doc["total_bytes"] == ours and len(doc["entries"]) == 5
 
     res = CliRunner().invoke(cli, ["cache", "clean", "--older-than", "1d", "--dry-run", "--cache-dir", str(root)])
-    assert res.exit_code == 0 and "would free" in res.output and (root / "aaaa").exists()
+    assert res.exit_code == 0 and "would free" in res.output and (root / A).exists()
     res = CliRunner().invoke(cli, ["cache", "clean", "--older-than", "1d", "--cache-dir", str(root)])
     assert res.exit_code == 0, res.output
-    assert not (root / "aaaa").exists() and (root / "bbbb").exists()
+    assert not (root / A).exists() and (root / B).exists()
     assert res.output.splitlines()[-1].startswith("freed ")
 
     res = CliRunner().invoke(cli, ["cache", "clean", "--older-than", "soon", "--cache-dir", str(root)])
@@ -153,3 +155,17 @@ def test_build_fills_the_cache_it_lists(tmp_path):
     assert entry.size_bytes == on_disk > 0
     res = CliRunner().invoke(cli, ["cache", "clean", "--cache-dir", str(cache)])
     assert res.exit_code == 0 and list_entries(cache) == []
+
+
+def test_a_build_output_is_not_a_cache(tmp_path):
+    """--cache-dir pointed at a build's OUT/candidates: its folders hold candidate.json but are not named by a cache
+    key, so they are foreign and `clean` leaves them alone."""
+    root = tmp_path / "out" / "candidates"
+    for cid in ("n1_s0.00", "n2_s0.50", "deadbeef"):
+        _entry(root, cid, {"model.onnx": 10}, 30 * DAY, cid)
+    _entry(root, A, {"model.onnx": 10}, 30 * DAY, "cached")
+    assert {e.key: e.kind for e in list_entries(root)} == {"n1_s0.00": "foreign", "n2_s0.50": "foreign",
+                                                          "deadbeef": "foreign", A: "entry"}
+    res = CliRunner().invoke(cli, ["cache", "--cache-dir", str(root), "clean"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in root.iterdir()) == ["deadbeef", "n1_s0.00", "n2_s0.50"]

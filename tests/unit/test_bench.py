@@ -210,6 +210,9 @@ def test_no_tokenizer_anywhere(tmp_path):
     ("j.jsonl", '{"text": "a"}\nnot json\n', SST2, r"line 2: invalid JSON"),
     ("n.jsonl", '{"text": 5}\n', SST2, r"line 1: column 'text' must be text"),
     ("x.txt", "sentence\nhi\n", SST2, r"unsupported extension '.txt'"),
+    # two columns of one name: a row keeps only the last, so which holds the labels would be a guess
+    ("d.tsv", "sentence\tlabel\tlabel\nok\t1\t0\n", SST2, r"names column 'label' twice"),
+    ("D.csv", "Sentence,text,sentence \nok,a,b\n", SST2, r"names column 'sentence' twice"),
 ])
 def test_eval_data_errors(tmp_path, minilm_dir, name, text, label2id, pattern):
     path = _write(tmp_path / name, text)
