@@ -10,6 +10,10 @@ file was measured under (parameters ``prumux.graph_optimization_level``, ``prumu
 Requests: ``input_ids``, ``attention_mask``, ``token_type_ids`` int64 ``[batch, sequence]``;
 response: ``logits`` float32 ``[batch, num_labels]`` (as declared in ``config.pbtxt``).
 
+Ids: ``input_ids`` in ``[0, prumux.vocab_size)`` and, where the family reads them, ``token_type_ids`` in
+``[0, prumux.type_vocab_size)`` (ONNX metadata); anything else is answered with an error naming the table size
+(fault class F20), never with the logits of a wrapped-around index.
+
 Sequence length: at most ``prumux.max_seq_len`` tokens (config parameter, else the ONNX metadata of the same
 name: the compiled length of a multiplexed model, else the position table). Triton's ``dims`` cannot bound a
 variable axis, so a longer request reaches this model, which answers it with an error naming the limit instead of
@@ -66,9 +70,15 @@ class TritonPythonModel:
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model.onnx")
         self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
-        limit = _param(cfg, "prumux.max_seq_len", "") or self.session.get_modelmeta().custom_metadata_map.get(
-            "prumux.max_seq_len", "")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        limit = _param(cfg, "prumux.max_seq_len", "") or meta.get("prumux.max_seq_len", "")
         self.max_seq_len = int(limit) if limit else None
+        # ONNX Gather wraps negative indices (id -1 reads the last row): check ids against the tables here, as the
+        # package's own runners do (fault class F20), instead of answering with another token's logits
+        self.table_sizes = {"input_ids": int(meta["prumux.vocab_size"])} if "prumux.vocab_size" in meta else {}
+        ignored = json.loads(meta.get("prumux.ignored_inputs", "[]") or "[]")
+        if "token_type_ids" not in ignored and "prumux.type_vocab_size" in meta:
+            self.table_sizes["token_type_ids"] = int(meta["prumux.type_vocab_size"])
         self.output_names = [o["name"] for o in cfg["output"]]
         self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in cfg["output"]}
 
@@ -88,6 +98,12 @@ class TritonPythonModel:
         shape = shapes.pop()
         if len(shape) != 2:
             raise ValueError(f"inputs must have shape [batch, sequence], got {list(shape)}")
+        for name, size in self.table_sizes.items():
+            array = feeds.get(name)
+            if array is not None and array.size and (int(array.min()) < 0 or int(array.max()) >= size):
+                what = "vocabulary" if name == "input_ids" else "token-type table"
+                raise ValueError(f"{name}: ids must lie in [0, {size}) (the model's {what} has {size} rows); got "
+                                 f"min {int(array.min())}, max {int(array.max())}")
         if self.max_seq_len is not None and shape[1] > self.max_seq_len:
             raise ValueError(
                 f"sequence length {shape[1]} exceeds {self.max_seq_len} tokens, the longest this model accepts "

@@ -6,7 +6,7 @@ leaves no partial model directory behind.
 """
 from __future__ import annotations
 
-from prumux_compile.fsutil import output_tempdir
+from prumux_compile.fsutil import output_tempdir, refuse_inputs_inside
 
 import os
 import re
@@ -111,7 +111,8 @@ def write_repository(
     Raises:
         TritonConfigError: (exit 6) the config would not match the model (nothing is written), the model
             directory exists and ``overwrite`` is False, or an option is invalid.
-        InputError: (exit 2) the model file is missing/unreadable, N is unknown, or plan bindings are missing.
+        InputError: (exit 2) the model file is missing/unreadable, N is unknown, plan bindings are missing, or
+            the model file lies inside the model directory ``overwrite`` would replace.
     """
     repo_dir = Path(repo_dir)
     model_path = Path(model_path)
@@ -190,6 +191,8 @@ def write_repository(
     target = repo_dir / name
     if target.exists() and not overwrite:
         raise TritonConfigError(f"model directory {target} exists; pass overwrite=True (--overwrite) to replace it")
+    # replacing the entry must not delete the file it is written from (e.g. a candidate folder as REPO/NAME)
+    refuse_inputs_inside(target, {"the model file": model_path}, flag="--overwrite")
     files = {("model.plan" if is_plan else "model.onnx"): model_path}
     for rel in extra_files:
         src = model_path.parent / rel
