@@ -99,7 +99,7 @@ def _candidate_name(path: Path) -> str | None:
 @click.option("--all-candidates", is_flag=True, help="With a report.json: write every candidate, not only the chosen one.")
 @click.option("--num-instances", type=click.IntRange(min=1), default=None,
               help="Mux width N (default: the model's prumux.num_instances metadata).")
-@click.option("--max-batch-size", type=int, default=None,
+@click.option("--max-batch-size", type=click.IntRange(max=2**31 - 1), default=None,
               help="Triton max_batch_size, a multiple of N (default: metadata prumux.max_batch rounded down, else 8*N).")
 @click.option("--preferred-batch-sizes", callback=_batch_list, default=None, metavar="B1,B2,...",
               help="Dynamic batcher preferred sizes, multiples of N (default: N*2^k up to the max).")

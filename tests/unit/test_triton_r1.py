@@ -116,3 +116,18 @@ def test_overwriting_the_entry_that_holds_the_source_is_refused(tmp_path):
     with pytest.raises(InputError, match="lies inside the output"):  # its own served copy as the source
         write_repository(tmp_path / "repo", name="c1", model_path=again / "1" / "model.onnx", overwrite=True)
     assert (again / "1" / "model.onnx").read_bytes() == model.read_bytes()
+
+
+def test_max_batch_size_beyond_the_config_field_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from prumux_compile.cli.main import cli
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest_triton import make_toy_onnx
+
+    model = make_toy_onnx(tmp_path / "m.onnx", metadata={"prumux.num_instances": "2"})
+    res = CliRunner().invoke(cli, ["triton", str(model), "-o", str(tmp_path / "repo"), "--name", "m",
+                                   "--max-batch-size", str(10**11)])
+    assert res.exit_code == 2 and "--max-batch-size" in res.output and "internal error" not in res.output
+    assert not (tmp_path / "repo").exists()
