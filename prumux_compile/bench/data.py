@@ -292,13 +292,16 @@ def task_for_labels(label2id: dict | None) -> str:
 
 
 def find_tokenizer_dir(checkpoint_dir: str | Path) -> Path:
-    """Directory holding the tokenizer: ``checkpoint_dir`` itself, else its parent (spec section 1.2).
+    """Directory holding the tokenizer: ``checkpoint_dir`` itself, else its parent (docs/checkpoint-formats.md
+    §1.2), else — when ``checkpoint_dir`` is a symbolic link — the parent of the folder it points to.
 
     Raises:
         CheckpointError: neither directory holds any of :data:`TOKENIZER_FILES`.
     """
     base = Path(checkpoint_dir)
     candidates = [base, base.parent] if base.parent != base else [base]
+    if base.is_symlink():  # a grid of links to runs' best/ folders: the tokenizer sits beside the real best/
+        candidates.append(base.resolve().parent)
     for cand in candidates:
         if cand.is_dir() and any((cand / name).is_file() for name in TOKENIZER_FILES):
             return cand

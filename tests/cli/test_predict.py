@@ -1,5 +1,5 @@
 """`prumux-compile predict`: label names from a built candidate reproduce the build's accuracy on its evaluation
-file, row for row; sources (report, candidate folder, export folder), inputs (arguments, --file, stdin, pairs),
+file, row for row (checkpoints in upstream's layout: ``best/`` with the tokenizer beside it); sources (report, candidate folder, export folder), inputs (arguments, --file, stdin, pairs),
 truncation (counted, or refused), regression heads, and bad input (one line, exit 2)."""
 from __future__ import annotations
 
@@ -53,6 +53,18 @@ def _ckpt(path: Path, **fields) -> Path:
     return path
 
 
+def _upstream_run(root: Path, name: str, **fields) -> Path:
+    """Upstream's layout (docs/checkpoint-formats.md §1.2): the model in ``runs/<name>/best/``, the tokenizer next to
+    ``best/``; the grid the build reads is a folder of symbolic links ``grid/<name> -> runs/<name>/best``."""
+    run = root / "runs" / name
+    write_checkpoint(run / "best", SynthSpec(**BASE, **fields))
+    for f in _tokenizer_files():
+        shutil.copy(f, run / f.name)
+    (root / "grid").mkdir(exist_ok=True)
+    (root / "grid" / name).symlink_to(run / "best", target_is_directory=True)
+    return root / "grid" / name
+
+
 def _invoke(args, input=None):
     return CliRunner().invoke(cli, args, input=input)
 
@@ -60,8 +72,8 @@ def _invoke(args, input=None):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    _ckpt(root / "grid" / "c1", family="bert", num_labels=2)
-    _ckpt(root / "grid" / "c2", family="muxplm", num_instances=2, num_labels=2)
+    _upstream_run(root, "c1", family="bert", num_labels=2)
+    _upstream_run(root, "c2", family="muxplm", num_instances=2, num_labels=2)
     (root / "eval.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{g}\n" for s, g in zip(SENTENCES, GOLD)))
     res = _invoke(["build", str(root / "grid"), "-o", str(root / "out"), "--eval-data", str(root / "eval.tsv"),
                    "--min-accuracy", "0", *FAST])
@@ -164,7 +176,7 @@ def test_tokenizer_override_and_missing_tokenizer(built, tmp_path):
     (moved / "candidate.json").write_text(json.dumps(info))
     res = _invoke(["predict", str(moved), "great movie"])
     assert res.exit_code == 2 and "--tokenizer DIR" in res.stderr and "gone" in res.stderr
-    rows, _ = _predict_json([str(moved), "--tokenizer", str(built / "grid" / "c1"), "great movie"])
+    rows, _ = _predict_json([str(moved), "--tokenizer", str(built / "runs" / "c1"), "great movie"])
     ref, _ = _predict_json([str(out / "report.json"), "--candidate", "c1", "great movie"])
     assert rows == ref
 

@@ -153,6 +153,9 @@ def test_writer_adds_the_ensemble_and_keeps_the_engine_interface(engine):
         (_minilm() / "vocab.txt").read_bytes()
     assert not (repo / "eng_tokenizer" / "1" / "tokenizer" / "model.safetensors").exists()  # tokenizer files only
     assert not [p for p in repo.iterdir() if p.name.startswith(".")]
+    from prumux_compile.cli.serve_cmd import unservable_models
+
+    assert unservable_models(repo) is None  # the local (Python-backend only) server runs ensembles too
     # a second write is refused without overwrite, and changes nothing
     before = _listing(repo)
     with pytest.raises(TritonConfigError, match="exists"):
