@@ -153,6 +153,11 @@ def triton_cmd(
 
         raise InputError("--ensemble / --tokenizer need a build's candidate folder or report.json (its record names "
                          "the checkpoint, the compiled length and the labels)")
+    if ensemble:  # every tokenizer is found before anything is written
+        from prumux_compile.sources import from_candidate
+
+        for _, model_path, info in sources:
+            from_candidate(info, model_path).tokenizer_dir(tokenizer)
     require_writable_dir(repo, what=f"model repository {repo}")  # before anything is created (fault class F27)
     for model_name, model_path, info in sources:
         if info is not None:  # a build's candidate: its measured artifact, platform, kind and session settings

@@ -241,3 +241,46 @@ def test_regression_head_prints_its_value(tmp_path):
     assert sorted(p.name for p in repo.iterdir()) == ["prumux_r1", "prumux_r1_postprocess", "prumux_r1_text",
                                                       "prumux_r1_tokenizer"]
     assert not (repo / "prumux_r1" / "labels.txt").exists()
+
+
+def test_build_writes_the_text_ensemble_unless_told_not_to(built, tmp_path):
+    from prumux_compile.triton.ensemble import validate_ensemble_repository
+
+    report = json.loads((built / "out" / "report.json").read_text())
+    name = Path(report["model_repository"]).name
+    repo = built / "out" / "model_repository"
+    assert sorted(p.name for p in repo.iterdir()) == sorted([name, f"{name}_postprocess", f"{name}_text",
+                                                             f"{name}_tokenizer"])
+    assert validate_ensemble_repository(repo, f"{name}_text") == []
+    assert (repo / name / "labels.txt").read_text().splitlines() == ["negative", "positive"]
+    res = _invoke(["build", str(built / "grid" / "c1"), "-o", str(tmp_path / "out"), "--no-triton-ensemble",
+                   "--min-accuracy", "0", *FAST])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "out" / "model_repository").iterdir()] == ["prumux_c1"]
+
+
+def test_triton_ensemble_command(built, tmp_path):
+    from prumux_compile.triton.ensemble import validate_ensemble_repository
+
+    out = built / "out"
+    res = _invoke(["triton", str(out / "candidates" / "c2"), "-o", str(tmp_path / "repo"), "--backend", "python",
+                   "--ensemble"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.split() == [str(tmp_path / "repo" / "prumux_c2"), str(tmp_path / "repo" / "prumux_c2_text")]
+    assert validate_ensemble_repository(tmp_path / "repo", "prumux_c2_text") == []
+    # a plain model.onnx has no record of its checkpoint, length or labels; a checkpoint without a tokenizer
+    res = _invoke(["triton", str(out / "candidates" / "c2" / "model.onnx"), "-o", str(tmp_path / "r2"), "--name",
+                   "m", "--ensemble"])
+    assert res.exit_code == 2 and "need a build's candidate folder or report.json" in res.stderr
+    moved = tmp_path / "cand"
+    shutil.copytree(out / "candidates" / "c1", moved)
+    info = json.loads((moved / "candidate.json").read_text())
+    info["checkpoint"] = str(tmp_path / "gone")
+    (moved / "candidate.json").write_text(json.dumps(info))
+    res = _invoke(["triton", str(moved), "-o", str(tmp_path / "r3"), "--backend", "python", "--ensemble"])
+    assert res.exit_code == 2 and "--tokenizer DIR" in res.stderr
+    assert not (tmp_path / "r3").exists()  # refused before the engine model was written
+    res = _invoke(["triton", str(moved), "-o", str(tmp_path / "r4"), "--backend", "python", "--ensemble",
+                   "--tokenizer", str(built / "runs" / "c1")])
+    assert res.exit_code == 0, res.output
+    assert validate_ensemble_repository(tmp_path / "r4", "prumux_c1_text") == []
