@@ -54,6 +54,8 @@ class BuildOptions:
         cache / cache_dir: reuse artifacts and measurements of unchanged candidates.
         triton_repo: also write the chosen model's Triton model repository there.
         triton_backend: ``onnxruntime`` (platform onnxruntime_onnx) or ``python`` (Python backend over ORT).
+        triton_ensemble: also write the text ensemble (tokenizer, postprocess; :mod:`prumux_compile.triton.ensemble`)
+            into ``OUT/model_repository`` when the chosen checkpoint has a tokenizer.
         force: replace an existing ``out`` (atomically).
         agreement_samples: inputs used for teacher agreement when there is no labelled data.
         eval_unlabelled: ``eval_data`` is used for its texts only (teacher agreement), labels or not.
@@ -79,6 +81,7 @@ class BuildOptions:
     cache_dir: Path | None = None
     triton_repo: Path | None = None
     triton_backend: str = "onnxruntime"
+    triton_ensemble: bool = True
     force: bool = False
     agreement_samples: int = 128
     eval_unlabelled: bool = False
@@ -800,6 +803,11 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         if repo is None:
             notes.append(f"{chosen['id']}: backend {chosen['backend']} has no Triton platform; no model repository "
                          "written")
+        if repo is not None and opts.triton_ensemble:  # text in, labels out (README "Serving text")
+            from prumux_compile.sources import write_candidate_ensemble
+
+            if write_candidate_ensemble(repo.parent, chosen, tmp / "candidates" / chosen["id"], repo.name) is None:
+                notes.append(f"{chosen['id']}: no tokenizer in its checkpoint folder; no text ensemble written")
         report["model_repository"] = str(repo.relative_to(tmp)) if repo is not None else None
         write_report(report, tmp / "report.json")
         _commit(tmp, out)

@@ -140,6 +140,7 @@ def export_into(checkpoint: str | Path, dest: str | Path, *, seq_len: int = 128,
                           "checkpoint": {"path": str(raw.path), "family": raw.family, "files": raw.files},
                           "interface": spec.metadata(tool_version()), "ignored_inputs": list(spec.ignored_inputs),
                           "onnx": onnx_info, "engine": {**artifact.report, "uses": Path(artifact.path).name, "sha256": artifact.sha256},
+                          "artifact": artifact.describe(),
                           "environment": environment()})):
         _write_json(dest / name, obj)
         files[name] = dest / name

@@ -299,13 +299,16 @@ def task_for_labels(label2id: dict | None) -> str:
 
 
 def find_tokenizer_dir(checkpoint_dir: str | Path) -> Path:
-    """Directory holding the tokenizer: ``checkpoint_dir`` itself, else its parent (spec section 1.2).
+    """Directory holding the tokenizer: ``checkpoint_dir`` itself, else its parent (docs/checkpoint-formats.md
+    §1.2), else — when ``checkpoint_dir`` is a symbolic link — the parent of the folder it points to.
 
     Raises:
         CheckpointError: neither directory holds any of :data:`TOKENIZER_FILES`.
     """
     base = Path(checkpoint_dir)
     candidates = [base, base.parent] if base.parent != base else [base]
+    if base.is_symlink():  # a grid of links to runs' best/ folders: the tokenizer sits beside the real best/
+        candidates.append(base.resolve().parent)
     for cand in candidates:
         if cand.is_dir() and any((cand / name).is_file() for name in TOKENIZER_FILES):
             return cand
@@ -429,3 +432,96 @@ def load_eval_data(path: str | Path, *, tokenizer_dir: str | Path, seq_len: int 
                    labels=label_arr, source=str(path), n=n,
                    text_columns=(text_col,) if pair_col is None else (text_col, pair_col), label_column=label_col,
                    columns=tuple(str(c) for c in header), task=task)
+
+
+# --------------------------------------------------------------------------------------------------
+# texts to classify (prumux-compile predict)
+
+
+@dataclass
+class TextRows:
+    """Texts read from a file, without tokenizing them.
+
+    Attributes:
+        texts: the first (or only) sentence of every row.
+        pairs: the second sentence of every row for sentence-pair files, else None.
+        text_columns: header names of the text column(s) used (empty for a plain-text file).
+        lines: the file line of every row (1-based).
+    """
+
+    texts: list[str]
+    pairs: list[str] | None
+    text_columns: tuple[str, ...]
+    lines: list[int]
+
+
+def read_texts(path: str | Path) -> TextRows:
+    """Texts of ``path``: a ``.tsv`` / ``.csv`` / ``.jsonl`` / ``.json`` file read with the column rules of
+    :func:`load_eval_data` (labels, if any, are ignored), or any other file as plain UTF-8 text with one input per
+    non-blank line, where a tab separates the two sentences of a pair (every line then must be a pair).
+
+    Raises:
+        InputError: missing or non-UTF-8 file, no text column, a malformed row, no rows, or pairs mixed with
+            single sentences in a plain-text file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    fmt = _FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        return split_pairs(_read_text(p).splitlines(), str(p))
+    header, rows = _iter_jsonl(p) if fmt == "jsonl" else _iter_delimited(p, "\t" if fmt == "tsv" else ",")
+    text_col, pair_col, _ = _pick_columns(header, p)
+    texts: list[str] = []
+    pairs: list[str] = []
+    lines: list[int] = []
+    for lineno, row in rows:
+        for col in (text_col, pair_col):
+            if col is not None and not isinstance(row.get(col), str):
+                raise InputError(f"{p}, line {lineno}: column {col!r} must be text, got {row.get(col, 'missing')!r}")
+        texts.append(row[text_col])
+        if pair_col is not None:
+            pairs.append(row[pair_col])
+        lines.append(lineno)
+    if not texts:
+        raise InputError(f"{p}: no rows after the header")
+    return TextRows(texts, pairs if pair_col is not None else None,
+                    (text_col,) if pair_col is None else (text_col, pair_col), lines)
+
+
+def split_pairs(lines: list[str], source: str) -> TextRows:
+    """Plain-text inputs, one per non-blank line; a tab separates the two sentences of a pair.
+
+    Raises:
+        InputError: no input, a line with more than one tab, or pairs mixed with single sentences.
+    """
+    texts: list[str] = []
+    pairs: list[str] = []
+    numbers: list[int] = []
+    for lineno, line in enumerate(lines, start=1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) > 2:
+            raise InputError(f"{source}, line {lineno}: {len(parts) - 1} tabs; a tab separates the two sentences of "
+                             "a pair, so a line holds one sentence or one pair")
+        texts.append(parts[0])
+        if len(parts) == 2:
+            pairs.append(parts[1])
+        numbers.append(lineno)
+    if not texts:
+        raise InputError(f"{source}: no text to classify")
+    if pairs and len(pairs) != len(texts):
+        raise InputError(f"{source}: {len(pairs)} of {len(texts)} inputs are sentence pairs (tab-separated); give "
+                         "either only pairs or only single sentences")
+    return TextRows(texts, pairs or None, (), numbers)
+
+
+def load_tokenizer(tokenizer_dir: str | Path):
+    """``transformers.AutoTokenizer`` of ``tokenizer_dir`` or its parent (local files only).
+
+    Raises:
+        CheckpointError: no tokenizer there, or it cannot be loaded.
+    """
+    return _load_tokenizer(tokenizer_dir)

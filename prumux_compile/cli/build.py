@@ -61,13 +61,16 @@ _BUDGET = click.FloatRange(0.0, 1.0)
               help="Also write the chosen model into this Triton model repository.")
 @click.option("--triton-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime",
               show_default=True, help="Triton backend of the emitted model.")
+@click.option("--no-triton-ensemble", is_flag=True,
+              help="Do not write the text ensemble (TEXT in, LABEL and SCORES out; the checkpoint's tokenizer) "
+                   "next to the chosen model in OUT/model_repository.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (atomically, after a successful build).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress display, progress lines or tables.")
 @handle_errors
 def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, seq_len, batch_sizes, threads, rounds,
               warmup, eval_data, eval_unlabelled, eval_limit, accuracy_table, no_cache, cache_dir, triton_repo,
-              triton_backend, force, as_json, no_progress):
+              triton_backend, no_triton_ensemble, force, as_json, no_progress):
     """Compile, validate, benchmark and select among CHECKPOINTS (checkpoint folders, or folders of them).
 
     Progress goes to stderr: on a terminal a live line (stage, "k of n candidates", elapsed time), otherwise one
@@ -83,7 +86,7 @@ def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, seq_l
                         eval_data=eval_data, eval_limit=eval_limit, accuracy_table=accuracy_table,
                         max_accuracy_drop=max_accuracy_drop, min_accuracy=min_accuracy, cache=not no_cache,
                         cache_dir=cache_dir, triton_repo=triton_repo, triton_backend=triton_backend, force=force,
-                        eval_unlabelled=eval_unlabelled)
+                        eval_unlabelled=eval_unlabelled, triton_ensemble=not no_triton_ensemble)
     if no_progress:
         report = build(list(checkpoints), opts)
     else:

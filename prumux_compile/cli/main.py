@@ -23,6 +23,7 @@ _COMMANDS = {
     "build": "prumux_compile.cli.build:build_cmd",
     "triton": "prumux_compile.cli.triton_cmd:triton_cmd",
     "serve": "prumux_compile.cli.serve_cmd:serve_cmd",
+    "predict": "prumux_compile.cli.predict_cmd:predict_cmd",
     "cache": "prumux_compile.cli.cache_cmd:cache_cmd",
 }
 

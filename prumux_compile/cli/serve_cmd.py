@@ -19,7 +19,7 @@ from prumux_compile.cli.common import handle_errors
 def unservable_models(repo: Path) -> str | None:
     """Why the local server (Python backend only) cannot serve ``repo``, as one line, or None when it can.
 
-    Every model's ``config.pbtxt`` must say ``backend: "python"``; for any other (``onnxruntime_onnx`` or
+    Every model's ``config.pbtxt`` must say ``backend: "python"`` (or ``platform: "ensemble"``); for any other (``onnxruntime_onnx`` or
     ``tensorrt_plan``, which need backends the ``nvidia-pytriton`` server lacks) the line names the models and
     the command that writes a servable repository from the same ``model.onnx``.
     """
@@ -31,7 +31,7 @@ def unservable_models(repo: Path) -> str | None:
     other = []
     for d in models:
         cfg = load_config(d / "config.pbtxt")
-        if cfg.backend != "python":
+        if cfg.backend != "python" and cfg.platform != "ensemble":  # Triton's core runs ensembles
             other.append((d, cfg.backend or cfg.platform or "unknown"))
     if not other:
         return None

@@ -111,6 +111,12 @@ def _candidate_name(path: Path) -> str | None:
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=100, show_default=True,
               help="Dynamic batcher queue delay (microseconds).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@click.option("--ensemble", is_flag=True,
+              help="Also write the text ensemble NAME_text (TEXT in; LABEL, SCORES out): the checkpoint's tokenizer "
+                   "(NAME_tokenizer), a postprocess step (NAME_postprocess) and the engine's label file. A build's "
+                   "candidate or report only.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="With --ensemble: tokenizer folder [default: the checkpoint's, recorded at build time].")
 @handle_errors
 def triton_cmd(
     source: Path,
@@ -125,6 +131,8 @@ def triton_cmd(
     instance_kind: str,
     max_queue_delay_us: int,
     overwrite: bool,
+    ensemble: bool,
+    tokenizer: Path | None,
 ) -> None:
     """Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx, validated first.
 
@@ -132,12 +140,24 @@ def triton_cmd(
     or every candidate with --all-candidates). A build's candidate is written as it was measured: its artifact
     file, platform, instance kind and session settings (--instance-kind is then taken from the build).
 
+    With --ensemble the text ensemble goes next to each engine model (see README "Serving text").
+
     Exit codes: 0 ok, 2 bad input, 6 the Triton config would not match the model (nothing written).
     """
     from prumux_compile.fsutil import require_writable_dir
     from prumux_compile.triton import write_repository
 
     sources = _sources(source, name, all_candidates)
+    if (ensemble or tokenizer is not None) and any(info is None for _, _, info in sources):
+        from prumux_compile.errors import InputError
+
+        raise InputError("--ensemble / --tokenizer need a build's candidate folder or report.json (its record names "
+                         "the checkpoint, the compiled length and the labels)")
+    if ensemble:  # every tokenizer is found before anything is written
+        from prumux_compile.sources import from_candidate
+
+        for _, model_path, info in sources:
+            from_candidate(info, model_path).tokenizer_dir(tokenizer)
     require_writable_dir(repo, what=f"model repository {repo}")  # before anything is created (fault class F27)
     for model_name, model_path, info in sources:
         if info is not None:  # a build's candidate: its measured artifact, platform, kind and session settings
@@ -153,6 +173,11 @@ def triton_cmd(
                 raise InputError(f"candidate {info['id']} ({info.get('backend', 'unknown backend')}) has no Triton "
                                  "platform")
             click.echo(str(target))
+            if ensemble:
+                from prumux_compile.sources import write_candidate_ensemble
+
+                click.echo(str(write_candidate_ensemble(repo, info, model_path, target.name, tokenizer=tokenizer,
+                                                        overwrite=overwrite, required=True)))
             continue
         target = write_repository(
             repo,

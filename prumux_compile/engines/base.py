@@ -243,6 +243,44 @@ class Artifact:
 
         return replace(self, path=move(self.path), files={r: move(p) for r, p in self.files.items()})
 
+    @classmethod
+    def from_record(cls, record: dict, folder: str | Path, spec: ExportSpec, *,
+                    threads: int | None = None) -> "Artifact":
+        """The artifact :meth:`describe` recorded (``candidate.json``'s ``artifact``), its files in ``folder``:
+        what :meth:`Backend.load` needs to run the measured file again with the measured load options.
+
+        Args:
+            record: the ``describe()`` dict.
+            folder: the folder holding its files (a candidate folder, an export folder).
+            spec: the model interface (``Compiled.from_onnx`` of the folder's ``model.onnx``).
+            threads: intra-op threads; None = the measured session's (``deployment.intra_op_num_threads``).
+
+        Raises:
+            InputError: the record lacks a field ``describe()`` writes, or the artifact file is missing or its
+                sha256 differs from the recorded one (the file changed since it was measured).
+        """
+        folder = Path(folder)
+        try:
+            backend, name, files = str(record["backend"]), str(record["path"]), dict(record["files"])
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"{folder}: the artifact record lacks {exc} (not written by describe())") from None
+        path = folder / name
+        if not path.is_file():
+            raise InputError(f"{path}: the artifact file is missing (the record names {name!r})")
+        digest = record.get("sha256")
+        if digest and file_sha256(path) != digest:
+            raise InputError(f"{path}: sha256 differs from the recorded {digest[:12]}...; the file changed since it "
+                             "was validated and measured (rebuild it)")
+        dep = Deployment.from_dict(record.get("deployment"))
+        if threads is None and dep is not None:
+            threads = dep.intra_op_num_threads
+        role = str(record.get("role") or next((r for r, n in files.items() if n == name), "plain"))
+        return cls(backend=backend, path=path, files={r: folder / n for r, n in files.items()}, spec=spec,
+                   precision=str(record.get("precision", "fp32")), deployment=dep,
+                   device=str(record.get("device", "cpu")), threads=threads, report=dict(record.get("build") or {}),
+                   role_options={role: dict(record.get("load_options") or {})},
+                   runnable=tuple(record.get("runnable") or ()), sha256=digest)
+
     def describe(self) -> dict:
         """The JSON summary written to ``candidate.json`` (docs/report.md)."""
         return {"backend": self.backend, "path": self.path.name, "role": self.role, "sha256": self.sha256,

@@ -4,7 +4,9 @@
   (+ ``1/model.py`` for the Python backend), validated before anything is written;
 * :func:`validate_config` / :func:`check_or_raise` — a config against an ONNX graph;
   :func:`validate_plan_config` / :func:`check_plan_or_raise` — against TensorRT bindings and profiles;
-* :class:`TritonServer` (in :mod:`prumux_compile.triton.server`) — a local loopback server for tests.
+* :class:`TritonServer` (in :mod:`prumux_compile.triton.server`) — a local loopback server for tests;
+* :func:`~prumux_compile.triton.ensemble.write_text_ensemble` / :func:`~prumux_compile.triton.ensemble.validate_ensemble`
+  (in :mod:`prumux_compile.triton.ensemble`) — the text-in, labels-out ensemble around an engine model.
 
 Importing this package does not import onnx, onnxruntime or tritonclient until a function needs them.
 """

@@ -91,7 +91,7 @@ def test_regression_head_measured_by_pearson_and_spearman(grids, tmp_path):
         assert c["spearman"] == pytest.approx(stats.spearmanr(o[:, 0], y)[0], abs=1e-9)
     # the console names the metric; the Triton config declares one output
     assert "Pearson r" in res.output and "pearson " in res.output
-    (model_dir,) = (out / "model_repository").iterdir()
+    model_dir = out / report["model_repository"]
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as pb2
 
