@@ -338,7 +338,7 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
                           threads=opts.threads, out_dir=cand_dir)
     artifact = backend.build(Compiled(cand_dir / "model.onnx", spec, final), config)
     _log(opts, f"{cid}: validate ({artifact.precision}, {artifact.criteria.describe()})")
-    validation = _validate(backend, artifact, raw, cand_dir / "validation.json")
+    validation = _validate(backend, artifact, raw, cand_dir / "validation.json", seq_len=opts.seq_len)
 
     _log(opts, f"{cid}: benchmark on {artifact.device}")
     device = torch.device(artifact.device)
@@ -429,9 +429,10 @@ def _cache_entry_problem(entry: Path) -> str | None:
     return None
 
 
-def _validate(backend, artifact, raw, out_path: Path) -> dict:
+def _validate(backend, artifact, raw, out_path: Path, seq_len: int | None = None) -> dict:
     """Validate the artifact's runnable files (the deployed one included) against the float64 reference with
-    the artifact's own criteria (:mod:`prumux_compile.validation`); write ``validation.json``.
+    the artifact's own criteria (:mod:`prumux_compile.validation`; the cases include ``seq_len``, the length the
+    candidate is benchmarked at); write ``validation.json``.
 
     Raises:
         ValidationError: any case outside the criteria, NaN/Inf, nondeterministic, inputs modified, or argmax
@@ -443,11 +444,12 @@ def _validate(backend, artifact, raw, out_path: Path) -> dict:
     try:
         for role in artifact.runnable:
             runners[Path(artifact.files[role]).name] = backend.load(artifact.using(role))
-        results = validate(runners, raw, artifact.spec, artifact.criteria)
+        results = validate(runners, raw, artifact.spec, artifact.criteria, seq_len=seq_len)
     finally:
         for r in runners.values():
             r.close()
-    doc = validation_document(results, artifact.spec, backend=artifact.backend, precision=artifact.precision)
+    doc = validation_document(results, artifact.spec, backend=artifact.backend, precision=artifact.precision,
+                              bench_seq_len=seq_len)
     out_path.write_text(json.dumps(_json_safe(doc), indent=2))
     require_passed(results)
     deployed = results[Path(artifact.path).name]
