@@ -28,8 +28,9 @@ import numpy as np
 from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError
 
 #: The cache stores and restores every file of a candidate folder (whatever its backend produced).
-#: Bumped whenever candidate.json changes shape, so an older cache entry is never reused.
-_CACHE_LAYOUT = 2
+#: Bumped whenever candidate.json changes shape, so an older cache entry is never reused
+#: (3: ``artifact.files_sha256`` covers the external-data files too).
+_CACHE_LAYOUT = 3
 
 
 @dataclass
@@ -412,21 +413,18 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
 
 
 def _cache_entry_problem(entry: Path) -> str | None:
-    """Why a cache entry must not be reused (its record unreadable, or its artifact file missing or no longer the
-    file that was validated and measured: another sha256 than ``candidate.json`` records), or None."""
-    from prumux_compile.engines.base import file_sha256
+    """Why a cache entry must not be reused (its record unreadable, or a file of its artifact — the graph and its
+    external-data files — missing or no longer the file that was validated and measured: another sha256 than
+    ``candidate.json`` records), or None."""
+    from prumux_compile.engines.base import artifact_files_problem
 
     try:
         info = json.loads((entry / "candidate.json").read_text())
         art = info["artifact"]
-        path, want = entry / art["path"], art.get("sha256")
+        art["path"]
     except (OSError, ValueError, KeyError, TypeError):
         return "candidate.json unreadable"
-    if not path.is_file():
-        return f"{path.name} missing"
-    if want and file_sha256(path) != want:
-        return f"{path.name} is not the measured artifact (sha256 differs from candidate.json)"
-    return None
+    return artifact_files_problem(entry, art)
 
 
 def _validate(backend, artifact, raw, out_path: Path, seq_len: int | None = None) -> dict:
@@ -852,14 +850,13 @@ def write_candidate_repository(repo_dir: Path, info: dict, cand_dir: Path, *, na
     if dep is None or dep.platform is None:
         return None
     model_path = Path(cand_dir) / art["path"]
-    if art.get("sha256") and model_path.is_file():
-        from prumux_compile.engines.base import file_sha256
+    if (art.get("sha256") or art.get("files_sha256")) and model_path.is_file():
+        from prumux_compile.engines.base import artifact_files_problem
 
-        found = file_sha256(model_path)
-        if found != art["sha256"]:
-            raise InputError(f"{model_path}: sha256 {found[:12]}... is not that of the artifact candidate {info['id']} "
-                             f"was validated and measured with ({art['sha256'][:12]}..., its candidate.json): the file "
-                             "changed afterwards; rebuild the candidate (prumux-compile build --no-cache)")
+        problem = artifact_files_problem(cand_dir, art)  # the graph and every external-data file
+        if problem is not None:
+            raise InputError(f"{cand_dir}: not the artifact candidate {info['id']} was validated and measured with "
+                             f"(its candidate.json): {problem}; rebuild the candidate (prumux-compile build --no-cache)")
     kwargs = dict(name=name or _model_name(info), model_path=model_path, platform=dep.platform,
                   num_instances=info["num_instances"], instance_kind=dep.instance_kind, overwrite=overwrite,
                   intra_op_num_threads=dep.intra_op_num_threads, inter_op_num_threads=dep.inter_op_num_threads,

@@ -170,7 +170,7 @@ def test_triton_serves_what_export_measured_and_chose(ckpt, tmp_path):
     # a changed artifact is refused like a build's (the record's sha256)
     (out / chosen).write_bytes((out / "model.onnx").read_bytes())
     res = CliRunner().invoke(cli, ["triton", str(out), "-o", str(tmp_path / "r2")])
-    assert res.exit_code == 2 and "changed afterwards" in res.stderr
+    assert res.exit_code == 2 and "the file changed after it was measured" in res.stderr
 
 
 def test_a_failed_export_writes_no_candidate_record(ckpt, tmp_path, monkeypatch):

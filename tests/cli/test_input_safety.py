@@ -182,7 +182,8 @@ def test_triton_refuses_an_artifact_changed_after_it_was_measured(tmp_path):
     for source in (tmp_path / "out_a" / "report.json", tmp_path / "out_a" / "candidates" / "a"):
         res = CliRunner().invoke(cli, ["triton", str(source), "-o", str(tmp_path / "repo"), "--backend", "python"])
         assert res.exit_code == 2, res.output
-        assert f"is not that of the artifact candidate a was validated and measured with ({sha[:12]}" in res.output
+        assert "not the artifact candidate a was validated and measured with" in res.output
+        assert f"model.optimized.onnx: sha256 {_sha(art)[:12]}... is not the recorded {sha[:12]}..." in res.output
         assert not (tmp_path / "repo" / "prumux_a").exists()
 
 
