@@ -607,13 +607,15 @@ def _task_of(ckpts: list[tuple[str, Path]]) -> str:
     return next(iter(tasks))
 
 
-def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str) -> None:
+def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str,
+                     ckpts: list[tuple[str, Path]] | None = None) -> None:
     """Read the first rows of ``--eval-data`` the way the build will, before anything is built.
 
     Raises:
-        InputError: anything :func:`prumux_compile.bench.data.load_eval_data` refuses; and, unless
-            ``opts.eval_unlabelled``, a file without a recognised label column (the message names the columns
-            found and the accepted ones) or whose label column is empty in the first rows.
+        InputError: anything :func:`prumux_compile.bench.data.load_eval_data` refuses; segment ids (the second
+            sentence of a pair) outside the token-type table of an N = 1 checkpoint of ``ckpts`` (multiplexed models
+            ignore token types); and, unless ``opts.eval_unlabelled``, a file without a recognised label column (the
+            message names the columns found and the accepted ones) or whose label column is empty in the first rows.
     """
     from prumux_compile.bench.data import LABEL_COLUMNS, find_tokenizer_dir, load_eval_data
 
@@ -621,6 +623,8 @@ def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str) -> None:
     label2id = {str(v): int(k) for k, v in (cfg.get("id2label") or {}).items()} or None
     es = load_eval_data(opts.eval_data, tokenizer_dir=find_tokenizer_dir(ckpt), seq_len=opts.seq_len,
                         label2id=label2id, limit=8, task=task)
+    if int(es.token_type_ids.max()) >= 1:
+        _check_segment_ids(opts, es, ckpts or [(ckpt.name, ckpt)])
     if opts.eval_unlabelled:
         return
     unlabelled = "--eval-unlabelled to use its texts only (teacher agreement instead of measured accuracy)"
@@ -631,6 +635,38 @@ def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str) -> None:
     if es.labels is None:
         raise InputError(f"eval data {opts.eval_data}: column {es.label_column!r} holds no labels in its first rows "
                          f"(empty, null or -1: a test split?); give labelled data, or pass {unlabelled}")
+
+
+def _check_segment_ids(opts: BuildOptions, es, ckpts: list[tuple[str, Path]]) -> None:
+    """Refuse an evaluation file whose segment ids (a sentence pair's second segment is 1) lie outside the token-type
+    table of an N = 1 checkpoint (fault class F20): the engine would refuse them only after the candidate was built
+    and benchmarked. Multiplexed models ignore token types (docs/checkpoint-formats.md Q3); their config says N.
+
+    Raises:
+        InputError: naming the file, its pair columns, the checkpoint and its table's rows.
+    """
+    from prumux_compile.checkpoint import read_raw
+
+    need = int(es.token_type_ids.max()) + 1
+    for cid, path in ckpts:
+        cfg_path = Path(path) / "config.json"
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, ValueError):
+            continue  # the checkpoint reader names the problem when the candidate is built
+        n = cfg.get("num_instances") if isinstance(cfg, dict) else None
+        if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+            continue
+        raw = read_raw(path)
+        table = raw.state_dict.get("bert.embeddings.token_type_embeddings.weight")
+        if raw.is_muxed or table is None or int(table.shape[0]) >= need:
+            continue
+        pair = (f"its sentence pairs (columns {es.text_columns[0]!r} + {es.text_columns[1]!r})"
+                if len(es.text_columns) == 2 else "its tokenized texts")
+        raise InputError(f"eval data {opts.eval_data}: {pair} give segment ids up to {need - 1} (the tokenizer's "
+                         f"second segment), but checkpoint {cid} has a token-type table of {int(table.shape[0])} "
+                         f"row(s) (type_vocab_size), so it takes segment ids in [0, {int(table.shape[0])}) only; give "
+                         "an evaluation file of single sentences (one text column), or a checkpoint trained on pairs")
 
 
 def _baseline_id(infos: list[dict]) -> str:
@@ -703,7 +739,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                              "recorded accuracies cannot be compared with another kind of number")
     task = _task_of(ckpts)
     if opts.eval_data is not None:  # fail fast on a bad evaluation file, before anything is built
-        _check_eval_data(opts, ckpts[0][1], task)
+        _check_eval_data(opts, ckpts[0][1], task, ckpts)
 
     avail = registry.availability()
     backends = []
