@@ -35,7 +35,8 @@ from prumux_compile.export.inputs import realistic_inputs
 from prumux_compile.export.spec import OUTPUT_NAME, ExportSpec
 
 __all__ = ["Criteria", "CRITERIA", "criteria_for", "Comparison", "compare", "CaseResult", "ArtifactValidation",
-           "validation_cases", "validation_lengths", "validate", "require_passed", "format_table", "validation_document"]
+           "validation_cases", "validation_lengths", "validate", "require_passed", "format_table",
+           "validation_document"]
 
 _MUXED_LENGTHS = (None, 16, 7)  # None = the compiled length
 _SINGLE_LENGTHS = (7, 16, 33)
