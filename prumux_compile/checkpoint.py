@@ -336,7 +336,19 @@ def _read_sharded(ckpt_dir: Path, index_name: str, files: dict[str, str]) -> dic
 
 def _read_state_dict(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.Tensor]:
     """The state dict of a checkpoint directory: one weights file, or the shards of an HF index (fault class
-    F25). Files are looked for in the order of :data:`_WEIGHT_FILES`, then :data:`_INDEX_FILES`."""
+    F25). Files are looked for in the order of :data:`_WEIGHT_FILES`, then :data:`_INDEX_FILES`.
+
+    Raises:
+        CheckpointError: also when a single weights file lies next to a sharded index: two saves of possibly
+            different weights (transformers would silently take one of them); the message names both.
+    """
+    singles = [name for name in _WEIGHT_FILES if (ckpt_dir / name).is_file()]
+    indices = [name for name in _INDEX_FILES if (ckpt_dir / name).is_file()]
+    if singles and indices:
+        raise CheckpointError(
+            f"{ckpt_dir}: both a single weights file ({', '.join(singles)}) and a sharded checkpoint's index "
+            f"({', '.join(indices)}) are here; they may be two different saves and which one is meant cannot be "
+            "told: delete the one that is stale (or move it elsewhere)")
     for name in _WEIGHT_FILES:
         p = ckpt_dir / name
         if p.is_file():

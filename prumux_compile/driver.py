@@ -28,8 +28,9 @@ import numpy as np
 from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError
 
 #: The cache stores and restores every file of a candidate folder (whatever its backend produced).
-#: Bumped whenever candidate.json changes shape, so an older cache entry is never reused.
-_CACHE_LAYOUT = 2
+#: Bumped whenever candidate.json changes shape, so an older cache entry is never reused
+#: (3: ``artifact.files_sha256`` covers the external-data files too).
+_CACHE_LAYOUT = 3
 
 
 @dataclass
@@ -341,7 +342,7 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
                           threads=opts.threads, out_dir=cand_dir)
     artifact = backend.build(Compiled(cand_dir / "model.onnx", spec, final), config)
     _log(opts, f"{cid}: validate ({artifact.precision}, {artifact.criteria.describe()})")
-    validation = _validate(backend, artifact, raw, cand_dir / "validation.json")
+    validation = _validate(backend, artifact, raw, cand_dir / "validation.json", seq_len=opts.seq_len)
 
     _log(opts, f"{cid}: benchmark on {artifact.device}")
     device = torch.device(artifact.device)
@@ -415,26 +416,24 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
 
 
 def _cache_entry_problem(entry: Path) -> str | None:
-    """Why a cache entry must not be reused (its record unreadable, or its artifact file missing or no longer the
-    file that was validated and measured: another sha256 than ``candidate.json`` records), or None."""
-    from prumux_compile.engines.base import file_sha256
+    """Why a cache entry must not be reused (its record unreadable, or a file of its artifact — the graph and its
+    external-data files — missing or no longer the file that was validated and measured: another sha256 than
+    ``candidate.json`` records), or None."""
+    from prumux_compile.engines.base import artifact_files_problem
 
     try:
         info = json.loads((entry / "candidate.json").read_text())
         art = info["artifact"]
-        path, want = entry / art["path"], art.get("sha256")
+        art["path"]
     except (OSError, ValueError, KeyError, TypeError):
         return "candidate.json unreadable"
-    if not path.is_file():
-        return f"{path.name} missing"
-    if want and file_sha256(path) != want:
-        return f"{path.name} is not the measured artifact (sha256 differs from candidate.json)"
-    return None
+    return artifact_files_problem(entry, art)
 
 
-def _validate(backend, artifact, raw, out_path: Path) -> dict:
+def _validate(backend, artifact, raw, out_path: Path, seq_len: int | None = None) -> dict:
     """Validate the artifact's runnable files (the deployed one included) against the float64 reference with
-    the artifact's own criteria (:mod:`prumux_compile.validation`); write ``validation.json``.
+    the artifact's own criteria (:mod:`prumux_compile.validation`; the cases include ``seq_len``, the length the
+    candidate is benchmarked at); write ``validation.json``.
 
     Raises:
         ValidationError: any case outside the criteria, NaN/Inf, nondeterministic, inputs modified, or argmax
@@ -446,11 +445,12 @@ def _validate(backend, artifact, raw, out_path: Path) -> dict:
     try:
         for role in artifact.runnable:
             runners[Path(artifact.files[role]).name] = backend.load(artifact.using(role))
-        results = validate(runners, raw, artifact.spec, artifact.criteria)
+        results = validate(runners, raw, artifact.spec, artifact.criteria, seq_len=seq_len)
     finally:
         for r in runners.values():
             r.close()
-    doc = validation_document(results, artifact.spec, backend=artifact.backend, precision=artifact.precision)
+    doc = validation_document(results, artifact.spec, backend=artifact.backend, precision=artifact.precision,
+                              bench_seq_len=seq_len)
     out_path.write_text(json.dumps(_json_safe(doc), indent=2))
     require_passed(results)
     deployed = results[Path(artifact.path).name]
@@ -610,13 +610,15 @@ def _task_of(ckpts: list[tuple[str, Path]]) -> str:
     return next(iter(tasks))
 
 
-def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str) -> None:
+def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str,
+                     ckpts: list[tuple[str, Path]] | None = None) -> None:
     """Read the first rows of ``--eval-data`` the way the build will, before anything is built.
 
     Raises:
-        InputError: anything :func:`prumux_compile.bench.data.load_eval_data` refuses; and, unless
-            ``opts.eval_unlabelled``, a file without a recognised label column (the message names the columns
-            found and the accepted ones) or whose label column is empty in the first rows.
+        InputError: anything :func:`prumux_compile.bench.data.load_eval_data` refuses; segment ids (the second
+            sentence of a pair) outside the token-type table of an N = 1 checkpoint of ``ckpts`` (multiplexed models
+            ignore token types); and, unless ``opts.eval_unlabelled``, a file without a recognised label column (the
+            message names the columns found and the accepted ones) or whose label column is empty in the first rows.
     """
     from prumux_compile.bench.data import LABEL_COLUMNS, find_tokenizer_dir, load_eval_data
 
@@ -624,6 +626,8 @@ def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str) -> None:
     label2id = {str(v): int(k) for k, v in (cfg.get("id2label") or {}).items()} or None
     es = load_eval_data(opts.eval_data, tokenizer_dir=find_tokenizer_dir(ckpt), seq_len=opts.seq_len,
                         label2id=label2id, limit=8, task=task)
+    if int(es.token_type_ids.max()) >= 1:
+        _check_segment_ids(opts, es, ckpts or [(ckpt.name, ckpt)])
     if opts.eval_unlabelled:
         return
     unlabelled = "--eval-unlabelled to use its texts only (teacher agreement instead of measured accuracy)"
@@ -634,6 +638,38 @@ def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str) -> None:
     if es.labels is None:
         raise InputError(f"eval data {opts.eval_data}: column {es.label_column!r} holds no labels in its first rows "
                          f"(empty, null or -1: a test split?); give labelled data, or pass {unlabelled}")
+
+
+def _check_segment_ids(opts: BuildOptions, es, ckpts: list[tuple[str, Path]]) -> None:
+    """Refuse an evaluation file whose segment ids (a sentence pair's second segment is 1) lie outside the token-type
+    table of an N = 1 checkpoint (fault class F20): the engine would refuse them only after the candidate was built
+    and benchmarked. Multiplexed models ignore token types (docs/checkpoint-formats.md Q3); their config says N.
+
+    Raises:
+        InputError: naming the file, its pair columns, the checkpoint and its table's rows.
+    """
+    from prumux_compile.checkpoint import read_raw
+
+    need = int(es.token_type_ids.max()) + 1
+    for cid, path in ckpts:
+        cfg_path = Path(path) / "config.json"
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, ValueError):
+            continue  # the checkpoint reader names the problem when the candidate is built
+        n = cfg.get("num_instances") if isinstance(cfg, dict) else None
+        if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+            continue
+        raw = read_raw(path)
+        table = raw.state_dict.get("bert.embeddings.token_type_embeddings.weight")
+        if raw.is_muxed or table is None or int(table.shape[0]) >= need:
+            continue
+        pair = (f"its sentence pairs (columns {es.text_columns[0]!r} + {es.text_columns[1]!r})"
+                if len(es.text_columns) == 2 else "its tokenized texts")
+        raise InputError(f"eval data {opts.eval_data}: {pair} give segment ids up to {need - 1} (the tokenizer's "
+                         f"second segment), but checkpoint {cid} has a token-type table of {int(table.shape[0])} "
+                         f"row(s) (type_vocab_size), so it takes segment ids in [0, {int(table.shape[0])}) only; give "
+                         "an evaluation file of single sentences (one text column), or a checkpoint trained on pairs")
 
 
 def _baseline_id(infos: list[dict]) -> str:
@@ -706,7 +742,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                              "recorded accuracies cannot be compared with another kind of number")
     task = _task_of(ckpts)
     if opts.eval_data is not None:  # fail fast on a bad evaluation file, before anything is built
-        _check_eval_data(opts, ckpts[0][1], task)
+        _check_eval_data(opts, ckpts[0][1], task, ckpts)
 
     avail = registry.availability()
     backends = []
@@ -858,14 +894,13 @@ def write_candidate_repository(repo_dir: Path, info: dict, cand_dir: Path, *, na
     if dep is None or dep.platform is None:
         return None
     model_path = Path(cand_dir) / art["path"]
-    if art.get("sha256") and model_path.is_file():
-        from prumux_compile.engines.base import file_sha256
+    if (art.get("sha256") or art.get("files_sha256")) and model_path.is_file():
+        from prumux_compile.engines.base import artifact_files_problem
 
-        found = file_sha256(model_path)
-        if found != art["sha256"]:
-            raise InputError(f"{model_path}: sha256 {found[:12]}... is not that of the artifact candidate {info['id']} "
-                             f"was validated and measured with ({art['sha256'][:12]}..., its candidate.json): the file "
-                             "changed afterwards; rebuild the candidate (prumux-compile build --no-cache)")
+        problem = artifact_files_problem(cand_dir, art)  # the graph and every external-data file
+        if problem is not None:
+            raise InputError(f"{cand_dir}: not the artifact candidate {info['id']} was validated and measured with "
+                             f"(its candidate.json): {problem}; rebuild the candidate (prumux-compile build --no-cache)")
     kwargs = dict(name=name or _model_name(info), model_path=model_path, platform=dep.platform,
                   num_instances=info["num_instances"], instance_kind=dep.instance_kind, overwrite=overwrite,
                   intra_op_num_threads=dep.intra_op_num_threads, inter_op_num_threads=dep.inter_op_num_threads,

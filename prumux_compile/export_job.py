@@ -16,6 +16,10 @@ Files written::
     validation.json   per artifact and case: max |Δlogit| vs the reference, argmax agreement, pass/fail, criteria
     passes.json       the IR pass reports
     export.json       interface, graph checks, fusion report, engine choice, environment
+    candidate.json    the artifact record in the layout ``build`` writes for a candidate (docs/report.md): which file
+                      the engine measured and chose, its sha256 and the session settings it was measured under, so
+                      that ``prumux-compile triton OUT`` serves exactly that (no benchmark fields: export times
+                      only the graph variants)
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from prumux_compile.export.onnx_export import check_onnx, export_onnx, tool_vers
 from prumux_compile.export.spec import ExportSpec, spec_for_ir
 from prumux_compile.validation import ArtifactValidation, require_passed, validate, validation_document
 
-__all__ = ["ExportResult", "export_into", "export_checkpoint", "MODEL_FILENAME"]
+__all__ = ["ExportResult", "export_into", "export_checkpoint", "candidate_record", "MODEL_FILENAME"]
 
 MODEL_FILENAME = "model.onnx"
 
@@ -102,7 +106,7 @@ def export_into(checkpoint: str | Path, dest: str | Path, *, seq_len: int = 128,
         CheckpointError: unreadable checkpoint (exit 2). InputError: bad options (exit 2).
         EngineBuildError: export, graph checks or engine build failed (exit 4).
         ValidationError: an artifact disagrees with the reference (exit 3); ``validation.json`` is written
-            into ``dest`` first.
+            into ``dest`` first, ``candidate.json`` (what ``triton`` serves) only after every artifact passed.
     """
     if int(seq_len) < 2:
         raise InputError(f"--seq-len {seq_len}: must be >= 2")
@@ -145,7 +149,49 @@ def export_into(checkpoint: str | Path, dest: str | Path, *, seq_len: int = 128,
         _write_json(dest / name, obj)
         files[name] = dest / name
     require_passed(results)
+    # only a validated artifact gets a record that `triton` serves
+    from prumux_compile.report.builder import _clean
+
+    _write_json(dest / "candidate.json", _clean(candidate_record(raw, compiled, spec, artifact, results, onnx_info,
+                                                                 passes)))
+    files["candidate.json"] = dest / "candidate.json"
     return ExportResult(dest, files, spec, artifact, results, passes, onnx_info)
+
+
+def candidate_record(raw, compiled, spec: ExportSpec, artifact: Artifact, results: dict[str, ArtifactValidation],
+                     onnx_info: dict, passes: list[dict]) -> dict:
+    """The ``candidate.json`` of an export: the fields of a build's candidate record (docs/report.md) that an
+    export has — id (the checkpoint folder's name), checkpoint and its file hashes, family, N, sparsity, backend,
+    precision, device, compiled length, ``artifact`` (:meth:`~prumux_compile.engines.base.Artifact.describe`:
+    the chosen file, its sha256, deployment settings), ``export``, ``validation`` (summary; the cases are in
+    validation.json) and ``passes`` — plus ``"source": "export"``. ``prumux-compile triton`` reads it as it reads
+    a build's candidate (:func:`prumux_compile.driver.write_candidate_repository`)."""
+    from prumux_compile.report.stats import cofi_sparsity
+
+    deployed = results[Path(artifact.path).name]
+    return {
+        "id": Path(raw.path).name,
+        "source": "export",
+        "checkpoint": str(raw.path),
+        "checkpoint_files": raw.files,
+        "family": spec.family,
+        "num_instances": spec.num_instances,
+        "sparsity": cofi_sparsity(compiled),
+        "backend": artifact.backend,
+        "precision": artifact.precision,
+        "device": artifact.device,
+        "seq_len": spec.seq_len if spec.muxed else None,
+        "artifact": artifact.describe(),
+        "export": {**onnx_info, "path": MODEL_FILENAME},
+        "validation": {"passed": all(r.passed for r in results.values()),
+                       "max_abs_diff": max((c.max_abs_diff for r in results.values() for c in r.cases),
+                                           default=float("nan")),
+                       "cases": sum(len(r.cases) for r in results.values()),
+                       "criteria": artifact.criteria.to_dict(), "tolerance": artifact.criteria.atol,
+                       "argmax_agreement": deployed.argmax_agreement, "files": list(results),
+                       "file": "validation.json"},
+        "passes": passes,
+    }
 
 
 def _inside(child: Path, parent: Path) -> bool:

@@ -21,8 +21,12 @@ Semantic choices (documented here because they are decisions, not facts of the c
   (this is what upstream ``prune_model_with_z`` + ``evaluation.py`` computes). A removed sublayer is the
   identity on the residual stream: no bias, no LayerNorm. In compressed checkpoints a sublayer is
   present iff its weights are.
-* **Absent mask keys are all ones.** (Upstream applies ``head_layer_z`` / ``mlp_z`` only when
-  ``head_z`` / ``intermediate_z`` are also present; we apply every mask that is given.)
+* **Absent mask keys are all ones, and the layer masks count only beside their finer masks** — upstream
+  evaluation's rule (``update_params`` and ``prune_model_with_z``; docs/checkpoint-formats.md §1.5, §2.9):
+  ``head_layer_z`` is applied only when ``head_z`` is present, ``mlp_z`` only when ``intermediate_z`` is; a
+  ``zs.pt`` holding ``head_layer_z`` without ``head_z`` (or ``mlp_z`` without ``intermediate_z``) gives the logits
+  of the same file without that layer mask. (Upstream's masked training forward would apply it; upstream's own
+  L0 module never writes such a file, see the document.)
 * **Hidden pruning for demux variants upstream never supported** (spec Q8): ``mlp`` multiplies the
   input columns of every ``demux_module.dense_n`` by ``hidden_z``; ``index`` multiplies both input
   halves of ``demultiplexer.dense`` by ``[hidden_z ; hidden_z]`` (the same rule upstream applies to the
@@ -203,7 +207,9 @@ class _Masks:
 
 def _read_masks(raw: RawCheckpoint, d: int, heads: int, ffn: int, layers: int,
                 dtype: torch.dtype) -> _Masks:
-    """The masks of ``raw.zs`` reshaped to compact form; absent keys are all ones.
+    """The masks of ``raw.zs`` reshaped to compact form; absent keys are all ones, and ``head_layer_z`` /
+    ``mlp_z`` are all ones too unless ``head_z`` / ``intermediate_z`` are given (upstream evaluation folds a layer
+    mask only inside the loop over its finer mask; docs/checkpoint-formats.md §2.9).
 
     Accepted shapes are the upstream ones of §1.5 (``head_z [Lyr,1,H,1,1]``, ``intermediate_z
     [Lyr,1,1,F]``, ``hidden_z [d]``, ``head_layer_z``/``mlp_z [Lyr]``) or any shape equal to them up to
@@ -236,6 +242,11 @@ def _read_masks(raw: RawCheckpoint, d: int, heads: int, ffn: int, layers: int,
                 "(from the weight shapes of this checkpoint)"
             )
         out[key] = t.detach().to(dtype).reshape(compact[key])
+    # upstream update_params: the head_layer_z factor sits inside "if head_z in zs", the mlp_z factor inside
+    # "if intermediate_z in zs"; prune_model_with_z likewise multiplies a layer mask only into its finer mask
+    for layer_mask, finer in (("head_layer_z", "head_z"), ("mlp_z", "intermediate_z")):
+        if finer not in zs:
+            out[layer_mask] = torch.ones(compact[layer_mask], dtype=dtype)
     if not bool((out["hidden_z"] != 0).any()):
         raise CheckpointError(f"{raw.path}: mask hidden_z keeps no hidden dim (all zeros)")
     return _Masks(**out)

@@ -6,9 +6,12 @@ Every validation in the project goes through this module: the ``export`` command
 * :data:`CRITERIA` — ONE table of pass criteria keyed by ``(backend, precision)`` (``"*"`` = any backend),
   looked up with :func:`criteria_for`. A criterion is an element-wise bound ``|out - ref| <= atol + rtol·|ref|``
   on the logits plus, optionally, a minimum argmax agreement with the reference over all validated rows.
-* :func:`validation_cases` — ONE list of input shapes: batch sizes ``{1, N-1, N, 2N+1}`` (0 dropped; fault
-  classes F15, F18) times several sequence lengths (``{compiled length, 16, 7}`` for multiplexed models,
-  ``{7, 16, 33}`` for N = 1; clipped to the model's limit).
+* :func:`validation_cases` — ONE list of input shapes for every backend: batch sizes ``{1, N-1, N, 2N+1}`` (0
+  dropped; fault classes F15, F18) times several sequence lengths: ``{compiled length, 16, 7}`` for multiplexed
+  models (the compiled length is the benchmarked and the served one); for N = 1 ``{7, 16, 33}`` plus the length
+  the candidate is benchmarked at and the longest the model accepts (its position table, capped at
+  :data:`LONGEST_CASE` tokens: the float64 reference costs ~10 s at 512 tokens for a MiniLM-sized model on one
+  core, and grows quadratically beyond); every length clipped to ``[2, max_seq_len]``.
 * :func:`compare` (one output against the reference) and :func:`validate` (runners against
   :func:`prumux_compile.reference.forward` computed in float64 on the same inputs).
 
@@ -32,10 +35,16 @@ from prumux_compile.export.inputs import realistic_inputs
 from prumux_compile.export.spec import OUTPUT_NAME, ExportSpec
 
 __all__ = ["Criteria", "CRITERIA", "criteria_for", "Comparison", "compare", "CaseResult", "ArtifactValidation",
-           "validation_cases", "validate", "require_passed", "format_table", "validation_document"]
+           "validation_cases", "validation_lengths", "validate", "require_passed", "format_table",
+           "validation_document"]
 
 _MUXED_LENGTHS = (None, 16, 7)  # None = the compiled length
 _SINGLE_LENGTHS = (7, 16, 33)
+#: Longest N = 1 validation length (tokens): the position table of BERT-sized models. Longer tables (long-context
+#: models) are validated up to here only: the float64 reference's cost grows quadratically with the length.
+LONGEST_CASE = 512
+#: The length engines measure an N = 1 model at when the caller names none (EngineConfig.seq_len = None).
+_DEFAULT_BENCH_LEN = 128
 
 
 @dataclass(frozen=True)
@@ -232,16 +241,35 @@ def _json_float(x: float) -> float | str:
     return x if np.isfinite(x) else str(x)
 
 
-def validation_cases(spec: ExportSpec) -> list[tuple[int, int]]:
-    """``(batch, seq)`` pairs to validate (module docstring), batch-major, deduplicated, sorted."""
-    n = spec.num_instances
-    batches = sorted({b for b in (1, n - 1, n, 2 * n + 1) if b >= 1})
+def validation_lengths(spec: ExportSpec, seq_len: int | None = None) -> list[int]:
+    """The sequence lengths (tokens) of :func:`validation_cases`, ascending.
+
+    Args:
+        spec: the model interface.
+        seq_len: the length the candidate is benchmarked at (``build --seq-len``); None = the engines' default
+            (``min(128, max_seq_len)`` for N = 1; the compiled length for multiplexed models).
+    """
     if spec.muxed:
         lengths = {spec.seq_len if s is None else s for s in _MUXED_LENGTHS}
     else:
-        lengths = set(_SINGLE_LENGTHS)
-    lengths = sorted({max(2, min(s, spec.max_seq_len)) for s in lengths})
-    return [(b, s) for b in batches for s in lengths]
+        bench = _DEFAULT_BENCH_LEN if seq_len is None else int(seq_len)
+        lengths = set(_SINGLE_LENGTHS) | {bench, min(spec.max_seq_len, LONGEST_CASE)}
+    if seq_len is not None:
+        lengths.add(int(seq_len))
+    return sorted({max(2, min(s, spec.max_seq_len)) for s in lengths})
+
+
+def validation_cases(spec: ExportSpec, seq_len: int | None = None) -> list[tuple[int, int]]:
+    """``(batch, seq)`` pairs to validate (module docstring), batch-major, deduplicated, sorted; the same list
+    for every backend.
+
+    Args:
+        spec: the model interface.
+        seq_len: the length the candidate is benchmarked at, tokens (:func:`validation_lengths`).
+    """
+    n = spec.num_instances
+    batches = sorted({b for b in (1, n - 1, n, 2 * n + 1) if b >= 1})
+    return [(b, s) for b in batches for s in validation_lengths(spec, seq_len)]
 
 
 def case_inputs(spec: ExportSpec, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -263,7 +291,8 @@ def reference_logits(raw, spec: ExportSpec, feeds: dict[str, np.ndarray]) -> np.
 
 
 def validate(runners: dict[str, _Runs], raw, spec: ExportSpec, criteria: Criteria | dict[str, Criteria], *,
-             seed: int = 0, cases: list[tuple[int, int]] | None = None) -> dict[str, ArtifactValidation]:
+             seed: int = 0, cases: list[tuple[int, int]] | None = None,
+             seq_len: int | None = None) -> dict[str, ArtifactValidation]:
     """Compare every runner with the float64 reference on the same inputs (module docstring); never raises on a
     mismatch (see :func:`require_passed`).
 
@@ -273,7 +302,9 @@ def validate(runners: dict[str, _Runs], raw, spec: ExportSpec, criteria: Criteri
         spec: the model interface (N, compiled length, vocabulary).
         criteria: one :class:`Criteria` for every runner, or one per runner name.
         seed: base seed of the inputs (each case derives its own seed from it).
-        cases: ``(batch, seq)`` pairs; default :func:`validation_cases`.
+        cases: ``(batch, seq)`` pairs; default :func:`validation_cases` of ``spec`` and ``seq_len``.
+        seq_len: the length the artifact is benchmarked at (tokens; :func:`validation_lengths`), used when
+            ``cases`` is None.
 
     Returns:
         artifact name -> :class:`ArtifactValidation`.
@@ -285,7 +316,7 @@ def validate(runners: dict[str, _Runs], raw, spec: ExportSpec, criteria: Criteri
     missing = sorted(set(runners) - set(per))
     if missing:
         raise InputError(f"validate: no criteria for {missing}")
-    cases = validation_cases(spec) if cases is None else cases
+    cases = validation_cases(spec, seq_len) if cases is None else cases
     results = {name: ArtifactValidation(name, OUTPUT_NAME, per[name]) for name in runners}
     for b, s in cases:
         feeds = case_inputs(spec, b, s, seed)
@@ -358,9 +389,12 @@ def require_passed(results: dict[str, ArtifactValidation]) -> None:
 
 
 def validation_document(results: dict[str, ArtifactValidation], spec: ExportSpec, *, seed: int = 0,
-                        backend: str | None = None, precision: str | None = None) -> dict:
+                        backend: str | None = None, precision: str | None = None,
+                        bench_seq_len: int | None = None) -> dict:
     """The content of ``validation.json``: settings, criteria, per-artifact cases and an overall verdict
-    (fields: docs/report.md)."""
+    (fields: docs/report.md). ``bench_seq_len`` is the length the artifact is benchmarked at (tokens; None = the
+    engines' default), recorded beside the lengths validated."""
+    lengths = sorted({c.seq for r in results.values() for c in r.cases})
     return {
         "schema": "prumux-compile/validation/2",
         "reference": "prumux_compile.reference.forward (float64)",
@@ -372,6 +406,10 @@ def validation_document(results: dict[str, ArtifactValidation], spec: ExportSpec
                                   "every third row a sentence pair (token types 0/1)"},
         "num_instances": spec.num_instances,
         "seq_len": spec.seq_len,
+        "lengths": {"validated": lengths,
+                    "benchmarked": (bench_seq_len if bench_seq_len is not None else
+                                    spec.seq_len if spec.muxed else min(_DEFAULT_BENCH_LEN, spec.max_seq_len)),
+                    "longest_accepted": spec.max_seq_len, "longest_validated_cap": LONGEST_CASE},
         "passed": all(r.passed for r in results.values()),
         "artifacts": {name: r.to_dict() for name, r in results.items()},
     }

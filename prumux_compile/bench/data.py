@@ -249,7 +249,14 @@ class _LabelMapper:
         try:
             value = int(text)
         except ValueError:
-            raise self._unknown(raw, lineno) from None
+            # "1.0" (pandas writes an integer column holding a blank as floats) is class 1, as JSON 1.0 is
+            try:
+                number = float(text)
+            except ValueError:
+                raise self._unknown(raw, lineno) from None
+            if not number.is_integer():  # also nan / inf
+                raise self._unknown(raw, lineno) from None
+            value = int(number)
         return _MISSING if value == -1 else self._check_id(value, raw, lineno)
 
 
@@ -342,11 +349,12 @@ def load_eval_data(path: str | Path, *, tokenizer_dir: str | Path, seq_len: int 
             ``transformers.AutoTokenizer.from_pretrained(..., local_files_only=True)``.
         seq_len: padded sequence length L (>= 2); longer inputs are truncated (longest first for pairs).
         label2id: the checkpoint config's ``label2id`` (class name -> id). Labels are mapped as follows:
-            JSON integers and integer strings are class ids, kept as they are when they are ids of
-            ``label2id`` (any id >= 0 when ``label2id`` is None); other strings are looked up in
-            ``label2id`` (exact, then case-insensitive). A name match wins over reading the string as an
-            integer. Empty cells, JSON null and -1 (GLUE test splits) mean "no label"; if every row is
-            unlabelled ``labels`` is None.
+            JSON integers, integral JSON numbers (``1.0``) and strings of either (``"1"``, ``"1.0"``: the same in
+            TSV, CSV and JSON) are class ids, kept as they are when they are ids of ``label2id`` (any id >= 0 when
+            ``label2id`` is None); other strings are looked up in ``label2id`` (exact, then case-insensitive). A
+            name match wins over reading the string as a number; a non-integral number (``1.5``) is an unknown
+            label. Empty cells, JSON null and -1 (GLUE test splits) mean "no label"; if every row is unlabelled
+            ``labels`` is None.
         limit: keep only the first ``limit`` examples (>= 1), or all when None.
         task: ``"classification"`` (labels as above) or ``"regression"`` (a one-output head: every label is a
             finite real number, read as float64; empty cells and JSON null mean "no label"); None picks

@@ -63,3 +63,4 @@ def _summary(result) -> None:
     click.echo(f"  engine {art.backend} uses {Path(art.path).name} ({art.report.get('choice')}): "
                f"{art.report.get('why')}; sha256 {art.sha256}")
     click.echo("  files: " + ", ".join(sorted(result.files)))
+    click.echo(f"  serve it as measured: prumux-compile triton {result.out_dir} -o REPO")

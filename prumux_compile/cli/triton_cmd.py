@@ -136,9 +136,10 @@ def triton_cmd(
 ) -> None:
     """Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx, validated first.
 
-    SOURCE is an exported model.onnx, a candidate folder, or a build's OUT/report.json (its chosen candidate,
-    or every candidate with --all-candidates). A build's candidate is written as it was measured: its artifact
-    file, platform, instance kind and session settings (--instance-kind is then taken from the build).
+    SOURCE is an exported model.onnx, a candidate folder, an export folder, or a build's OUT/report.json (its
+    chosen candidate, or every candidate with --all-candidates). A build's or an export's candidate (its
+    candidate.json) is written as it was measured: its artifact file, platform, instance kind and session settings
+    (--instance-kind is then taken from the record).
 
     With --ensemble the text ensemble goes next to each engine model (see README "Serving text").
 

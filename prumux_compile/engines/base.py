@@ -37,7 +37,7 @@ from prumux_compile.export.spec import ExportSpec
 from prumux_compile.validation import Criteria, criteria_for
 
 __all__ = ["PRECISIONS", "Compiled", "EngineConfig", "Deployment", "Artifact", "Runner", "Backend",
-           "prepare_feeds", "file_sha256"]
+           "prepare_feeds", "file_sha256", "artifact_file_hashes", "artifact_files_problem"]
 
 #: Every precision an :class:`EngineConfig` may ask for; each backend supports a subset (``Backend.precisions``).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -50,6 +50,63 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def artifact_file_hashes(path: str | Path, sha256: str | None = None) -> dict[str, str]:
+    """Hex sha256 of every file an artifact consists of: ``path`` itself and, for an ONNX graph, the external-data
+    files it refers to (``model.optimized.onnx.data`` of a model past the 2 GiB protobuf limit, fault class F26).
+
+    Args:
+        path: the artifact file.
+        sha256: its hash when already known (not read again).
+
+    Returns:
+        name relative to ``path``'s folder (POSIX form) -> hex sha256, ``path``'s name first.
+
+    Raises:
+        InputError: an external-data file is missing or lies outside the folder (from
+            :func:`prumux_compile.export.onnx_export.onnx_data_files`).
+    """
+    path = Path(path)
+    out = {path.name: sha256 or file_sha256(path)}
+    if path.suffix == ".onnx":
+        from prumux_compile.export.onnx_export import onnx_data_files  # needs onnx: ONNX artifacts only
+
+        for f in onnx_data_files(path):
+            out[f.relative_to(path.parent).as_posix()] = file_sha256(f)
+    return out
+
+
+def artifact_files_problem(folder: str | Path, record: dict) -> str | None:
+    """Why the files of an artifact record (``candidate.json``'s ``"artifact"``) in ``folder`` are not the files
+    that were validated and measured, or None when they are.
+
+    Checks ``path`` against ``sha256`` and every entry of ``files_sha256`` (the external-data files; records written
+    before that field existed carry ``sha256`` only, which is then all that is checked).
+
+    Returns:
+        a phrase such as ``"model.optimized.onnx.data: sha256 3f2a9c01d4e7... is not the recorded 9b1c...``
+        ``(the file changed after it was measured)"``, ``"model.plan is missing"``, or None.
+    """
+    folder = Path(folder)
+    name, want = record.get("path"), record.get("sha256")
+    expected = dict(record.get("files_sha256") or {})
+    if want:
+        expected[name] = want
+    if name not in expected:
+        expected[name] = None
+    for rel, digest in expected.items():
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            return f"the record names {rel!r}, not a file inside {folder}"
+        f = folder / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if digest:
+            found = file_sha256(f)
+            if found != digest:
+                return (f"{rel}: sha256 {found[:12]}... is not the recorded {digest[:12]}... (the file changed after "
+                        "it was measured)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -188,6 +245,9 @@ class Artifact:
             ``disabled_optimizers``); a role without an entry loads with the backend's defaults.
         runnable: roles that :meth:`Backend.load` can run (each is validated).
         sha256: hex sha256 of ``path`` at build time.
+        files_sha256: hex sha256 of every file the artifact consists of (:func:`artifact_file_hashes`: ``path`` and
+            its external-data files), by name relative to ``path``'s folder; filled from ``path`` when the backend
+            gives ``sha256`` only.
     """
 
     backend: str
@@ -203,9 +263,12 @@ class Artifact:
     role_options: dict[str, dict] = field(default_factory=dict)
     runnable: tuple[str, ...] = ()
     sha256: str | None = None
+    files_sha256: dict[str, str] | None = None
 
     def __post_init__(self):
         self.path = Path(self.path)
+        if self.files_sha256 is None and self.sha256 is not None and self.path.is_file():
+            self.files_sha256 = artifact_file_hashes(self.path, self.sha256)
         if self.criteria is None:
             self.criteria = criteria_for(self.backend, self.precision)
         if not self.runnable:
@@ -284,6 +347,7 @@ class Artifact:
     def describe(self) -> dict:
         """The JSON summary written to ``candidate.json`` (docs/report.md)."""
         return {"backend": self.backend, "path": self.path.name, "role": self.role, "sha256": self.sha256,
+                "files_sha256": self.files_sha256,
                 "bytes": self.path.stat().st_size if self.path.is_file() else None, "precision": self.precision,
                 "device": self.device, "criteria": self.criteria.to_dict(),
                 "files": {k: Path(v).name for k, v in self.files.items()}, "runnable": list(self.runnable),

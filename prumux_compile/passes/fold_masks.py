@@ -7,6 +7,10 @@ and the rows of ``Wo``, ``bo`` and ``W2`` but NOT ``b2``; LayerNorm affines and 
 are not scaled. ``head_z`` scales the rows of ``Wv``/``bv`` per head, ``head_layer_z`` scales ``Wo``/``bo``;
 ``intermediate_z`` scales the columns of ``W2``, ``mlp_z`` scales ``W2``/``b2``.
 
+A layer mask counts only beside its finer mask, as in upstream ``update_params`` / ``prune_model_with_z``:
+``head_layer_z`` without ``head_z`` and ``mlp_z`` without ``intermediate_z`` are ignored (named in the report;
+docs/checkpoint-formats.md §2.9).
+
 What remains are binary keep masks: hidden dims with ``hidden_z != 0``, heads with
 ``head_z * head_layer_z != 0``, FFN dims with ``intermediate_z * mlp_z != 0``. A sublayer with nothing kept
 is removed by the later passes even when its layer-level mask is non-zero (fault class F3: upstream's
@@ -18,6 +22,10 @@ import torch
 
 from prumux_compile.ir import ModelIR
 from prumux_compile.passes.base import Pass
+
+
+#: layer mask -> the finer mask it is folded with (and without which upstream evaluation ignores it).
+_FINER = {"head_layer_z": "head_z", "mlp_z": "intermediate_z"}
 
 
 class FoldMasks(Pass):
@@ -33,11 +41,12 @@ class FoldMasks(Pass):
         d = ir.hidden
         hz = m.get("hidden_z")
         head_z = m["head_z"].reshape(n_layers, heads) if "head_z" in m else None
-        hlz = m["head_layer_z"].reshape(n_layers) if "head_layer_z" in m else None
+        # a layer mask only together with its finer mask (upstream evaluation; module docstring)
+        ignored = [k for k, finer in _FINER.items() if k in m and finer not in m]
+        hlz = m["head_layer_z"].reshape(n_layers) if "head_layer_z" in m and head_z is not None else None
         iz = m["intermediate_z"].reshape(n_layers, -1) if "intermediate_z" in m else None
-        mz = m["mlp_z"].reshape(n_layers) if "mlp_z" in m else None
+        mz = m["mlp_z"].reshape(n_layers) if "mlp_z" in m and iz is not None else None
         dh = ir.head_size
-        soft = any(((t != 0) & (t != 1)).any().item() for t in m.values())
 
         if hz is not None:
             e = ir.embeddings
@@ -93,7 +102,11 @@ class FoldMasks(Pass):
                     keep &= bool(mz[i] != 0)
                 f.dim_keep = None if bool(keep.all()) else keep
         ir.masks = None
-        kinds = ", ".join(sorted(m))
-        return (f"folded {kinds} into the weights ({'soft' if soft else 'binary'} values)",
-                {"masks": sorted(m), "soft": soft,
+        used = sorted(set(m) - set(ignored))
+        kinds = ", ".join(used) or "no mask"
+        soft = any(((m[k] != 0) & (m[k] != 1)).any().item() for k in used)
+        note = (f"; ignored {', '.join(ignored)}: zs.pt has no {' / '.join(_FINER[k] for k in ignored)}, and upstream "
+                "evaluation applies a layer mask only together with its finer mask") if ignored else ""
+        return (f"folded {kinds} into the weights ({'soft' if soft else 'binary'} values){note}",
+                {"masks": used, "ignored_masks": ignored, "soft": soft,
                  "hidden_kept": ir.hidden_kept(), "hidden": d})

@@ -78,6 +78,13 @@ def test_build_outputs_and_selection(grid, tmp_path):
         assert c["cached"] is False
     assert report["selection"]["chosen"] == _best(report, 0.91 - 0.03)
     assert (out / "pareto.png").stat().st_size > 1000
+    # N = 1 is validated at the benchmarked length (--seq-len 16) and at its longest accepted one (64 positions)
+    doc = json.loads((out / "candidates" / "n1_s0" / "validation.json").read_text())
+    assert doc["lengths"] == {"validated": [7, 16, 33, 64], "benchmarked": 16, "longest_accepted": 64,
+                              "longest_validated_cap": 512}
+    assert doc["inputs"]["cases"] == [[b, s] for b in (1, 3) for s in (7, 16, 33, 64)]
+    assert all([c["batch"], c["seq"]] in doc["inputs"]["cases"] and c["passed"]
+               for a in doc["artifacts"].values() for c in a["cases"])
     repo = out / report["model_repository"]
     assert (repo / "config.pbtxt").is_file() and (repo / "1" / "model.onnx").is_file()
     # the repository serves the benchmarked artifact: same bytes, same session settings

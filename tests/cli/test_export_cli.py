@@ -38,7 +38,7 @@ def test_success_writes_the_artifacts(ckpt, tmp_path):
     result = _invoke(ckpt, "-o", out, "--seq-len", 16, "--threads", 1)
     assert result.exit_code == 0, result.output
     for name in ("model.onnx", "model.ort.onnx", "model.optimized.onnx", "validation.json", "passes.json",
-                 "export.json"):
+                 "export.json", "candidate.json"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "validation.json").read_text())
     assert doc["passed"] is True and set(doc["artifacts"]) == {"model.onnx", "model.ort.onnx", "model.optimized.onnx"}
@@ -131,8 +131,60 @@ def test_forced_export_replaces_the_previous_output(ckpt, tmp_path, monkeypatch)
     result = _invoke(ckpt, "-o", out, "--force", "--seq-len", 16, "--threads", 1, "--no-ort-optimize")
     assert result.exit_code == 0, result.output
     assert calls == [dict(seq_len=16, opset=17, threads=1, ort_optimize=False)]
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "model.optimized.onnx", "passes.json",
-                                                     "validation.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["candidate.json", "export.json", "model.onnx",
+                                                     "model.optimized.onnx", "passes.json", "validation.json"]
     assert set(json.loads((out / "validation.json").read_text())["artifacts"]) == {"model.onnx",
                                                                                   "model.optimized.onnx"}
     assert _leftovers(tmp_path, "out") == []
+
+
+def test_triton_serves_what_export_measured_and_chose(ckpt, tmp_path):
+    """Finding 14: `triton EXPORT_DIR` serves the file export validated, measured and chose (its candidate.json, the
+    record a build writes), with the session settings it was measured under — not model.onnx at ORT's defaults."""
+    import hashlib
+
+    out, repo = tmp_path / "out", tmp_path / "repo"
+    assert _invoke(ckpt, "-o", out, "--seq-len", 16, "--threads", 1).exit_code == 0
+    record = json.loads((out / "candidate.json").read_text())
+    chosen = json.loads((out / "export.json").read_text())["engine"]["uses"]
+    assert chosen == "model.optimized.onnx" and record["artifact"]["path"] == chosen
+    sha = hashlib.sha256((out / chosen).read_bytes()).hexdigest()
+    assert record["artifact"]["sha256"] == sha
+    assert (record["id"], record["source"], record["num_instances"]) == ("ckpt", "export", 2)
+    assert record["validation"]["passed"] is True and set(record["validation"]["files"]) == {
+        "model.onnx", "model.ort.onnx", "model.optimized.onnx"}
+
+    res = CliRunner().invoke(cli, ["triton", str(out), "-o", str(repo)])  # no --name: prumux_<checkpoint folder>
+    assert res.exit_code == 0, res.output
+    served = repo / "prumux_ckpt" / "1" / "model.onnx"
+    assert hashlib.sha256(served.read_bytes()).hexdigest() == sha
+    assert sha != hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    config = (repo / "prumux_ckpt" / "config.pbtxt").read_text()
+    assert "level: 2" in config  # the saved optimised graph runs with every ORT optimisation disabled, as measured
+    assert 'key: "intra_op_thread_count"' in config and 'string_value: "1"' in config
+    res = CliRunner().invoke(cli, ["triton", str(out), "-o", str(tmp_path / "py"), "--backend", "python"])
+    assert res.exit_code == 0, res.output
+    py_config = (tmp_path / "py" / "prumux_ckpt" / "config.pbtxt").read_text()
+    assert 'key: "prumux.graph_optimization_level"' in py_config and 'string_value: "disable_all"' in py_config
+
+    # a changed artifact is refused like a build's (the record's sha256)
+    (out / chosen).write_bytes((out / "model.onnx").read_bytes())
+    res = CliRunner().invoke(cli, ["triton", str(out), "-o", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "the file changed after it was measured" in res.stderr
+
+
+def test_a_failed_export_writes_no_candidate_record(ckpt, tmp_path, monkeypatch):
+    """export_into (non-atomic) leaves validation.json for inspection but no candidate.json to serve."""
+    from prumux_compile import export_job, validation
+    from prumux_compile.errors import ValidationError
+
+    def broken(*args, **kwargs):
+        res = validation.validate(*args, **kwargs)
+        for r in res.values():
+            r.cases[0].passed = False
+        return res
+
+    monkeypatch.setattr(export_job, "validate", broken)
+    with pytest.raises(ValidationError):
+        export_job.export_into(ckpt, tmp_path, seq_len=16, threads=1)
+    assert (tmp_path / "validation.json").is_file() and not (tmp_path / "candidate.json").exists()

@@ -42,6 +42,9 @@ BAD = [
     ("F25-missing-shard", dict(family="muxplm", shards=3, safetensors=True),
      lambda p: (p / "model-00003-of-00003.safetensors").unlink(), "model-00003-of-00003.safetensors"),
     ("F21-bare-encoder-module", dict(family="bert", key_prefix="module."), _bare, "no classifier head"),
+    ("F25-single-beside-index", dict(family="bert", shards=2),
+     lambda p: torch.save({}, p / "pytorch_model.bin"),
+     "both a single weights file (pytorch_model.bin) and a sharded checkpoint's index (pytorch_model.bin.index.json)"),
     ("F22-hidden-act", dict(family="prumux_compressed", num_instances=2, config_overrides={"hidden_act": "laplace"}),
      None, "config.json hidden_act='laplace'"),
     ("F22-relative-positions", dict(family="bert", config_overrides={"position_embedding_type": "relative_key"}),
@@ -113,3 +116,48 @@ def test_f26_build_cache_and_repository_carry_external_data(tmp_path, one_torch_
         assert (d / "model.onnx.data").is_file() and (d / "model.ort.onnx.data").is_file()
         version = out / report["model_repository"] / "1"
         assert any(p.name.endswith(".onnx.data") for p in version.iterdir()), sorted(version.iterdir())
+
+
+def test_f26_external_data_is_covered_by_the_artifact_hashes(tmp_path, one_torch_thread, external_everything):
+    """Finding 15: past the protobuf limit the weights live in ``model.optimized.onnx.data``; candidate.json hashes
+    it beside the graph, a cache entry whose data file changed is rebuilt, and triton refuses a changed data file."""
+    import hashlib
+    import shutil
+
+    def sha(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    ckpt = _ckpt(tmp_path, family="muxplm", num_instances=2, vocab=30522)
+    other = _ckpt(tmp_path, "other", family="muxplm", num_instances=2, vocab=30522, seed=7)
+    cache = tmp_path / "cache"
+    fast = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1",
+            "--min-accuracy", "0.0", "--no-progress", "--cache-dir", str(cache)]
+
+    def build(src, out):
+        res = CliRunner().invoke(cli, ["build", str(src), "-o", str(tmp_path / out), *fast])
+        assert res.exit_code == 0, res.output
+        (cand,) = json.loads((tmp_path / out / "report.json").read_text())["candidates"]
+        return cand, tmp_path / out / "candidates" / cand["id"]
+
+    cand, d = build(ckpt, "o1")
+    art = cand["artifact"]
+    assert art["path"] == "model.optimized.onnx"
+    assert art["files_sha256"] == {"model.optimized.onnx": sha(d / "model.optimized.onnx"),
+                                   "model.optimized.onnx.data": sha(d / "model.optimized.onnx.data")}
+    assert art["files_sha256"]["model.optimized.onnx"] == art["sha256"]
+    _, d_other = build(other, "o2")
+
+    # the cache entry's data file replaced by another model's (same graph layout): rebuilt, not reused
+    entry = next(p for p in cache.iterdir() if (p / "model.optimized.onnx").is_file()
+                 and sha(p / "model.optimized.onnx") == art["sha256"])
+    shutil.copyfile(d_other / "model.optimized.onnx.data", entry / "model.optimized.onnx.data")
+    cand3, d3 = build(ckpt, "o3")
+    assert cand3["cached"] is False
+    assert sha(d3 / "model.optimized.onnx.data") == art["files_sha256"]["model.optimized.onnx.data"]
+
+    # a candidate folder whose data file changed after it was measured is not served
+    shutil.copyfile(d_other / "model.optimized.onnx.data", d / "model.optimized.onnx.data")
+    res = CliRunner().invoke(cli, ["triton", str(d), "-o", str(tmp_path / "repo")])
+    assert res.exit_code == 2, res.output
+    assert "model.optimized.onnx.data: sha256" in res.output and "changed after it was measured" in res.output
+    assert not (tmp_path / "repo" / f"prumux_{cand['id']}").exists()

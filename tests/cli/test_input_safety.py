@@ -182,7 +182,8 @@ def test_triton_refuses_an_artifact_changed_after_it_was_measured(tmp_path):
     for source in (tmp_path / "out_a" / "report.json", tmp_path / "out_a" / "candidates" / "a"):
         res = CliRunner().invoke(cli, ["triton", str(source), "-o", str(tmp_path / "repo"), "--backend", "python"])
         assert res.exit_code == 2, res.output
-        assert f"is not that of the artifact candidate a was validated and measured with ({sha[:12]}" in res.output
+        assert "not the artifact candidate a was validated and measured with" in res.output
+        assert f"model.optimized.onnx: sha256 {_sha(art)[:12]}... is not the recorded {sha[:12]}..." in res.output
         assert not (tmp_path / "repo" / "prumux_a").exists()
 
 
@@ -210,3 +211,32 @@ def test_a_changed_tokenizer_is_a_cache_miss(tmp_path):
     old = np.load(tmp_path / "o1" / "candidates" / "a" / "predictions.npz")["logits"]
     np.testing.assert_array_equal(got, want)  # the predictions of the tokenizer now in the folder
     assert np.abs(got - old).max() > 1e-3  # ... which differ from the first tokenizer's
+
+
+def test_pair_eval_data_on_a_one_row_token_type_table_is_refused_up_front(tmp_path):
+    """Finding 16: sentence pairs give segment id 1; an N = 1 model with a one-row token-type table cannot take it.
+    Refused before anything is built, naming the file, its pair columns, the checkpoint and the table's size."""
+    from prumux_compile.driver import BuildOptions, _check_eval_data
+
+    ckpt = tmp_path / "tv1"
+    write_checkpoint(ckpt, SynthSpec(**{**TINY, "type_vocab_size": 1}))
+    _with_vocab(ckpt, WORDS)
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("sentence1\tsentence2\tlabel\n" + "".join(f"w{i} w{i + 1}\tw{i + 2}\t{i % 2}\n" for i in range(6)))
+    res = _build([str(ckpt), "-o", str(tmp_path / "out"), "--eval-data", str(pairs), *FAST], tmp_path)
+    assert res.exit_code == 2, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: eval data {pairs}: its sentence pairs (columns 'sentence1' + 'sentence2') give "
+                           "segment ids up to 1")
+    assert "checkpoint tv1 has a token-type table of 1 row(s)" in line
+    assert not (tmp_path / "out").exists()
+    assert [p for p in (tmp_path / "cache").glob("*") if p.is_dir()] == []  # no candidate was built
+
+    # the same file is fine for a two-row table; single sentences are fine for one row
+    ok = tmp_path / "tv2"
+    write_checkpoint(ok, SynthSpec(**TINY))
+    _with_vocab(ok, WORDS)
+    _check_eval_data(BuildOptions(out=tmp_path / "o", eval_data=pairs, seq_len=8), ok, "classification")
+    single = tmp_path / "single.tsv"
+    single.write_text("sentence\tlabel\nw1 w2\t0\nw3\t1\n")
+    _check_eval_data(BuildOptions(out=tmp_path / "o", eval_data=single, seq_len=8), ckpt, "classification")

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import time
 import types
@@ -162,6 +163,33 @@ def test_limit_and_json_array(tmp_path, minilm_dir):
     es = load_eval_data(path, tokenizer_dir=minilm_dir, seq_len=8, label2id=SST2, limit=2)
     assert es.n == 2 and es.input_ids.shape == (2, 8)
     np.testing.assert_array_equal(es.labels, [0, 1])
+
+
+@pytest.mark.parametrize("name, text", [
+    ("ids.tsv", "sentence\tlabel\na\t1\nb\t0\nc\t1.0\nd\t0.0\n"),
+    ("ids.csv", "sentence,label\na,1.0\nb,0.0\nc,1\nd,0e0\n"),
+    ("ids.jsonl", '{"sentence": "a", "label": 1.0}\n{"sentence": "b", "label": 0}\n'
+                  '{"sentence": "c", "label": "1.0"}\n{"sentence": "d", "label": 0.0}\n'),
+])
+def test_integral_float_labels_are_class_ids_in_every_format(tmp_path, minilm_dir, name, text):
+    """Finding 17a: "1.0" in a TSV/CSV cell is class 1, as JSON 1.0 is (pandas writes integer labels so)."""
+    es = load_eval_data(_write(tmp_path / name, text), tokenizer_dir=minilm_dir, seq_len=8, label2id=SST2)
+    assert es.labels.tolist() == [1, 0, 1, 0]
+    assert es.labels.dtype == np.int64
+
+
+@pytest.mark.parametrize("name, text, shown", [
+    ("half.tsv", "sentence\tlabel\na\t1.5\n", "'1.5'"),
+    ("half.csv", "sentence,label\na,1.5\n", "'1.5'"),
+    ("half.jsonl", '{"sentence": "a", "label": 1}\n{"sentence": "b", "label": 1.5}\n', "1.5"),
+    ("nan.csv", "sentence,label\na,nan\n", "'nan'"),
+    ("big.tsv", "sentence\tlabel\na\t7.0\n", "'7.0'"),
+    ("minus.jsonl", '{"sentence": "a", "label": 0}\n{"sentence": "b", "label": "-2.0"}\n', "'-2.0'"),
+])
+def test_non_class_numbers_are_refused_alike_in_every_format(tmp_path, minilm_dir, name, text, shown):
+    with pytest.raises(InputError, match=f"line 2: unknown label {re.escape(shown)}; known labels: negative=0, "
+                                         "positive=1"):
+        load_eval_data(_write(tmp_path / name, text), tokenizer_dir=minilm_dir, seq_len=8, label2id=SST2)
 
 
 def test_int_labels_without_label2id(tmp_path, minilm_dir):

@@ -152,7 +152,8 @@ def test_validation_json_records_every_case(name, exported):
     n = CKPTS[name][2]
     doc = json.loads((out / "validation.json").read_text())
     batches = sorted({1, n - 1, n, 2 * n + 1} - {0})
-    lengths = [7, 16, SEQ] if n > 1 else [7, 16, 33]
+    # N = 1: also the benchmarked length (128, the export default) and the position table, both clipped to 64
+    lengths = [7, 16, SEQ] if n > 1 else [7, 16, 33, BASE["max_pos"]]
     expected = [[b, s] for b in batches for s in lengths]
     assert doc["passed"] is True
     assert set(doc["artifacts"]) == {"model.onnx", "model.ort.onnx", "model.optimized.onnx"}
@@ -231,14 +232,20 @@ def test_spec_metadata_round_trip_and_unknown_family():
         ExportSpec.from_metadata({})
 
 
-@pytest.mark.parametrize("n, seq_len, max_seq, expected", [
-    (1, None, 512, [(1, 7), (1, 16), (1, 33), (3, 7), (3, 16), (3, 33)]),
-    (1, None, 20, [(1, 7), (1, 16), (1, 20), (3, 7), (3, 16), (3, 20)]),
-    (2, 32, 32, [(b, s) for b in (1, 2, 5) for s in (7, 16, 32)]),
-    (3, 128, 128, [(b, s) for b in (1, 2, 3, 7) for s in (7, 16, 128)]),
+@pytest.mark.parametrize("n, seq_len, max_seq, bench, expected", [
+    # N = 1: {7, 16, 33} + the benchmarked length (default 128) + the position table (capped at 512)
+    (1, None, 512, None, [(b, s) for b in (1, 3) for s in (7, 16, 33, 128, 512)]),
+    (1, None, 512, 64, [(b, s) for b in (1, 3) for s in (7, 16, 33, 64, 512)]),
+    (1, None, 4096, 300, [(b, s) for b in (1, 3) for s in (7, 16, 33, 300, 512)]),
+    (1, None, 20, None, [(1, 7), (1, 16), (1, 20), (3, 7), (3, 16), (3, 20)]),
+    (1, None, 64, 16, [(b, s) for b in (1, 3) for s in (7, 16, 33, 64)]),
+    # multiplexed: the compiled length is the benchmarked and the longest accepted one
+    (2, 32, 32, None, [(b, s) for b in (1, 2, 5) for s in (7, 16, 32)]),
+    (2, 32, 32, 32, [(b, s) for b in (1, 2, 5) for s in (7, 16, 32)]),
+    (3, 128, 128, None, [(b, s) for b in (1, 2, 3, 7) for s in (7, 16, 128)]),
 ])
-def test_validation_cases(n, seq_len, max_seq, expected):
+def test_validation_cases(n, seq_len, max_seq, bench, expected):
     family = "bert" if n == 1 else "prumux_compressed"
     spec = make_spec(family=family, num_instances=n, num_labels=2, id2label={}, seq_len=seq_len,
                      max_seq_len=max_seq, vocab_size=200, head_size=8, layer_heads=[])
-    assert validation_cases(spec) == expected
+    assert validation_cases(spec, bench) == expected

@@ -150,6 +150,14 @@ F25_BAD = [
     ("index-lists-absent-key", _add_key_to_index, "lacks 1 tensor(s) the index assigns to it (first: bert.extra"),
     ("shard-path-escapes", lambda p: (p / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"a": "../x.safetensors"}})), "is not a file name"),
+    # finding 17c: a stale single file next to the index (transformers silently takes one): refused, both named
+    ("stale-single-bin", lambda p: torch.save({"w": torch.zeros(2)}, p / "pytorch_model.bin"),
+     "both a single weights file (pytorch_model.bin) and a sharded checkpoint's index (model.safetensors.index.json) "
+     "are here"),
+    ("stale-single-safetensors", lambda p: (p / "model.safetensors").write_bytes(b"x"),
+     "both a single weights file (model.safetensors) and a sharded checkpoint's index (model.safetensors.index.json)"
+     " are here; they may be two different saves and which one is meant cannot be told: delete the one that is "
+     "stale"),
 ]
 
 

@@ -162,3 +162,45 @@ def test_python_model_refuses_sequences_longer_than_the_limit(tmp_path, monkeypa
     for f, r in ((ok, responses[0]), (also_ok, responses[2])):
         assert r.error is None
         np.testing.assert_allclose(r.output_tensors[0].as_numpy(), toy_reference(f), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_serve_stops_cleanly_with_exit_0_on_a_stop_signal(tmp_path, monkeypatch, signame):
+    """Finding 17b: for `serve`, a service manager's stop (SIGTERM / SIGHUP) is a normal shutdown like Ctrl-C: the
+    server is stopped and the command exits 0 (not 143 / 130 as the other commands; README "Exit codes")."""
+    import os
+    import signal
+
+    import prumux_compile.triton.server as server
+
+    repo = tmp_path / "repo"
+    write_repository(repo, name="m", model_path=make_toy_onnx(tmp_path / "m.onnx",
+                                                              metadata={"prumux.num_instances": "2"}),
+                     backend="python")
+    events = []
+
+    class FakeServer:  # stands in for tritonserver
+        http_url, grpc_url = "http://127.0.0.1:8000", "127.0.0.1:8001"
+
+        def __init__(self, *a, **k):
+            pass
+
+        def start(self):
+            events.append("start")
+
+        def wait_ready(self, timeout):
+            os.kill(os.getpid(), getattr(signal, signame))  # the stop arrives while serving
+            for _ in range(100):  # delivered at the next bytecode boundary
+                pass
+
+        def stop(self):
+            events.append("stop")
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(server, "TritonServer", FakeServer)
+    res = CliRunner().invoke(cli, ["serve", str(repo)])
+    assert res.exit_code == 0, res.output
+    assert events == ["start", "stop"]
+    assert {s: signal.getsignal(s) for s in before} == before  # the handlers are put back
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "`serve` exits 0 on Ctrl-C, SIGTERM and SIGHUP" in readme
