@@ -164,7 +164,7 @@ def test_export_folder_source(built, tmp_path):
     ref, _ = _predict_json([str(built / "out" / "report.json"), "--candidate", "c2", *SENTENCES[:6]])
     np.testing.assert_allclose([r["scores"]["positive"] for r in rows], [r["scores"]["positive"] for r in ref],
                                atol=1e-4)
-    assert "through exp (ort-cpu" in err
+    assert "through c2 (ort-cpu" in err  # the export folder is a candidate named after its checkpoint
 
 
 def test_tokenizer_override_and_missing_tokenizer(built, tmp_path):
