@@ -414,6 +414,7 @@ class RayExecutor(Executor):
         """Connect (or start a local instance); True when this call did, so :meth:`run` disconnects."""
         if ray.is_initialized():
             return False
+        self._probe()
         quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
         try:
             if self.address is None:
@@ -425,6 +426,21 @@ class RayExecutor(Executor):
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise InputError(f"--executor {self.spec}: cannot connect to the Ray cluster ({exc})") from None
         return True
+
+    def _probe(self, timeout_s: float = 5.0) -> None:
+        """Refuse at once an address nothing listens on (Ray itself keeps retrying for minutes)."""
+        if self.address is None or self.address == "auto":
+            return
+        target = self.address.removeprefix("ray://")
+        host, sep, port = target.rpartition(":")
+        if not sep or not port.isdigit():
+            raise InputError(f"--executor {self.spec}: expected ray:HOST:PORT, ray:ray://HOST:PORT or ray:auto")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        except OSError as exc:
+            raise InputError(f"--executor {self.spec}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+                             "start the cluster's head there (ray start --head --port PORT) or give its address"
+                             ) from None
 
     @staticmethod
     def _alive_nodes(ray) -> list[dict]:

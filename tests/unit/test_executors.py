@@ -231,3 +231,15 @@ print(sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().replace("'", '"')) == []
+
+
+@pytest.mark.parametrize("address, words", [
+    ("127.0.0.1:1", "nothing answers at 127.0.0.1:1"),
+    ("ray://127.0.0.1:1", "nothing answers at 127.0.0.1:1"),
+    ("headnode", "expected ray:HOST:PORT"),
+])
+def test_unreachable_cluster_is_refused_at_once(address, words):
+    with pytest.raises(InputError, match=words):  # Ray's own connection attempts would retry for minutes
+        RayExecutor(address)._probe(timeout_s=2.0)
+    RayExecutor("auto")._probe()  # auto / a new local instance: nothing to probe
+    RayExecutor(None)._probe()
