@@ -7,7 +7,8 @@ reference with the criteria of its (backend, precision) (exit 3 on failure), ben
 eager-PyTorch form of the same checkpoint on the same device (the physically pruned, unfused model — what
 upstream ``evaluation.py`` runs), measures accuracy through the engine, then selects with Auto-PruMUX and writes
 ``OUT/`` atomically; the Triton repository receives the chosen artifact file itself, with the settings it was
-measured under (fields: docs/report.md).
+measured under (fields: docs/report.md). Candidates run through an executor (:mod:`prumux_compile.executors`):
+one after another in this process, or as compile and measure tasks on a Ray cluster.
 """
 from __future__ import annotations
 
@@ -859,7 +860,8 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
             [0, 1], bad eval data (or none of its columns is a label column, without ``eval_unlabelled``), heads of
             an unsupported or mixed task, a location that cannot be written (OUT, ``triton_repo``, the cache).
         CheckpointError (2), ValidationError (3), EngineBuildError (4), NoCandidateError (5),
-        TritonConfigError (6). On any error nothing is left at ``opts.out`` (a previous OUT stays untouched).
+        TritonConfigError (6), CandidatesLostError (7: a cluster executor lost every candidate, or any with
+        ``require_all``). On any error nothing is left at ``opts.out`` (a previous OUT stays untouched).
     """
     from prumux_compile.bench.timing import environment
     from prumux_compile.engines import registry
