@@ -7,7 +7,8 @@ reference with the criteria of its (backend, precision) (exit 3 on failure), ben
 eager-PyTorch form of the same checkpoint on the same device (the physically pruned, unfused model — what
 upstream ``evaluation.py`` runs), measures accuracy through the engine, then selects with Auto-PruMUX and writes
 ``OUT/`` atomically; the Triton repository receives the chosen artifact file itself, with the settings it was
-measured under (fields: docs/report.md).
+measured under (fields: docs/report.md). Candidates run through an executor (:mod:`prumux_compile.executors`):
+one after another in this process, or as compile and measure tasks on a Ray cluster.
 """
 from __future__ import annotations
 
@@ -63,6 +64,15 @@ class BuildOptions:
         progress: called with a one-line stage message (``"<id>: export"``, ``"accuracy and selection"``, ...).
         on_candidate: called as ``(done, total, id, None)`` before each candidate and ``(done, total, id, info)``
             after it (``done`` counts finished candidates, ``total`` all of them).
+        executor: where candidates run (:mod:`prumux_compile.executors`): ``"local"`` (this process, one after
+            another), ``"ray"`` (a new local Ray instance), ``"ray:ADDRESS"`` (a Ray cluster: ``auto``,
+            ``HOST:PORT``, ``ray://HOST:10001``), or an :class:`~prumux_compile.executors.Executor`.
+        artifact_store: with Ray, a folder every node mounts at this path, through which candidate folders move
+            between nodes and back (default: Ray's object store).
+        hardware: with Ray, backend name (or ``"*"``: every backend) -> hardware kind: the candidate is compiled
+            and measured only on nodes labelled ``prumux-hardware=<kind>``.
+        require_all: with Ray, a candidate lost to worker faults (after its retry) fails the build (exit 7);
+            otherwise the build goes on without it and reports it under ``executor.failed``.
     """
 
     out: Path
@@ -88,6 +98,14 @@ class BuildOptions:
     eval_unlabelled: bool = False
     progress: Callable[[str], None] | None = field(default=None, repr=False)
     on_candidate: Callable[[int, int, str, dict | None], None] | None = field(default=None, repr=False)
+    executor: object = "local"
+    artifact_store: Path | None = None
+    hardware: dict[str, str] | None = None
+    require_all: bool = False
+
+    def __getstate__(self) -> dict:
+        """What travels to another process (a cluster worker): the options without the callbacks and executor."""
+        return {**self.__dict__, "progress": None, "on_candidate": None, "executor": None}
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -197,6 +215,12 @@ def _tool_version() -> str:
         return "0+unknown"
 
 
+def _hardware_for(opts: BuildOptions, backend_name: str) -> str | None:
+    """The hardware kind candidates of ``backend_name`` must be measured on (``opts.hardware``), or None."""
+    kinds = opts.hardware or {}
+    return kinds.get(backend_name, kinds.get("*"))
+
+
 def _cache_root(opts: BuildOptions) -> Path:
     from prumux_compile.cache import cache_root
 
@@ -229,14 +253,17 @@ def _tokenizer_hashes(ckpt: Path) -> dict[str, str]:
 
 
 def _cache_key(files: dict[str, str], backend: str, opts: BuildOptions, batch_sizes: list[int],
-               eval_hash: str | None, tokenizer: dict[str, str] | None = None) -> str:
+               eval_hash: str | None, tokenizer: dict[str, str] | None = None, hardware: str | None = None) -> str:
     """Hex key of a candidate's cache entry: everything its files and measurements depend on (checkpoint and
-    tokenizer file hashes, backend, options, evaluation file, tool version, cache layout)."""
+    tokenizer file hashes, backend, options, evaluation file, tool version, cache layout, and the hardware kind
+    it was measured on when the build named one)."""
     payload = {"files": files, "tokenizer": tokenizer or {}, "backend": backend, "seq_len": opts.seq_len,
                "batch_sizes": batch_sizes,
                "threads": opts.threads, "rounds": opts.rounds, "warmup": opts.warmup, "eval": eval_hash,
                "eval_limit": opts.eval_limit, "agreement_samples": opts.agreement_samples,
                "tool": _tool_version(), "layout": _CACHE_LAYOUT}
+    if hardware is not None:  # absent otherwise, so keys of builds without --hardware stay what they were
+        payload["hardware"] = hardware
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -285,27 +312,58 @@ def _copy_files(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, cand_dir: Path,
-                     eval_hash: str | None) -> dict:
-    """Compile, export, build, validate, benchmark and predict one (checkpoint, backend) candidate.
+def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None, *,
+                     cand_dir: Path) -> dict:
+    """Compile, export, build, validate, benchmark and predict one (checkpoint, backend) candidate in this
+    process, reusing and filling the build cache: what :class:`~prumux_compile.executors.LocalExecutor` runs.
 
     Every backend goes through the same steps (engine contract of :mod:`prumux_compile.engines.base`): the
     artifact the backend returns is the file that is validated (with the criteria it names), benchmarked
     against eager PyTorch on the artifact's own device, used for predictions, hashed into ``candidate.json``
-    and, if chosen, copied into the Triton repository.
+    and, if chosen, copied into the Triton repository. The steps are the stages a cluster executor runs apart
+    (:func:`_stages`): the cache lookup, :func:`_compile_candidate`, :func:`_measure_candidate`, the cache store.
     """
-    import torch
+    from prumux_compile.executors import this_node
 
-    from prumux_compile.bench.timing import interleaved
+    prepared = _prepare_candidate(cid, ckpt, backend_name, opts, eval_hash)
+    info = _restore_cached(cid, ckpt, opts, prepared.key, cand_dir) if opts.cache else None
+    if info is not None:
+        return info
+    where = this_node(device=_backend_device(backend_name))
+    info = _measure_candidate(_compile_candidate(cid, ckpt, backend_name, opts, eval_hash, cand_dir=cand_dir,
+                                                 where=where, prepared=prepared), cand_dir=cand_dir, where=where)
+    if opts.cache:
+        _store_cached(cid, ckpt, backend_name, opts, eval_hash, cand_dir=cand_dir, key=prepared.key)
+    return info
+
+
+#: Engine backends whose engines run on a CUDA device (a cluster executor gives their tasks a GPU).
+_CUDA_BACKENDS = ("ort-cuda", "torch-cuda", "tensorrt")
+
+
+def _backend_device(backend_name: str) -> str:
+    """``"cuda"`` for the backends of :data:`_CUDA_BACKENDS`, else ``"cpu"``."""
+    return "cuda" if backend_name in _CUDA_BACKENDS else "cpu"
+
+
+@dataclass
+class _Prepared:
+    """A candidate's checkpoint read and its cache key (see :func:`_prepare_candidate`)."""
+
+    raw: object
+    ir: object
+    batch_sizes: list[int]
+    key: str
+
+
+def _prepare_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions,
+                       eval_hash: str | None) -> _Prepared:
+    """Read the checkpoint, build its IR and the candidate's cache key (content hashes, backend, options).
+
+    Raises:
+        CheckpointError / InputError: an unreadable checkpoint, ``--seq-len`` beyond its position embeddings.
+    """
     from prumux_compile.checkpoint import from_raw, read_raw
-    from prumux_compile.engines import registry
-    from prumux_compile.engines.base import Compiled, EngineConfig
-    from prumux_compile.export.inputs import realistic_inputs
-    from prumux_compile.export.onnx_export import export_onnx
-    from prumux_compile.export.spec import spec_for_ir
-    from prumux_compile.kernels import build_module
-    from prumux_compile.passes import compile_ir
-    from prumux_compile.report.stats import cofi_sparsity, summary
 
     raw = read_raw(ckpt)
     ir = from_raw(raw, seq_len=opts.seq_len)
@@ -314,9 +372,16 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     if not ir.is_muxed and opts.seq_len > positions:
         raise InputError(f"{ckpt}: --seq-len {opts.seq_len} exceeds the checkpoint's {positions} position embeddings")
     batch_sizes = list(opts.batch_sizes or (8 * n,))
-    cache_dir = _cache_root(opts) / _cache_key(raw.files, backend_name, opts, batch_sizes, eval_hash,
-                                               _tokenizer_hashes(ckpt))
-    if opts.cache and (cache_dir / "candidate.json").is_file():
+    key = _cache_key(raw.files, backend_name, opts, batch_sizes, eval_hash, _tokenizer_hashes(ckpt),
+                     hardware=_hardware_for(opts, backend_name))
+    return _Prepared(raw, ir, batch_sizes, key)
+
+
+def _restore_cached(cid: str, ckpt: Path, opts: BuildOptions, key: str, cand_dir: Path) -> dict | None:
+    """The cache entry ``key`` copied into ``cand_dir`` and its ``candidate.json`` (id and checkpoint set to this
+    build's), or None when there is no reusable entry."""
+    cache_dir = _cache_root(opts) / key
+    if (cache_dir / "candidate.json").is_file():
         problem = _cache_entry_problem(cache_dir)
         if problem is None:
             _log(opts, f"{cid}: cached ({cache_dir})")
@@ -326,6 +391,83 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
             info.update(id=cid, checkpoint=str(ckpt), cached=True)
             return info
         _log(opts, f"{cid}: cache entry {cache_dir} not reused ({problem}); rebuilding")
+    return None
+
+
+def _lookup_cached(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None, *,
+                   cand_dir: Path) -> tuple[dict | None, str | None]:
+    """The cache, before a candidate is dispatched (a cluster executor runs this on the driver, where the cache
+    is): ``(info restored into cand_dir, key)`` on a hit, ``(None, key)`` on a miss, ``(None, None)`` without a
+    cache."""
+    if not opts.cache:
+        return None, None
+    key = _prepare_candidate(cid, ckpt, backend_name, opts, eval_hash).key
+    return _restore_cached(cid, ckpt, opts, key, cand_dir), key
+
+
+def _store_cached(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None, *,
+                  cand_dir: Path, key: str | None) -> None:
+    """Store the finished candidate folder ``cand_dir`` as cache entry ``key`` (written in a temporary folder,
+    then renamed); a cache that cannot be written only costs time (logged)."""
+    if not opts.cache or key is None:
+        return
+    cache_dir = _cache_root(opts) / key
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_ensure(cache_dir.parent)))
+        _copy_files(cand_dir, tmp)
+        if cache_dir.exists():
+            shutil.rmtree(cache_dir)
+        tmp.rename(cache_dir)
+    except OSError as exc:  # a cache that cannot be written only costs time
+        _log(opts, f"{cid}: cache not written ({exc})")
+
+
+@dataclass
+class _CompiledCandidate:
+    """A candidate between its compile stage (passes, export, engine build, validation) and its measure stage
+    (benchmark against eager PyTorch, predictions): what a compile task hands to a measure task.
+
+    Pickled without ``pruned`` (the pruned IR, up to the checkpoint's size); the measure stage rebuilds it from
+    the checkpoint then. ``cand_dir`` is the folder the files were written to; the measure stage may get them
+    in another folder (another node) and rebases ``artifact`` onto it.
+    """
+
+    cid: str
+    ckpt: Path
+    opts: BuildOptions
+    cand_dir: Path
+    batch_sizes: list[int]
+    artifact: object
+    info: dict
+    vocab: int
+    label2id: dict
+    pruned: object = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "pruned": None}
+
+
+def _compile_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None, *,
+                       cand_dir: Path, where: dict | None = None,
+                       prepared: _Prepared | None = None) -> _CompiledCandidate:
+    """The compile stage of a candidate: IR passes, ``model.onnx``, the engine, its validation against the
+    float64 reference (``validation.json``), all written into ``cand_dir``; ``where`` (the node, see
+    :func:`prumux_compile.executors.this_node`) is recorded as ``compiled_on``.
+
+    Raises:
+        ValidationError (3), EngineBuildError (4), CheckpointError / InputError (2): as ``build``.
+    """
+    from prumux_compile.engines import registry
+    from prumux_compile.engines.base import Compiled, EngineConfig
+    from prumux_compile.export.onnx_export import export_onnx
+    from prumux_compile.export.spec import spec_for_ir
+    from prumux_compile.kernels import build_module
+    from prumux_compile.passes import compile_ir
+    from prumux_compile.report.stats import cofi_sparsity, summary
+
+    prepared = prepared or _prepare_candidate(cid, ckpt, backend_name, opts, eval_hash)
+    raw, ir, batch_sizes = prepared.raw, prepared.ir, prepared.batch_sizes
+    n = ir.num_instances
 
     _log(opts, f"{cid}: passes")
     pruned, _ = compile_ir(ir, "pruning")
@@ -344,12 +486,64 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     _log(opts, f"{cid}: validate ({artifact.precision}, {artifact.criteria.describe()})")
     validation = _validate(backend, artifact, raw, cand_dir / "validation.json", seq_len=opts.seq_len)
 
+    info = {
+        "id": cid,
+        "checkpoint": str(ckpt),
+        "checkpoint_files": raw.files,
+        "family": final.family,
+        "num_instances": n,
+        "sparsity": cofi_sparsity(final),
+        "backend": backend_name,
+        "precision": artifact.precision,
+        "device": artifact.device,
+        "seq_len": opts.seq_len,
+        "artifact": artifact.describe(),
+        "export": {**export_info, "path": "model.onnx"},
+        "validation": validation,
+        "passes": [r.to_dict() for r in reports],
+        "model": summary(ir if ir.masks is None else pruned, final),
+        "compiled_on": where,
+    }
+    label2id = {str(v): int(k) for k, v in final.id2label.items()}
+    return _CompiledCandidate(cid, ckpt, opts, cand_dir, batch_sizes, artifact, info,
+                              int(final.embeddings.word.shape[0]), label2id, pruned)
+
+
+def _measure_candidate(compiled: _CompiledCandidate, *, cand_dir: Path, where: dict | None = None) -> dict:
+    """The measure stage of a candidate: engine and eager PyTorch timed in interleaved rounds on the artifact's
+    device, predictions on the evaluation inputs (``predictions.npz``), ``candidate.json``; ``where`` (the node)
+    is recorded as ``measured_on``. ``cand_dir`` holds the compile stage's files (the same folder, or a copy).
+
+    Returns:
+        The candidate record (``candidate.json``).
+    """
+    import torch
+
+    from prumux_compile.bench.timing import interleaved
+    from prumux_compile.engines import registry
+    from prumux_compile.export.inputs import realistic_inputs
+    from prumux_compile.kernels import build_module
+
+    cid, ckpt, opts, batch_sizes = compiled.cid, compiled.ckpt, compiled.opts, compiled.batch_sizes
+    artifact = compiled.artifact
+    if Path(cand_dir) != Path(compiled.cand_dir):
+        artifact = artifact.rebased(compiled.cand_dir, cand_dir)
+    pruned = compiled.pruned
+    if pruned is None:  # after a hop between processes: rebuilt from the checkpoint
+        from prumux_compile.checkpoint import from_raw, read_raw
+        from prumux_compile.passes import compile_ir
+
+        pruned, _ = compile_ir(from_raw(read_raw(ckpt), seq_len=opts.seq_len), "pruning")
+    backend = registry.get(artifact.backend)
+    spec = artifact.spec
+    n = compiled.info["num_instances"]
+
     _log(opts, f"{cid}: benchmark on {artifact.device}")
     device = torch.device(artifact.device)
     eager = build_module(pruned).to(device)
     torch.set_num_threads(opts.threads)
     timings = []
-    vocab = int(final.embeddings.word.shape[0])
+    vocab = compiled.vocab
     with backend.load(artifact) as runner:
         for b in batch_sizes:
             feeds = realistic_inputs(b, opts.seq_len, vocab, seed=b, type_vocab_size=spec.type_vocab_size)
@@ -368,8 +562,7 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
                             "eager": t["eager"].as_dict(),
                             "speedup_vs_eager": t["engine"].throughput / t["eager"].throughput})
         _log(opts, f"{cid}: predictions")
-        label2id = {str(v): int(k) for k, v in final.id2label.items()}
-        es, feeds = _eval_inputs(opts, ckpt, label2id, vocab, spec.type_vocab_size)
+        es, feeds = _eval_inputs(opts, ckpt, compiled.label2id, vocab, spec.type_vocab_size)
         logits = _predict(runner, feeds, max(batch_sizes[-1], n))
     del eager
     labels = es.labels if es is not None and es.labels is not None else np.zeros(0, dtype=np.int64)
@@ -377,21 +570,7 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
 
     primary = timings[-1]
     info = {
-        "id": cid,
-        "checkpoint": str(ckpt),
-        "checkpoint_files": raw.files,
-        "family": final.family,
-        "num_instances": n,
-        "sparsity": cofi_sparsity(final),
-        "backend": backend_name,
-        "precision": artifact.precision,
-        "device": artifact.device,
-        "seq_len": opts.seq_len,
-        "artifact": artifact.describe(),
-        "export": {**export_info, "path": "model.onnx"},
-        "validation": validation,
-        "passes": [r.to_dict() for r in reports],
-        "model": summary(ir if ir.masks is None else pruned, final),
+        **compiled.info,
         "benchmark": timings,
         "batch_size": primary["batch_size"],
         "throughput": primary["engine"]["throughput"],
@@ -401,17 +580,9 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
         "eager_throughput": primary["eager"]["throughput"],
         "speedup_vs_eager": primary["speedup_vs_eager"],
         "cached": False,
+        "measured_on": where,
     }
     (cand_dir / "candidate.json").write_text(json.dumps(_json_safe(info), indent=2))
-    if opts.cache:
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_ensure(cache_dir.parent)))
-            _copy_files(cand_dir, tmp)
-            if cache_dir.exists():
-                shutil.rmtree(cache_dir)
-            tmp.rename(cache_dir)
-        except OSError as exc:  # a cache that cannot be written only costs time
-            _log(opts, f"{cid}: cache not written ({exc})")
     return info
 
 
@@ -677,6 +848,42 @@ def _baseline_id(infos: list[dict]) -> str:
     return min(infos, key=lambda i: (i["num_instances"], i["sparsity"], i["id"]))["id"]
 
 
+def _stages():
+    """The driver's candidate stages, for an executor (:class:`prumux_compile.executors.Stages`)."""
+    from prumux_compile.executors import Stages
+
+    return Stages(run=_build_candidate, lookup=_lookup_cached, compile=_compile_candidate,
+                  measure=_measure_candidate, store=_store_cached)
+
+
+def _lost_candidates(outcomes: list, opts: BuildOptions) -> list[str]:
+    """Warnings for candidates an executor lost to worker faults (each after its retry).
+
+    Raises:
+        CandidatesLostError (exit 7): every candidate was lost, or any was and ``opts.require_all``.
+    """
+    from prumux_compile.errors import CandidatesLostError
+
+    lost = [o for o in outcomes if o.info is None]
+    if not lost:
+        return []
+    listing = "; ".join(f"{o.id}: {o.error}" for o in lost)
+    if opts.require_all or len(lost) == len(outcomes):
+        rerun = " The finished ones are in the build cache: a rerun builds only the lost ones." if opts.cache else ""
+        raise CandidatesLostError(f"{len(lost)} of {len(outcomes)} candidates lost to worker faults "
+                                  f"({'--require-all' if len(lost) < len(outcomes) else 'none left'}): {listing}."
+                                  + rerun)
+    return [f"{len(lost)} of {len(outcomes)} candidates lost to worker faults and left out of the selection "
+            f"(report executor.failed): {listing}"]
+
+
+def _executor_section(executor, outcomes: list) -> dict:
+    """The report's ``executor``: how and where candidates ran, retried and lost candidates (docs/report.md)."""
+    return {**executor.describe(),
+            "retried": [{"id": o.id, "attempts": o.attempts} for o in outcomes if o.info is not None and o.attempts],
+            "failed": [{"id": o.id, "reason": o.error, "attempts": o.attempts} for o in outcomes if o.info is None]}
+
+
 # ---------------------------------------------------------------------------------------------- the job
 def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
     """Run the whole job and write ``opts.out`` atomically.
@@ -689,10 +896,12 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
             [0, 1], bad eval data (or none of its columns is a label column, without ``eval_unlabelled``), heads of
             an unsupported or mixed task, a location that cannot be written (OUT, ``triton_repo``, the cache).
         CheckpointError (2), ValidationError (3), EngineBuildError (4), NoCandidateError (5),
-        TritonConfigError (6). On any error nothing is left at ``opts.out`` (a previous OUT stays untouched).
+        TritonConfigError (6), CandidatesLostError (7: a cluster executor lost every candidate, or any with
+        ``require_all``). On any error nothing is left at ``opts.out`` (a previous OUT stays untouched).
     """
     from prumux_compile.bench.timing import environment
     from prumux_compile.engines import registry
+    from prumux_compile.executors import CandidateTask, make_executor
     from prumux_compile.report.builder import write_report
     from prumux_compile.report.plot import pareto_plot
     from prumux_compile.select import Candidate, pareto_front, predict, raise_if_none, select
@@ -744,6 +953,11 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
     if opts.eval_data is not None:  # fail fast on a bad evaluation file, before anything is built
         _check_eval_data(opts, ckpts[0][1], task, ckpts)
 
+    executor = make_executor(opts.executor, artifact_store=opts.artifact_store)
+    if opts.hardware and not executor.remote:
+        raise InputError("--hardware selects cluster nodes; it needs --executor ray")
+    if opts.artifact_store is not None:
+        require_writable_dir(opts.artifact_store, what=f"--artifact-store {opts.artifact_store}")
     avail = registry.availability()
     backends = []
     notes = []
@@ -751,7 +965,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         if name not in avail:
             raise InputError(f"unknown backend {name!r}; known: {', '.join(registry.names())}")
         ok, why = avail[name]
-        if ok:
+        if ok or executor.remote:  # on a cluster, the node that builds it decides (exit 4 there)
             backends.append(name)
         elif opts.backends_explicit:
             raise EngineBuildError(f"backend {name} was requested but is unavailable here: {why}")
@@ -764,14 +978,17 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
     tmp = output_tempdir(f".{out.name}.tmp-", out.parent)
     try:
         eval_hash = _file_hash(opts.eval_data)
-        infos = []
-        total = len(ckpts) * len(backends)
+        tasks = []
         for cid, path in ckpts:
             for b in backends:
                 full_id = cid if len(backends) == 1 else f"{cid}@{b}"
-                _candidate_event(opts, len(infos), total, full_id, None)
-                infos.append(_build_candidate(full_id, path, b, opts, tmp / "candidates" / full_id, eval_hash))
-                _candidate_event(opts, len(infos), total, full_id, infos[-1])
+                tasks.append(CandidateTask(full_id, (full_id, path, b, opts, eval_hash), tmp / "candidates" / full_id,
+                                           device=_backend_device(b), threads=opts.threads,
+                                           hardware=_hardware_for(opts, b)))
+        outcomes = executor.run(tasks, _stages(), log=lambda m: _log(opts, m),
+                                notify=lambda done, total, cid, info: _candidate_event(opts, done, total, cid, info))
+        infos = [o.info for o in outcomes if o.info is not None]
+        notes.extend(_lost_candidates(outcomes, opts))
         _log(opts, "accuracy and selection")
         baseline = _baseline_id(infos)
         kind = _accuracies(infos, tmp, opts, baseline)
@@ -815,7 +1032,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
             "tool": {"name": "prumux-compile", "version": _tool_version()},
             "environment": environment(threads=opts.threads),
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()
-                        if k not in ("out", "cache_dir") and not callable(v)},
+                        if k not in ("out", "cache_dir") and not callable(v)} | {"executor": executor.spec},
             "inputs": [{"id": cid, "path": str(p)} for cid, p in ckpts],
             "backends": {name: {"available": ok, "detail": why} for name, (ok, why) in avail.items()},
             "accuracy_kind": kind,
@@ -826,6 +1043,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                           "baseline": baseline,
                           "baseline_accuracy": next(i["accuracy"] for i in infos if i["id"] == baseline)},
             "prediction": prediction,
+            "executor": _executor_section(executor, outcomes),
             "warnings": notes,
         }
         if selection.chosen is None:

@@ -52,3 +52,10 @@ class InputError(PrumuxError):
     """Bad runtime input (e.g. a sequence longer than the compiled length). Exit 2."""
 
     exit_code = 2
+
+
+class CandidatesLostError(PrumuxError):
+    """Candidates were lost to cluster faults (a worker or node died, twice): every one, or any one with
+    ``--require-all``. Exit 7."""
+
+    exit_code = 7

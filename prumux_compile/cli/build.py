@@ -1,7 +1,7 @@
 """``prumux-compile build CKPT [CKPT ...] -o OUT``: the main job (see :mod:`prumux_compile.driver`).
 
 Exit codes: 0 ok, 2 usage / bad input, 3 validation failed, 4 engine build failed, 5 no candidate meets the
-budget, 6 Triton config invalid.
+budget, 6 Triton config invalid, 7 candidates lost to cluster faults (every one, or any with --require-all).
 """
 from __future__ import annotations
 
@@ -23,6 +23,21 @@ def _int_list(ctx, param, value):
     if not sizes or min(sizes) < 1:
         raise click.BadParameter("batch sizes must be >= 1")
     return sizes
+
+
+def _hardware_map(ctx, param, values):
+    """``("h200",)`` -> ``{"*": "h200"}``; ``("tensorrt=h200", "ort-cpu=xeon")`` -> per backend."""
+    kinds: dict[str, str] = {}
+    for v in values or ():
+        backend, sep, kind = v.rpartition("=")
+        backend = backend.strip() if sep else "*"
+        if not kind.strip() or (sep and not backend):
+            raise click.BadParameter(f"{v!r}: expected KIND or BACKEND=KIND")
+        if backend in kinds:
+            raise click.BadParameter(f"{v!r}: a hardware kind for {backend if backend != '*' else 'every backend'} "
+                                     "was already given")
+        kinds[backend] = kind.strip()
+    return kinds or None
 
 
 _BUDGET = click.FloatRange(0.0, 1.0)
@@ -64,13 +79,27 @@ _BUDGET = click.FloatRange(0.0, 1.0)
 @click.option("--no-triton-ensemble", is_flag=True,
               help="Do not write the text ensemble (TEXT in, LABEL and SCORES out; the checkpoint's tokenizer) "
                    "next to the chosen model in OUT/model_repository.")
+@click.option("--executor", default="local", show_default=True,
+              help="Where candidates run: local (this process, one after another), ray (a new local Ray instance: "
+                   "parallel compiles on this machine) or ray:ADDRESS (a Ray cluster: ray:auto, ray:HOST:PORT, "
+                   "ray:ray://HOST:10001). README 'Building on a cluster'.")
+@click.option("--artifact-store", type=click.Path(path_type=Path), default=None,
+              help="With Ray: a folder every node mounts at this path, through which candidate folders move "
+                   "(default: Ray's object store).")
+@click.option("--hardware", "hardware", multiple=True, callback=_hardware_map,
+              help="With Ray: measure on nodes labelled prumux-hardware=KIND only; KIND for every backend or "
+                   "BACKEND=KIND (repeatable).")
+@click.option("--require-all", is_flag=True,
+              help="With Ray: a candidate lost to worker faults (after one retry) fails the build (exit 7) instead "
+                   "of being reported and left out.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (atomically, after a successful build).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress display, progress lines or tables.")
 @handle_errors
 def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, seq_len, batch_sizes, threads, rounds,
               warmup, eval_data, eval_unlabelled, eval_limit, accuracy_table, no_cache, cache_dir, triton_repo,
-              triton_backend, no_triton_ensemble, force, as_json, no_progress):
+              triton_backend, no_triton_ensemble, executor, artifact_store, hardware, require_all, force, as_json,
+              no_progress):
     """Compile, validate, benchmark and select among CHECKPOINTS (checkpoint folders, or folders of them).
 
     Progress goes to stderr: on a terminal a live line (stage, "k of n candidates", elapsed time), otherwise one
@@ -86,7 +115,8 @@ def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, seq_l
                         eval_data=eval_data, eval_limit=eval_limit, accuracy_table=accuracy_table,
                         max_accuracy_drop=max_accuracy_drop, min_accuracy=min_accuracy, cache=not no_cache,
                         cache_dir=cache_dir, triton_repo=triton_repo, triton_backend=triton_backend, force=force,
-                        eval_unlabelled=eval_unlabelled, triton_ensemble=not no_triton_ensemble)
+                        eval_unlabelled=eval_unlabelled, triton_ensemble=not no_triton_ensemble,
+                        executor=executor, artifact_store=artifact_store, hardware=hardware, require_all=require_all)
     if no_progress:
         report = build(list(checkpoints), opts)
     else:

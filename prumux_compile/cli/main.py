@@ -4,7 +4,8 @@ Each sub-command lives in its own module under ``prumux_compile.cli`` and only w
 together. Commands are imported lazily so that ``prumux-compile --help`` does not import torch.
 
 Exit codes (DESIGN.md): 0 ok, 2 usage / bad input (file-system errors included), 3 validation failed, 4 engine
-build failed, 5 no candidate meets the budget, 6 Triton config invalid; 1 an unexpected error (one line; the
+build failed, 5 no candidate meets the budget, 6 Triton config invalid, 7 candidates lost to cluster faults
+(``build --executor ray``); 1 an unexpected error (one line; the
 traceback with ``prumux-compile --debug``), 130 Ctrl-C, 143 SIGTERM (see :mod:`prumux_compile.cli.common`).
 """
 from __future__ import annotations
@@ -75,7 +76,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Compile multiplexed, structurally pruned BERT checkpoints (PruMUX) into verified engines.
 
     Exit codes: 0 ok, 2 bad input or a file-system error, 3 validation failed, 4 engine build failed,
-    5 no candidate meets the budget, 6 Triton config invalid, 1 unexpected error, 130 Ctrl-C, 143 SIGTERM.
+    5 no candidate meets the budget, 6 Triton config invalid, 7 candidates lost to cluster faults, 1 unexpected
+    error, 130 Ctrl-C, 143 SIGTERM.
     """
     ctx.ensure_object(dict)["debug"] = debug
 

@@ -40,7 +40,8 @@ class LogProgress:
         self.clock = clock
         self.start = clock()
         self.current: str | None = None
-        self.started_at = self.start
+        self.started_at: dict[str, float] = {}
+        self.announced = False
 
     def _line(self, text: str) -> None:
         click.echo(f"[{_elapsed(self.clock() - self.start)}] {text}", err=True, file=self.stream)
@@ -52,13 +53,14 @@ class LogProgress:
         self._line(message)
 
     def candidate(self, done: int, total: int, cid: str, info: dict | None) -> None:
-        if info is None:
-            if done == 0:
+        if info is None:  # several may be running at once on a cluster executor
+            if not self.announced:
+                self.announced = True
                 self._line(f"building {total} candidate{'s' if total != 1 else ''}")
-            self.current, self.started_at = cid, self.clock()
+            self.current, self.started_at[cid] = cid, self.clock()
             return
         self.current = None
-        took = self.clock() - self.started_at
+        took = self.clock() - self.started_at.pop(cid, self.start)
         self._line(f"candidate {done} of {total}: {cid} done in {took:.1f}s — {candidate_summary(info)}")
 
     def __enter__(self):
