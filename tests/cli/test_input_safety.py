@@ -168,7 +168,10 @@ def test_a_changed_cache_entry_is_rebuilt_and_the_repository_gets_the_measured_f
     report = json.loads((tmp_path / "out3" / "report.json").read_text())
     assert report["candidates"][0]["cached"] is False  # not reused: rebuilt and measured again
     served = next((tmp_path / "out3" / "model_repository").glob("*/1/model.onnx"))
-    assert _sha(served) == sha == report["candidates"][0]["artifact"]["sha256"]
+    assert _sha(served) == report["candidates"][0]["artifact"]["sha256"] != foreign_sha
+    first = json.loads((tmp_path / "out1" / "report.json").read_text())["candidates"][0]["artifact"]
+    if first["build"]["choice"] == report["candidates"][0]["artifact"]["build"]["choice"]:
+        assert _sha(served) == sha  # the ORT variant is chosen by timing; the same variant gives the same file
 
 
 def test_triton_refuses_an_artifact_changed_after_it_was_measured(tmp_path):
