@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError
+from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError, ValidationError
 
 #: The cache stores and restores every file of a candidate folder (whatever its backend produced).
 #: Bumped whenever candidate.json changes shape, so an older cache entry is never reused.
@@ -40,6 +40,14 @@ class BuildOptions:
         out: output folder (must not exist unless ``force``).
         backends: engine backends by registry name (``ort-cpu`` ...).
         backends_explicit: the user named the backends: an unavailable one is an error (exit 4), not a note.
+        precisions: engine precisions to build (:data:`~prumux_compile.engines.base.PRECISIONS`); None = ``auto``:
+            every precision a backend builds on this machine; ``("all",)`` = every (backend, precision) pair a
+            backend builds here. With the default backend list each precision is built once, by the first backend
+            that builds it; with named backends (``backends_explicit``) by each of them (:func:`candidate_plan`).
+            Each (checkpoint, backend, precision) is one candidate. A reduced-precision candidate that fails its
+            criteria is rejected with a warning under ``auto`` / ``all`` and fails the build when named.
+        calibration_data: texts (a file ``--eval-data`` would read) for int8 calibration; None = the evaluation
+            texts (``eval_data``), else the deterministic demo sentences.
         seq_len: compiled sequence length of multiplexed models and benchmark length (tokens).
         batch_sizes: benchmark batch sizes in input sequences; None = ``8·N`` per candidate.
         threads: intra-op threads for ONNX Runtime and PyTorch (the same for both sides).
@@ -65,6 +73,8 @@ class BuildOptions:
     out: Path
     backends: tuple[str, ...] = ("ort-cpu",)
     backends_explicit: bool = False
+    precisions: tuple[str, ...] | None = None
+    calibration_data: Path | None = None
     seq_len: int = 128
     batch_sizes: tuple[int, ...] | None = None
     threads: int = 2
@@ -195,8 +205,9 @@ def _file_hash(path: Path | None) -> str | None:
 
 
 def _cache_key(files: dict[str, str], backend: str, opts: BuildOptions, batch_sizes: list[int],
-               eval_hash: str | None) -> str:
-    payload = {"files": files, "backend": backend, "seq_len": opts.seq_len, "batch_sizes": batch_sizes,
+               eval_hash: str | None, precision: str = "fp32") -> str:
+    payload = {"files": files, "backend": backend, "precision": precision, "seq_len": opts.seq_len,
+               "batch_sizes": batch_sizes, "calibration": _file_hash(opts.calibration_data),
                "threads": opts.threads, "rounds": opts.rounds, "warmup": opts.warmup, "eval": eval_hash,
                "eval_limit": opts.eval_limit, "agreement_samples": opts.agreement_samples,
                "tool": _tool_version(), "layout": _CACHE_LAYOUT}
@@ -239,6 +250,38 @@ def _predict(runner, feeds: dict[str, np.ndarray], batch: int) -> np.ndarray:
     return np.concatenate(out, axis=0)
 
 
+#: Rows of the calibration inputs given to backends that calibrate (int8 static quantization).
+CALIBRATION_ROWS = 64
+
+
+def _calibration_inputs(opts: BuildOptions, ckpt: Path, label2id: dict | None, vocab: int,
+                        type_vocab: int) -> dict[str, np.ndarray]:
+    """The first :data:`CALIBRATION_ROWS` texts of ``--calibration-data`` (else of ``--eval-data``, else the demo
+    sentences), tokenised as the evaluation data is (labels unused); random tokens only for a checkpoint without a
+    tokenizer."""
+    source = opts.calibration_data or opts.eval_data
+    sub = BuildOptions(out=opts.out, seq_len=opts.seq_len, eval_data=source, eval_limit=CALIBRATION_ROWS,
+                       agreement_samples=CALIBRATION_ROWS)
+    _, feeds = _eval_inputs(sub, ckpt, label2id, vocab, type_vocab)
+    return {k: np.asarray(v)[:CALIBRATION_ROWS] for k, v in feeds.items()}
+
+
+def _link_export(src_dir: Path, dst_dir: Path) -> None:
+    """Give ``dst_dir`` the exported ``model.onnx`` of ``src_dir`` (a hard link where the file system allows, else a
+    copy) and copies of its external-data files (ONNX refuses external data with several hard links)."""
+    from prumux_compile.export.onnx_export import onnx_data_files
+
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for f in onnx_data_files(src_dir / "model.onnx"):
+        shutil.copy2(src_dir / Path(f).name, dst_dir / Path(f).name)
+    target = dst_dir / "model.onnx"
+    target.unlink(missing_ok=True)
+    try:
+        os.link(src_dir / "model.onnx", target)
+    except OSError:
+        shutil.copy2(src_dir / "model.onnx", target)
+
+
 # ---------------------------------------------------------------------------------------------- one candidate
 def _copy_files(src: Path, dst: Path) -> None:
     """Copy every regular file directly inside ``src`` into ``dst`` (created)."""
@@ -249,8 +292,11 @@ def _copy_files(src: Path, dst: Path) -> None:
 
 
 def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, cand_dir: Path,
-                     eval_hash: str | None) -> dict:
-    """Compile, export, build, validate, benchmark and predict one (checkpoint, backend) candidate.
+                     eval_hash: str | None, precision: str | None = None, shared: dict | None = None) -> dict:
+    """Compile, export, build, validate, benchmark and predict one (checkpoint, backend, precision) candidate.
+
+    ``precision`` None = the backend's default. ``shared`` (one dict per build) lets the candidates of one
+    checkpoint share its export: the first exports ``model.onnx``, the others link (or copy) it.
 
     Every backend goes through the same steps (engine contract of :mod:`prumux_compile.engines.base`): the
     artifact the backend returns is the file that is validated (with the criteria it names), benchmarked
@@ -277,7 +323,9 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     if not ir.is_muxed and opts.seq_len > positions:
         raise InputError(f"{ckpt}: --seq-len {opts.seq_len} exceeds the checkpoint's {positions} position embeddings")
     batch_sizes = list(opts.batch_sizes or (8 * n,))
-    cache_dir = _cache_root(opts) / _cache_key(raw.files, backend_name, opts, batch_sizes, eval_hash)
+    backend = registry.get(backend_name)
+    precision = precision or backend.default_precision
+    cache_dir = _cache_root(opts) / _cache_key(raw.files, backend_name, opts, batch_sizes, eval_hash, precision)
     if opts.cache and (cache_dir / "candidate.json").is_file():
         _log(opts, f"{cid}: cached ({cache_dir})")
         _copy_files(cache_dir, cand_dir)
@@ -290,15 +338,27 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     pruned, _ = compile_ir(ir, "pruning")
     final, reports = compile_ir(ir, "all")
     cand_dir.mkdir(parents=True, exist_ok=True)
-    _log(opts, f"{cid}: export")
     spec = spec_for_ir(final)
-    module = build_module(final)
-    export_info = export_onnx(module, spec, cand_dir / "model.onnx")
-    del module
-    _log(opts, f"{cid}: engine {backend_name}")
-    backend = registry.get(backend_name)
-    config = EngineConfig(precision=backend.default_precision, batch_sizes=tuple(batch_sizes), seq_len=opts.seq_len,
-                          threads=opts.threads, out_dir=cand_dir)
+    shared = {} if shared is None else shared
+    earlier = shared.get(str(Path(ckpt).resolve()))
+    if earlier is not None and (earlier["dir"] / "model.onnx").is_file():
+        _log(opts, f"{cid}: export (shared with {earlier['dir'].name})")
+        export_info = dict(earlier["export_info"])
+        _link_export(earlier["dir"], cand_dir)
+    else:
+        _log(opts, f"{cid}: export")
+        module = build_module(final)
+        export_info = export_onnx(module, spec, cand_dir / "model.onnx")
+        del module
+        shared[str(Path(ckpt).resolve())] = {"dir": cand_dir, "export_info": export_info}
+    _log(opts, f"{cid}: engine {backend_name} {precision}")
+    options = {}
+    vocab = int(final.embeddings.word.shape[0])
+    label2id = {str(v): int(k) for k, v in final.id2label.items()}
+    if "calibration" in backend.option_names and precision != "fp32":
+        options["calibration"] = _calibration_inputs(opts, ckpt, label2id, vocab, spec.type_vocab_size)
+    config = EngineConfig(precision=precision, batch_sizes=tuple(batch_sizes), seq_len=opts.seq_len,
+                          threads=opts.threads, out_dir=cand_dir, options=options)
     artifact = backend.build(Compiled(cand_dir / "model.onnx", spec, final), config)
     _log(opts, f"{cid}: validate ({artifact.precision}, {artifact.criteria.describe()})")
     validation = _validate(backend, artifact, raw, cand_dir / "validation.json")
@@ -308,7 +368,6 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     eager = build_module(pruned).to(device)
     torch.set_num_threads(opts.threads)
     timings = []
-    vocab = int(final.embeddings.word.shape[0])
     with backend.load(artifact) as runner:
         for b in batch_sizes:
             feeds = realistic_inputs(b, opts.seq_len, vocab, seed=b, type_vocab_size=spec.type_vocab_size)
@@ -327,7 +386,6 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
                             "eager": t["eager"].as_dict(),
                             "speedup_vs_eager": t["engine"].throughput / t["eager"].throughput})
         _log(opts, f"{cid}: predictions")
-        label2id = {str(v): int(k) for k, v in final.id2label.items()}
         es, feeds = _eval_inputs(opts, ckpt, label2id, vocab, spec.type_vocab_size)
         logits = _predict(runner, feeds, max(batch_sizes[-1], n))
     del eager
@@ -477,6 +535,7 @@ def _accuracies(infos: list[dict], out_dir: Path, opts: BuildOptions, baseline_i
             info["accuracy"] = None
             info["metric_note"] = (f"{cid}: its output is constant over the {len(preds[cid])} examples (or the "
                                    "reference's is), so Pearson's r is undefined; the candidate is not selectable")
+    _precision_agreement(infos, preds, regression)
     if regression:
         if have_labels:
             return "Pearson r (measured through the engine; Spearman rho in each candidate's 'spearman')"
@@ -489,6 +548,27 @@ def _accuracies(infos: list[dict], out_dir: Path, opts: BuildOptions, baseline_i
     if table:
         return "accuracy (recorded)"
     return "teacher agreement (no labelled data: agreement of argmax with the baseline candidate)"
+
+
+def _precision_agreement(infos: list[dict], preds: dict[str, np.ndarray], regression: bool) -> None:
+    """For every candidate whose checkpoint also has an fp32 candidate (the first built): ``fp32_id``,
+    ``agreement_with_fp32`` (fraction of evaluation rows with the same argmax — Pearson r of the outputs for a
+    regression head) and ``accuracy_delta_vs_fp32`` (its metric minus the fp32 candidate's)."""
+    from prumux_compile.bench.metrics import agreement, pearson
+
+    fp32 = {}
+    for info in infos:
+        if info.get("precision", "fp32") == "fp32":
+            fp32.setdefault(info["checkpoint"], info)
+    for info in infos:
+        ref = fp32.get(info["checkpoint"])
+        if ref is None or ref is info:
+            continue
+        a, b = preds[info["id"]], preds[ref["id"]]
+        info["fp32_id"] = ref["id"]
+        info["agreement_with_fp32"] = pearson(a, b) if regression else agreement(a, b)
+        if info.get("accuracy") is not None and ref.get("accuracy") is not None:
+            info["accuracy_delta_vs_fp32"] = info["accuracy"] - ref["accuracy"]
 
 
 def _accuracy_notes(infos: list[dict], opts: BuildOptions, kind: str) -> list[str]:
@@ -579,8 +659,63 @@ def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str) -> None:
 
 
 def _baseline_id(infos: list[dict]) -> str:
-    """The unpruned, unmultiplexed reference candidate: lowest N, then lowest sparsity, then id."""
-    return min(infos, key=lambda i: (i["num_instances"], i["sparsity"], i["id"]))["id"]
+    """The unpruned, unmultiplexed reference candidate: lowest N, then lowest sparsity, then fp32 before other
+    precisions, then the first built (the first backend)."""
+    order = {i["id"]: k for k, i in enumerate(infos)}
+    return min(infos, key=lambda i: (i["num_instances"], i["sparsity"], i.get("precision", "fp32") != "fp32",
+                                     order[i["id"]]))["id"]
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+def candidate_plan(backends: list[str], precisions: tuple[str, ...] | None,
+                   every_backend: bool = False) -> tuple[list[tuple[str, str]], bool]:
+    """The (backend, precision) pairs built for every checkpoint, and whether the precisions were named.
+
+    Args:
+        backends: available backends, in the user's order.
+        precisions: None (``auto``: every precision a backend builds here), ``("all",)`` (every pair a backend
+            builds here) or named precisions.
+        every_backend: the user named the backends: each of them builds each wanted precision it builds here.
+            Otherwise (the default backend list) each wanted precision is built once, by the first backend that
+            builds it (``all`` still builds every pair).
+
+    Raises:
+        InputError: an unknown precision, or a named one that no requested backend builds here (the message says
+            which backend builds what).
+    """
+    from prumux_compile.engines import registry
+    from prumux_compile.engines.base import PRECISIONS
+
+    supported = {b: registry.get(b).supported_precisions() for b in backends}
+    named = precisions is not None and tuple(precisions) not in (("auto",), ("all",))
+    if named:
+        unknown = [p for p in precisions if p not in PRECISIONS]
+        if unknown:
+            raise InputError(f"--precision {','.join(unknown)}: expected a comma-separated list of "
+                             f"{', '.join(PRECISIONS)}, or 'auto' / 'all'")
+    wanted = list(precisions) if named else [p for p in PRECISIONS if any(p in supported[b] for b in backends)]
+    pairs = [(b, p) for b in backends for p in supported[b] if p in wanted]
+    if not (every_backend or (precisions is not None and tuple(precisions) == ("all",))):
+        seen: set[str] = set()
+        pairs = [x for x in pairs if not (x[1] in seen or seen.add(x[1]))]
+    missing = [p for p in wanted if not any(q == p for _, q in pairs)]
+    if missing:
+        what = "; ".join(f"{b} builds {', '.join(supported[b]) or 'nothing'}" for b in backends)
+        raise InputError(f"--precision {', '.join(missing)}: no requested backend builds it here ({what}); "
+                         "OpenVINO (--backend openvino, the [openvino] extra) builds bf16 on CPUs with native bf16")
+    return _precision_order(pairs), named
+
+
+def _precision_order(plan: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """fp32 first (the baseline), then the others in the order given."""
+    return [x for x in plan if x[1] == "fp32"] + [x for x in plan if x[1] != "fp32"]
+
+
+def candidate_id(cid: str, backend: str, precision: str, multi_backend: bool, multi_precision: bool) -> str:
+    """``cid`` plus what tells the candidates of one checkpoint apart: ``n2_s0.50``, ``n2_s0.50@int8``,
+    ``n2_s0.50@openvino``, ``n2_s0.50@openvino.bf16``."""
+    tag = ".".join(([backend] if multi_backend else []) + ([precision] if multi_precision else []))
+    return f"{cid}@{tag}" if tag else cid
 
 
 # ---------------------------------------------------------------------------------------------- the job
@@ -601,7 +736,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
     from prumux_compile.engines import registry
     from prumux_compile.report.builder import write_report
     from prumux_compile.report.plot import pareto_plot
-    from prumux_compile.select import Candidate, pareto_front, predict, raise_if_none, select
+    from prumux_compile.select import Candidate, pareto_front, predict_with_precision, raise_if_none, select
 
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
@@ -650,19 +785,38 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
             notes.append(f"backend {name} skipped: {why}")
     if not backends:
         raise EngineBuildError("no requested backend is available here: " + "; ".join(notes))
+    plan, named = candidate_plan(backends, opts.precisions, every_backend=opts.backends_explicit)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_tempdir(f".{out.name}.tmp-", out.parent)
     try:
         eval_hash = _file_hash(opts.eval_data)
         infos = []
-        total = len(ckpts) * len(backends)
+        rejected = []
+        shared: dict = {}
+        multi_backend = len({b for b, _ in plan}) > 1
+        multi_precision = len({p for _, p in plan}) > 1
+        total = len(ckpts) * len(plan)
         for cid, path in ckpts:
-            for b in backends:
-                full_id = cid if len(backends) == 1 else f"{cid}@{b}"
-                _candidate_event(opts, len(infos), total, full_id, None)
-                infos.append(_build_candidate(full_id, path, b, opts, tmp / "candidates" / full_id, eval_hash))
-                _candidate_event(opts, len(infos), total, full_id, infos[-1])
+            for b, prec in plan:
+                full_id = candidate_id(cid, b, prec, multi_backend, multi_precision)
+                _candidate_event(opts, len(infos) + len(rejected), total, full_id, None)
+                try:
+                    infos.append(_build_candidate(full_id, path, b, opts, tmp / "candidates" / full_id, eval_hash,
+                                                  prec, shared))
+                except (ValidationError, EngineBuildError) as exc:
+                    if prec == "fp32" or named:  # fp32 must match the reference; a named precision was asked for
+                        raise
+                    # a reduced precision outside its criteria on this checkpoint: a measured outcome, not a bug
+                    shutil.rmtree(tmp / "candidates" / full_id, ignore_errors=True)
+                    rejected.append({"id": full_id, "checkpoint": str(path), "backend": b, "precision": prec,
+                                     "reason": str(exc), "exit_code": exc.exit_code})
+                    notes.append(f"{full_id}: rejected ({prec} outside its criteria or not buildable): {exc}")
+                    _log(opts, f"{full_id}: rejected: {exc}")
+                    continue
+                _candidate_event(opts, len(infos) + len(rejected), total, full_id, infos[-1])
+        if not infos:
+            raise ValidationError("no candidate passed validation: " + "; ".join(r["reason"] for r in rejected))
         _log(opts, "accuracy and selection")
         baseline = _baseline_id(infos)
         kind = _accuracies(infos, tmp, opts, baseline)
@@ -692,16 +846,21 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         front = {c.id for c in pareto_front(cands)}
         for i in infos:
             i["pareto"] = i["id"] in front
-        primary = [c for c in cands if c.backend == backends[0] and c.accuracy is not None]
+        # every backend and precision: precision (backend/precision with several backends) is the third axis
+        primary = [c for c in cands if c.accuracy is not None]
         prediction = None
-        if len(primary) >= 2:
+        if len({(c.num_instances, round(c.sparsity, 6)) for c in primary}) >= 2:
             # Predict near the measured configurations only: N up to twice the largest measured N, sparsity up
             # to 0.15 above the largest measured one (a few points fitted by least squares extrapolate wildly).
             n_max = max(c.num_instances for c in primary)
             s_max = min(0.95, max(c.sparsity for c in primary) + 0.15)
-            prediction = predict(primary, threshold=selection.threshold,
-                                 nums=tuple(n for n in (1, 2, 3, 4, 5, 6, 8, 10) if n <= 2 * n_max),
-                                 sparsities=np.linspace(0.0, s_max, 16)).to_dict()
+            base = next(c for c in cands if c.id == baseline)
+            several = len({c.backend for c in primary}) > 1
+            prediction = predict_with_precision(
+                primary, threshold=selection.threshold,
+                reference=f"{base.backend}/{base.precision}" if several else base.precision,
+                nums=tuple(n for n in (1, 2, 3, 4, 5, 6, 8, 10) if n <= 2 * n_max),
+                sparsities=np.linspace(0.0, s_max, 16)).to_dict()
         report = {
             "tool": {"name": "prumux-compile", "version": _tool_version()},
             "environment": environment(threads=opts.threads),
@@ -717,6 +876,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                           "baseline": baseline,
                           "baseline_accuracy": next(i["accuracy"] for i in infos if i["id"] == baseline)},
             "prediction": prediction,
+            "rejected": rejected,
             "warnings": notes,
         }
         if selection.chosen is None:
@@ -728,8 +888,9 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         repo = write_candidate_repository(tmp / "model_repository", chosen, tmp / "candidates" / chosen["id"],
                                           backend=opts.triton_backend)
         if repo is None:
-            notes.append(f"{chosen['id']}: backend {chosen['backend']} has no Triton platform; no model repository "
-                         "written")
+            why = ((chosen.get("artifact") or {}).get("deployment") or {}).get("note")
+            notes.append(f"{chosen['id']}: backend {chosen['backend']} has no Triton platform"
+                         + (f" ({why})" if why else "") + "; no model repository written")
         report["model_repository"] = str(repo.relative_to(tmp)) if repo is not None else None
         write_report(report, tmp / "report.json")
         _commit(tmp, out)
@@ -798,6 +959,9 @@ def write_candidate_repository(repo_dir: Path, info: dict, cand_dir: Path, *, na
         kwargs.update(plan_inputs=specs(dep.plan["inputs"]), plan_outputs=specs(dep.plan["outputs"]),
                       plan_profiles=[{k: tuple(tuple(x) for x in v) for k, v in p.items()}
                                      for p in dep.plan["profiles"]])
+    if dep.platform == "openvino":  # the IR's interface is the ONNX graph it was made from
+        kwargs.update(interface_onnx=Path(cand_dir) / art["files"]["plain"], backend_parameters=dict(dep.parameters),
+                      graph_optimization_level=None, inter_op_num_threads=None, intra_op_num_threads=None)
     kwargs.update(overrides)
     return write_repository(repo_dir, **kwargs)
 

@@ -45,24 +45,37 @@ class Criteria:
     Attributes:
         atol: absolute bound on ``|logit - reference|`` (logit units).
         rtol: relative bound, a fraction of ``|reference|`` (added to ``atol`` element-wise).
-        min_agreement: minimum fraction in [0, 1] of rows whose argmax equals the reference's, over all rows of
-            an artifact's cases; None = recorded, not required.
+        min_agreement: minimum fraction in [0, 1] of rows whose argmax equals the reference's, over all decided
+            rows of an artifact's cases; None = recorded, not required.
         why: where the numbers come from (one line, written to ``validation.json``).
+        tie_margin: a row whose reference top-2 margin (largest minus second-largest logit) is at most this
+            fraction of the case's logit scale (its largest ``|reference logit|``) is a tie at this precision: it is
+            not counted in the argmax agreement (random-input validation cases have near-ties that any rounding
+            may flip). 0 = every row counts.
+        scale_rtol: adds ``scale_rtol · max|ref|`` (the case's logit scale) to every element's bound: for
+            precisions whose error grows with the activations' range (int8), not with each logit's own size.
     """
 
     atol: float
     rtol: float = 0.0
     min_agreement: float | None = None
     why: str = ""
+    tie_margin: float = 0.0
+    scale_rtol: float = 0.0
 
     def bound(self, ref: np.ndarray) -> np.ndarray:
-        """Element-wise allowed error ``atol + rtol·|ref|`` (float64)."""
-        return self.atol + self.rtol * np.abs(np.asarray(ref, dtype=np.float64))
+        """Element-wise allowed error ``atol + rtol·|ref| + scale_rtol·max|ref|`` (float64)."""
+        r = np.abs(np.asarray(ref, dtype=np.float64))
+        return self.atol + self.rtol * r + (self.scale_rtol * float(r.max()) if self.scale_rtol and r.size else 0.0)
 
     def describe(self) -> str:
         """``"|Δ| <= 1e-04"`` / ``"|Δ| <= 0.05 + 0.02·|ref|, argmax agreement >= 0.995"``."""
-        s = f"|Δ| <= {self.atol:g}" + (f" + {self.rtol:g}·|ref|" if self.rtol else "")
-        return s + (f", argmax agreement >= {self.min_agreement:g}" if self.min_agreement is not None else "")
+        s = (f"|Δ| <= {self.atol:g}" + (f" + {self.rtol:g}·|ref|" if self.rtol else "")
+             + (f" + {self.scale_rtol:g}·max|ref|" if self.scale_rtol else ""))
+        if self.min_agreement is not None:
+            s += f", argmax agreement >= {self.min_agreement:g}"
+            s += f" (ties: top-2 margin <= {self.tie_margin:g}·max|ref| not counted)" if self.tie_margin else ""
+        return s
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +90,18 @@ _FP16 = ("fp16 GEMMs (unit roundoff 2^-11) with LayerNorm, softmax and reduction
 _BF16 = ("bf16 GEMMs (unit roundoff 2^-8) with LayerNorm, softmax and reductions in fp32: a few 1e-2 logit "
          "error after a dozen layers; argmax must agree on >= 99.5% of rows")
 
+_INT8_CPU = ("int8 encoder GEMMs (ONNX Runtime quantization: per-channel int8 weights, uint8 activations with one "
+             "scale per tensor) with embeddings, mux/demux, LayerNorm, softmax and the classifier in fp32. The error "
+             "follows each activation tensor's range, not each logit: measured up to 0.35·max|logit| on the "
+             "MiniLM demo (0.65 at logits <= 1.9, argmax still 98.8% equal on its evaluation texts), so the bound "
+             "is 0.5·max|ref| and only catches a broken engine (zeroed, rescaled or sign-flipped logits); argmax "
+             "must agree on >= 99% of the rows that are not ties (top-2 margin > 0.25·max|ref|); accuracy "
+             "through the engine judges the candidate")
+_BF16_CPU = ("bf16 on the CPU (OpenVINO's bf16 inference precision, AVX-512 BF16): OpenVINO also keeps some "
+             "elementwise ops in bf16, more than the GPU dtype policy; measured up to 0.06·max|logit| on the "
+             "MiniLM demo, so |Δ| <= 0.05 + 0.15·max|ref|; argmax must agree on >= 99% of the rows that are not "
+             "ties (top-2 margin > 0.1·max|ref|)")
+
 #: THE criteria table, keyed by (backend registry name or "*", precision). Looked up by :func:`criteria_for`:
 #: an exact (backend, precision) row first, then ("*", precision). A precision without a row is refused.
 CRITERIA: dict[tuple[str, str], Criteria] = {
@@ -86,6 +111,8 @@ CRITERIA: dict[tuple[str, str], Criteria] = {
     ("tensorrt", "fp32"): Criteria(atol=1e-3, why=_FP32_GPU),
     ("*", "fp16"): Criteria(atol=5e-2, rtol=2e-2, min_agreement=0.995, why=_FP16),
     ("*", "bf16"): Criteria(atol=2e-1, rtol=5e-2, min_agreement=0.995, why=_BF16),
+    ("*", "int8"): Criteria(atol=5e-2, scale_rtol=0.5, min_agreement=0.99, tie_margin=0.25, why=_INT8_CPU),
+    ("openvino", "bf16"): Criteria(atol=5e-2, scale_rtol=0.15, min_agreement=0.99, tie_margin=0.1, why=_BF16_CPU),
 }
 
 
@@ -112,8 +139,9 @@ class Comparison:
         finite: no NaN/Inf.
         max_abs_diff: ``max |out - ref|`` (inf when not finite or the shape is wrong).
         max_excess: ``max(|out - ref| - bound)``; <= 0 when within the criteria's bound (inf when not comparable).
-        agree_rows: rows whose argmax equals the reference's (0 when not comparable).
-        rows: rows compared.
+        agree_rows: decided rows whose argmax equals the reference's (0 when not comparable).
+        rows: decided rows compared (rows whose reference is a tie under ``criteria.tie_margin`` are left out).
+        tied_rows: rows left out as ties.
     """
 
     shape_ok: bool
@@ -122,6 +150,7 @@ class Comparison:
     max_excess: float
     agree_rows: int
     rows: int
+    tied_rows: int = 0
 
     @property
     def within(self) -> bool:
@@ -130,7 +159,10 @@ class Comparison:
 
     @property
     def argmax_agreement(self) -> float:
-        return self.agree_rows / self.rows if self.rows else 0.0
+        """Fraction of decided rows that agree (1.0 when every row is a tie)."""
+        if not self.rows:
+            return 1.0 if self.tied_rows and self.shape_ok and self.finite else 0.0
+        return self.agree_rows / self.rows
 
 
 def compare(out, ref, criteria: Criteria) -> Comparison:
@@ -148,8 +180,14 @@ def compare(out, ref, criteria: Criteria) -> Comparison:
     if not (shape_ok and finite):
         return Comparison(shape_ok, finite, float("inf"), float("inf"), 0, int(r.shape[0]) if r.ndim else 0)
     d = np.abs(a.astype(np.float64) - r)
-    agree = int(np.sum(a.argmax(-1) == r.argmax(-1))) if r.shape[-1] >= 2 else int(r.shape[0])
-    return Comparison(True, True, float(d.max()), float((d - criteria.bound(r)).max()), agree, int(r.shape[0]))
+    if r.shape[-1] < 2:
+        return Comparison(True, True, float(d.max()), float((d - criteria.bound(r)).max()), int(r.shape[0]),
+                          int(r.shape[0]))
+    top2 = np.sort(r, axis=-1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > criteria.tie_margin * float(np.abs(r).max())
+    agree = int(np.sum((a.argmax(-1) == r.argmax(-1)) & decided))
+    return Comparison(True, True, float(d.max()), float((d - criteria.bound(r)).max()), agree, int(decided.sum()),
+                      int((~decided).sum()))
 
 
 class _Runs(Protocol):
@@ -185,6 +223,7 @@ class CaseResult:
     error: str | None = None
     agree_rows: int = 0
     rows: int = 0
+    tied_rows: int = 0
 
 
 @dataclass
@@ -203,9 +242,11 @@ class ArtifactValidation:
 
     @property
     def argmax_agreement(self) -> float:
-        """Argmax agreement over every row of every case."""
+        """Argmax agreement over every decided row of every case (1.0 when every row is a tie)."""
         rows = sum(c.rows for c in self.cases)
-        return sum(c.agree_rows for c in self.cases) / rows if rows else 0.0
+        if not rows:
+            return 1.0 if any(c.tied_rows for c in self.cases) else 0.0
+        return sum(c.agree_rows for c in self.cases) / rows
 
     @property
     def agreement_ok(self) -> bool:
@@ -304,7 +345,7 @@ def validate(runners: dict[str, _Runs], raw, spec: ExportSpec, criteria: Criteri
             unchanged = _unchanged(feeds, snapshot)
             results[name].cases.append(CaseResult(b, s, c.max_abs_diff, c.max_excess, c.argmax_agreement, c.finite,
                                                   deterministic, unchanged, c.within and deterministic and unchanged,
-                                                  None, c.agree_rows, c.rows))
+                                                  None, c.agree_rows, c.rows, c.tied_rows))
     return results
 
 

@@ -1,0 +1,73 @@
+"""``build --precision``: every checkpoint × backend × precision is a candidate, judged by its precision's criteria;
+the prediction treats precision as a factor; a reduced precision outside its criteria is rejected (auto) or fails
+the build (named)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from prumux_compile.cli.main import cli
+from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.validation import CRITERIA, Criteria
+
+FAST = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1", "--no-cache",
+        "--no-progress", "--min-accuracy", "0", "--backend", "ort-cpu"]
+BASE = dict(num_layers=2, hidden=32, heads=4, ffn=32, vocab=128, max_pos=64, num_labels=3)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pgrid")
+    write_checkpoint(root / "g" / "a", SynthSpec(family="bert", **BASE))
+    write_checkpoint(root / "g" / "b", SynthSpec(family="prumux_compressed", num_instances=2, heads_kept=[[0, 1], [2]],
+                                                 **BASE))
+    return root / "g"
+
+
+def _build(args, expect=0):
+    res = CliRunner().invoke(cli, ["build", *args, *FAST])
+    assert res.exit_code == expect, res.output
+    return res
+
+
+def test_every_precision_is_a_candidate(grid, tmp_path):
+    out = tmp_path / "out"
+    _build([str(grid), "-o", str(out), "--precision", "fp32,int8"])
+    report = json.loads((out / "report.json").read_text())
+    cands = {c["id"]: c for c in report["candidates"]}
+    assert set(cands) == {"a@fp32", "a@int8", "b@fp32", "b@int8"}
+    for cid, c in cands.items():
+        prec = cid.split("@")[1]
+        assert c["precision"] == prec and c["artifact"]["precision"] == prec
+        doc = json.loads((out / "candidates" / cid / "validation.json").read_text())
+        assert doc["precision"] == prec and doc["passed"]
+        assert c["validation"]["criteria"]["min_agreement"] == (0.99 if prec == "int8" else None)
+    # the int8 candidates share the fp32 candidates' export and are compared with them through the engine
+    assert cands["a@int8"]["fp32_id"] == "a@fp32" and 0.0 <= cands["a@int8"]["agreement_with_fp32"] <= 1.0
+    assert cands["a@int8"]["artifact"]["build"]["choice"].startswith("int8-")
+    pred = report["prediction"]
+    assert pred["reference_level"] == "fp32" and set(pred["precision_factors"]) == {"fp32", "int8"}
+    assert {g["precision"] for g in pred["grid"]} == {"fp32", "int8"}
+    assert report["selection"]["baseline"] == "a@fp32"
+
+
+def test_a_rejected_precision_is_a_warning_under_auto_and_an_error_when_named(grid, tmp_path, monkeypatch):
+    impossible = Criteria(atol=0.0, min_agreement=1.0, why="test: nothing int8 passes")
+    monkeypatch.setitem(CRITERIA, ("*", "int8"), impossible)
+    out = tmp_path / "auto"
+    res = _build([str(grid / "a"), "-o", str(out)])  # auto: fp32 and int8 on ort-cpu
+    report = json.loads((out / "report.json").read_text())
+    assert [c["id"] for c in report["candidates"]] == ["a@fp32"]
+    assert [r["id"] for r in report["rejected"]] == ["a@int8"]
+    assert "a@int8: rejected" in res.output
+    res = _build([str(grid / "a"), "-o", str(tmp_path / "named"), "--precision", "fp32,int8"], expect=4)
+    assert "no int8 form stays within" in res.output and not (tmp_path / "named").exists()
+
+
+def test_bad_precision_lists(grid, tmp_path):
+    res = _build([str(grid), "-o", str(tmp_path / "x"), "--precision", "fp32,all"], expect=2)
+    assert "'auto' and 'all' stand alone" in res.output
+    res = _build([str(grid), "-o", str(tmp_path / "x"), "--precision", "bf16"], expect=2)
+    assert "--precision bf16: no requested backend builds it here (ort-cpu builds fp32, int8)" in res.output
