@@ -55,8 +55,9 @@ DEFAULT_BACKENDS = ("ort-cpu", "openvino")
                    "then openvino where installed.")
 @click.option("--precision", "precisions", callback=_precision_list, default=None,
               help="Engine precisions, comma-separated (fp32, bf16, int8; each checkpoint x backend x precision is a "
-                   "candidate). Default 'auto': every precision this CPU supports, each built by the first backend "
-                   "that builds it (ort-cpu: fp32, int8; openvino: bf16). 'all': every backend x precision pair.")
+                   "candidate). Default 'auto': every precision this machine supports, each built by the first "
+                   "default backend that builds it (ort-cpu: fp32, int8; openvino: bf16), or by every backend named "
+                   "with --backend. 'all': every backend x precision pair.")
 @click.option("--calibration-data", type=click.Path(path_type=Path), default=None,
               help="Texts (TSV/CSV/JSONL like --eval-data) for int8 calibration; default the --eval-data texts.")
 @click.option("--seq-len", default=128, show_default=True, help="Compiled sequence length (tokens).")

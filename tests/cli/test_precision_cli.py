@@ -53,6 +53,35 @@ def test_every_precision_is_a_candidate(grid, tmp_path):
     assert report["selection"]["baseline"] == "a@fp32"
 
 
+def test_an_int8_candidate_is_served_as_measured(grid, tmp_path):
+    """The Triton repository of an int8 candidate holds its benchmarked artifact (same sha256), and that file, loaded
+    the way config.pbtxt says (graph optimisations off), reproduces the engine's logits bit for bit."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from prumux_compile.driver import write_candidate_repository
+    from prumux_compile.engines.base import file_sha256
+    from prumux_compile.export.inputs import realistic_inputs
+
+    out = tmp_path / "out"
+    _build([str(grid / "b"), "-o", str(out), "--precision", "int8"])
+    (cand,) = json.loads((out / "report.json").read_text())["candidates"]
+    assert cand["id"] == "b" and cand["precision"] == "int8"
+    repo = write_candidate_repository(tmp_path / "repo", cand, out / "candidates" / "b")
+    served = repo / "1" / "model.onnx"
+    assert file_sha256(served) == cand["artifact"]["sha256"]
+    assert "level: 2" in (repo / "config.pbtxt").read_text()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(served), opts, providers=["CPUExecutionProvider"])
+    feeds = realistic_inputs(128, 16, BASE["vocab"], seed=1234, type_vocab_size=2)  # the build's agreement inputs
+    names = {i.name for i in sess.get_inputs()}
+    got = np.concatenate([sess.run(["logits"], {k: v[i:i + 4] for k, v in feeds.items() if k in names})[0]
+                          for i in range(0, 128, 4)])
+    assert np.array_equal(got, np.load(out / "candidates" / "b" / "predictions.npz")["logits"])
+
+
 def test_a_rejected_precision_is_a_warning_under_auto_and_an_error_when_named(grid, tmp_path, monkeypatch):
     impossible = Criteria(atol=0.0, min_agreement=1.0, why="test: nothing int8 passes")
     monkeypatch.setitem(CRITERIA, ("*", "int8"), impossible)

@@ -198,3 +198,12 @@ def test_int8_criteria_catch_a_broken_engine_not_quantization_noise():
     assert compare(noisy, ref, crit).within
     assert not compare(np.zeros_like(ref, dtype=np.float32), ref, crit).within
     assert not compare((-ref).astype(np.float32), ref, crit).within
+
+
+def test_cpu_isa_flags_read_from_cpuinfo(tmp_path):
+    from prumux_compile.bench.timing import cpu_isa_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni fma\nflags : amx_tile\n")
+    assert cpu_isa_flags(str(info)) == ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]
+    assert cpu_isa_flags(str(tmp_path / "missing")) is None
