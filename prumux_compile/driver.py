@@ -29,7 +29,7 @@ from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError
 
 #: The cache stores and restores every file of a candidate folder (whatever its backend produced).
 #: Bumped whenever candidate.json changes shape, so an older cache entry is never reused.
-_CACHE_LAYOUT = 2
+_CACHE_LAYOUT = 3
 
 
 @dataclass
@@ -809,6 +809,8 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                         raise
                     # a reduced precision outside its criteria on this checkpoint: a measured outcome, not a bug
                     shutil.rmtree(tmp / "candidates" / full_id, ignore_errors=True)
+                    for key in [k for k, v in shared.items() if v["dir"] == tmp / "candidates" / full_id]:
+                        del shared[key]  # its export went with it
                     rejected.append({"id": full_id, "checkpoint": str(path), "backend": b, "precision": prec,
                                      "reason": str(exc), "exit_code": exc.exit_code})
                     notes.append(f"{full_id}: rejected ({prec} outside its criteria or not buildable): {exc}")
