@@ -13,6 +13,8 @@ length 128 — every variant is its own column, nothing is a best-of taken after
   Runtime dynamic quantization of ``model.onnx`` (``dyn``) and of ``model.ort.onnx`` (``dyn-fused``), static QDQ
   (``static``, calibrated on 16 rows of the benchmark's random-token inputs));
 * ``ov fp32`` / ``ov bf16``: the OpenVINO IR of the ``openvino`` engine at f32 / bf16 inference precision;
+  ``ov int8``: the ``openvino`` engine's int8 IR (NNCF post-training quantization, 16 calibration rows) where
+  ``nncf`` is installed;
 * ``matmul``: an ONNX Runtime 2048³ fp32 MatMul, the machine-drift anchor of every cell.
 
 Checkpoints: BERT-base-shaped random-weight checkpoints written with ``prumux_compile.synthetic`` into a
@@ -49,6 +51,7 @@ import re
 import sys
 import tempfile
 import time
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +77,9 @@ GRIDS = {
 MATMUL_N = 2048
 #: The precision columns whose FLOP-ratio efficiency is reported (one variant each, named).
 PRECISION_COLUMNS = {"ort fp32": "ort-fp32-plain", "ort int8": "ort-int8-dyn", "ov fp32": "ov-fp32",
-                     "ov bf16": "ov-bf16"}
+                     "ov bf16": "ov-bf16", "ov int8": "ov-int8"}
 ENGINES = ("ort-fp32-plain", "ort-fp32-noskip", "ort-fp32-fused", "ort-int8-dyn", "ort-int8-dyn-fused",
-           "ort-int8-static", "ov-fp32", "ov-bf16")
+           "ort-int8-static", "ov-fp32", "ov-bf16", "ov-int8")
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs
@@ -198,6 +201,15 @@ def _engines(work: Path, spec, feeds: dict, threads: int, ov_ok: bool) -> dict:
         ov.save_model(ov.Core().read_model(str(work / "model.onnx")), str(work / "model.xml"), compress_to_fp16=False)
         r["ov-fp32"] = OpenVinoRunner(work / "model.xml", spec, precision="fp32", threads=threads)
         r["ov-bf16"] = OpenVinoRunner(work / "model.xml", spec, precision="bf16", threads=threads)
+        if importlib.util.find_spec("nncf") is not None:  # the openvino engine's int8 (NNCF), as it builds it
+            from prumux_compile.engines.base import EngineConfig
+            from prumux_compile.engines.openvino import OpenVinoBackend
+
+            (work / "ov-int8").mkdir()
+            art = OpenVinoBackend().build(work / "model.onnx", EngineConfig(precision="int8", threads=threads,
+                                                                            out_dir=work / "ov-int8",
+                                                                            options={"calibration": calib}))
+            r["ov-int8"] = OpenVinoBackend().load(art)
     return r
 
 

@@ -80,18 +80,26 @@ def test_openvino_fp32_and_bf16(exported, tmp_path):
     backend = registry.get("openvino")
     raw = read_raw(ckpt)
     default = backend.default_inference_precision()
+    from prumux_compile.export.inputs import realistic_inputs
+
+    calib = realistic_inputs(16, SEQ, SPEC["vocab"], seed=5, type_vocab_size=2)
     for precision in backend.supported_precisions():
-        art = backend.build(onnx_path, EngineConfig(precision=precision, threads=1, out_dir=tmp_path / precision))
+        art = backend.build(onnx_path, EngineConfig(precision=precision, threads=1, out_dir=tmp_path / precision,
+                                                    options={"calibration": calib}))
         assert art.path.name == "model.xml" and (tmp_path / precision / "model.bin").is_file()
-        assert art.report["effective_properties"]["INFERENCE_PRECISION_HINT"] == {"fp32": "f32", "bf16": "bf16"}[
-            precision]
+        assert art.report["effective_properties"]["INFERENCE_PRECISION_HINT"] == {
+            "fp32": "f32", "bf16": "bf16", "int8": default}[precision]
         with backend.load(art) as runner:
             res = validate({precision: runner}, raw, art.spec, art.criteria)
         assert res[precision].passed, precision
         params = art.deployment.parameters
         assert params["INFERENCE_NUM_THREADS"] == "1" and params["NUM_STREAMS"] == "1"
-        assert ("HINT_BF16" in params) == (precision == "bf16")
-        if precision == "bf16":
+        assert ("HINT_BF16" in params) == (precision == "bf16" or (precision == "int8" and default == "bf16"))
+        if precision == "int8":  # NNCF: the encoder's GEMMs int8, everything outside the encoder kept
+            assert art.report["int8"]["kept_fp"] and not any(n.startswith("/layers.")
+                                                             for n in art.report["int8"]["kept_fp"])
+            assert art.deployment.platform == "openvino" and res[precision].max_abs_diff > 1e-4
+        elif precision == "bf16":
             assert art.deployment.platform == "openvino" and res[precision].max_abs_diff > 1e-4
         else:
             assert res[precision].max_abs_diff <= 1e-4
