@@ -197,7 +197,7 @@ def test_candidate_id(mb, mp, expected):
 
 
 def test_int8_criteria_catch_a_broken_engine_not_quantization_noise():
-    """The int8 bound is half the case's logit scale: 35 % noise passes, zeroed or sign-flipped logits fail."""
+    """The int8 bound is 0.75 of the logit scale: 35 % noise passes, zeroed or sign-flipped logits fail."""
     from prumux_compile.validation import compare
 
     crit = criteria_for("ort-cpu", "int8")
