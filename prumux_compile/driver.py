@@ -26,12 +26,12 @@ from typing import Callable
 
 import numpy as np
 
-from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError
+from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError, PrumuxError, ValidationError
 
 #: The cache stores and restores every file of a candidate folder (whatever its backend produced).
 #: Bumped whenever candidate.json changes shape, so an older cache entry is never reused
-#: (3: ``artifact.files_sha256`` covers the external-data files too).
-_CACHE_LAYOUT = 3
+#: (4: ``artifact.files_sha256`` covers the external-data files too; candidates have a precision).
+_CACHE_LAYOUT = 4
 
 
 @dataclass
@@ -42,6 +42,14 @@ class BuildOptions:
         out: output folder (must not exist unless ``force``).
         backends: engine backends by registry name (``ort-cpu`` ...).
         backends_explicit: the user named the backends: an unavailable one is an error (exit 4), not a note.
+        precisions: engine precisions to build (:data:`~prumux_compile.engines.base.PRECISIONS`); None = ``auto``:
+            every precision a backend builds on this machine; ``("all",)`` = every (backend, precision) pair a
+            backend builds here. With the default backend list each precision is built once, by the first backend
+            that builds it; with named backends (``backends_explicit``) by each of them (:func:`candidate_plan`).
+            Each (checkpoint, backend, precision) is one candidate. A reduced-precision candidate that fails its
+            criteria is rejected with a warning under ``auto`` / ``all`` and fails the build when named.
+        calibration_data: texts (a file ``--eval-data`` would read) for int8 calibration; None = the evaluation
+            texts (``eval_data``), else the deterministic demo sentences.
         seq_len: compiled sequence length of multiplexed models and benchmark length (tokens).
         batch_sizes: benchmark batch sizes in input sequences; None = ``8·N`` per candidate.
         threads: intra-op threads for ONNX Runtime and PyTorch (the same for both sides).
@@ -78,6 +86,8 @@ class BuildOptions:
     out: Path
     backends: tuple[str, ...] = ("ort-cpu",)
     backends_explicit: bool = False
+    precisions: tuple[str, ...] | None = None
+    calibration_data: Path | None = None
     seq_len: int = 128
     batch_sizes: tuple[int, ...] | None = None
     threads: int = 2
@@ -253,12 +263,13 @@ def _tokenizer_hashes(ckpt: Path) -> dict[str, str]:
 
 
 def _cache_key(files: dict[str, str], backend: str, opts: BuildOptions, batch_sizes: list[int],
-               eval_hash: str | None, tokenizer: dict[str, str] | None = None, hardware: str | None = None) -> str:
+               eval_hash: str | None, tokenizer: dict[str, str] | None = None, hardware: str | None = None,
+               precision: str = "fp32") -> str:
     """Hex key of a candidate's cache entry: everything its files and measurements depend on (checkpoint and
-    tokenizer file hashes, backend, options, evaluation file, tool version, cache layout, and the hardware kind
-    it was measured on when the build named one)."""
-    payload = {"files": files, "tokenizer": tokenizer or {}, "backend": backend, "seq_len": opts.seq_len,
-               "batch_sizes": batch_sizes,
+    tokenizer file hashes, backend, precision, options, calibration and evaluation files, tool version, cache
+    layout, and the hardware kind it was measured on when the build named one)."""
+    payload = {"files": files, "tokenizer": tokenizer or {}, "backend": backend, "precision": precision,
+               "seq_len": opts.seq_len, "batch_sizes": batch_sizes, "calibration": _file_hash(opts.calibration_data),
                "threads": opts.threads, "rounds": opts.rounds, "warmup": opts.warmup, "eval": eval_hash,
                "eval_limit": opts.eval_limit, "agreement_samples": opts.agreement_samples,
                "tool": _tool_version(), "layout": _CACHE_LAYOUT}
@@ -303,6 +314,38 @@ def _predict(runner, feeds: dict[str, np.ndarray], batch: int) -> np.ndarray:
     return np.concatenate(out, axis=0)
 
 
+#: Rows of the calibration inputs given to backends that calibrate (int8 static quantization).
+CALIBRATION_ROWS = 64
+
+
+def _calibration_inputs(opts: BuildOptions, ckpt: Path, label2id: dict | None, vocab: int,
+                        type_vocab: int) -> dict[str, np.ndarray]:
+    """The first :data:`CALIBRATION_ROWS` texts of ``--calibration-data`` (else of ``--eval-data``, else the demo
+    sentences), tokenised as the evaluation data is (labels unused); random tokens only for a checkpoint without a
+    tokenizer."""
+    source = opts.calibration_data or opts.eval_data
+    sub = BuildOptions(out=opts.out, seq_len=opts.seq_len, eval_data=source, eval_limit=CALIBRATION_ROWS,
+                       agreement_samples=CALIBRATION_ROWS)
+    _, feeds = _eval_inputs(sub, ckpt, label2id, vocab, type_vocab)
+    return {k: np.asarray(v)[:CALIBRATION_ROWS] for k, v in feeds.items()}
+
+
+def _link_export(src_dir: Path, dst_dir: Path) -> None:
+    """Give ``dst_dir`` the exported ``model.onnx`` of ``src_dir`` (a hard link where the file system allows, else a
+    copy) and copies of its external-data files (ONNX refuses external data with several hard links)."""
+    from prumux_compile.export.onnx_export import onnx_data_files
+
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for f in onnx_data_files(src_dir / "model.onnx"):
+        shutil.copy2(src_dir / Path(f).name, dst_dir / Path(f).name)
+    target = dst_dir / "model.onnx"
+    target.unlink(missing_ok=True)
+    try:
+        os.link(src_dir / "model.onnx", target)
+    except OSError:
+        shutil.copy2(src_dir / "model.onnx", target)
+
+
 # ---------------------------------------------------------------------------------------------- one candidate
 def _copy_files(src: Path, dst: Path) -> None:
     """Copy every regular file directly inside ``src`` into ``dst`` (created)."""
@@ -312,10 +355,14 @@ def _copy_files(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None, *,
-                     cand_dir: Path) -> dict:
-    """Compile, export, build, validate, benchmark and predict one (checkpoint, backend) candidate in this
-    process, reusing and filling the build cache: what :class:`~prumux_compile.executors.LocalExecutor` runs.
+def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None,
+                     precision: str | None = None, strict: bool = True, *, cand_dir: Path) -> dict:
+    """Compile, export, build, validate, benchmark and predict one (checkpoint, backend, precision) candidate in
+    this process, reusing and filling the build cache: what :class:`~prumux_compile.executors.LocalExecutor` runs.
+
+    ``precision`` None = the backend's default. ``strict`` False (a reduced precision the user did not name): a
+    candidate outside its precision's criteria, or one the backend cannot build, comes back as a rejection
+    record ``{"id", "rejected": {...}}`` (its folder emptied) instead of failing the build.
 
     Every backend goes through the same steps (engine contract of :mod:`prumux_compile.engines.base`): the
     artifact the backend returns is the file that is validated (with the criteria it names), benchmarked
@@ -325,15 +372,17 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
     """
     from prumux_compile.executors import this_node
 
-    prepared = _prepare_candidate(cid, ckpt, backend_name, opts, eval_hash)
+    prepared = _prepare_candidate(cid, ckpt, backend_name, opts, eval_hash, precision)
     info = _restore_cached(cid, ckpt, opts, prepared.key, cand_dir) if opts.cache else None
     if info is not None:
         return info
     where = this_node(device=_backend_device(backend_name))
-    info = _measure_candidate(_compile_candidate(cid, ckpt, backend_name, opts, eval_hash, cand_dir=cand_dir,
-                                                 where=where, prepared=prepared), cand_dir=cand_dir, where=where)
+    info = _measure_candidate(_compile_candidate(cid, ckpt, backend_name, opts, eval_hash, precision, strict,
+                                                 cand_dir=cand_dir, where=where, prepared=prepared),
+                              cand_dir=cand_dir, where=where)
     if opts.cache:
-        _store_cached(cid, ckpt, backend_name, opts, eval_hash, cand_dir=cand_dir, key=prepared.key)
+        _store_cached(cid, ckpt, backend_name, opts, eval_hash, precision, strict, cand_dir=cand_dir,
+                      key=prepared.key)
     return info
 
 
@@ -348,22 +397,25 @@ def _backend_device(backend_name: str) -> str:
 
 @dataclass
 class _Prepared:
-    """A candidate's checkpoint read and its cache key (see :func:`_prepare_candidate`)."""
+    """A candidate's checkpoint read, its precision and its cache key (see :func:`_prepare_candidate`)."""
 
     raw: object
     ir: object
     batch_sizes: list[int]
+    precision: str
     key: str
 
 
-def _prepare_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions,
-                       eval_hash: str | None) -> _Prepared:
-    """Read the checkpoint, build its IR and the candidate's cache key (content hashes, backend, options).
+def _prepare_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None,
+                       precision: str | None = None, strict: bool = True) -> _Prepared:
+    """Read the checkpoint, build its IR and the candidate's cache key (content hashes, backend, precision —
+    None: the backend's default —, options).
 
     Raises:
         CheckpointError / InputError: an unreadable checkpoint, ``--seq-len`` beyond its position embeddings.
     """
     from prumux_compile.checkpoint import from_raw, read_raw
+    from prumux_compile.engines import registry
 
     raw = read_raw(ckpt)
     ir = from_raw(raw, seq_len=opts.seq_len)
@@ -372,9 +424,10 @@ def _prepare_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptio
     if not ir.is_muxed and opts.seq_len > positions:
         raise InputError(f"{ckpt}: --seq-len {opts.seq_len} exceeds the checkpoint's {positions} position embeddings")
     batch_sizes = list(opts.batch_sizes or (8 * n,))
+    precision = precision or registry.get(backend_name).default_precision
     key = _cache_key(raw.files, backend_name, opts, batch_sizes, eval_hash, _tokenizer_hashes(ckpt),
-                     hardware=_hardware_for(opts, backend_name))
-    return _Prepared(raw, ir, batch_sizes, key)
+                     hardware=_hardware_for(opts, backend_name), precision=precision)
+    return _Prepared(raw, ir, batch_sizes, precision, key)
 
 
 def _restore_cached(cid: str, ckpt: Path, opts: BuildOptions, key: str, cand_dir: Path) -> dict | None:
@@ -394,22 +447,24 @@ def _restore_cached(cid: str, ckpt: Path, opts: BuildOptions, key: str, cand_dir
     return None
 
 
-def _lookup_cached(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None, *,
+def _lookup_cached(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None,
+                   precision: str | None = None, strict: bool = True, *,
                    cand_dir: Path) -> tuple[dict | None, str | None]:
     """The cache, before a candidate is dispatched (a cluster executor runs this on the driver, where the cache
     is): ``(info restored into cand_dir, key)`` on a hit, ``(None, key)`` on a miss, ``(None, None)`` without a
     cache."""
     if not opts.cache:
         return None, None
-    key = _prepare_candidate(cid, ckpt, backend_name, opts, eval_hash).key
+    key = _prepare_candidate(cid, ckpt, backend_name, opts, eval_hash, precision).key
     return _restore_cached(cid, ckpt, opts, key, cand_dir), key
 
 
-def _store_cached(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None, *,
-                  cand_dir: Path, key: str | None) -> None:
+def _store_cached(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None,
+                  precision: str | None = None, strict: bool = True, *, cand_dir: Path, key: str | None) -> None:
     """Store the finished candidate folder ``cand_dir`` as cache entry ``key`` (written in a temporary folder,
-    then renamed); a cache that cannot be written only costs time (logged)."""
-    if not opts.cache or key is None:
+    then renamed); a cache that cannot be written only costs time (logged). A rejected candidate (no
+    ``candidate.json``) is not stored."""
+    if not opts.cache or key is None or not (Path(cand_dir) / "candidate.json").is_file():
         return
     cache_dir = _cache_root(opts) / key
     try:
@@ -429,7 +484,8 @@ class _CompiledCandidate:
 
     Pickled without ``pruned`` (the pruned IR, up to the checkpoint's size); the measure stage rebuilds it from
     the checkpoint then. ``cand_dir`` is the folder the files were written to; the measure stage may get them
-    in another folder (another node) and rebases ``artifact`` onto it.
+    in another folder (another node) and rebases ``artifact`` onto it. ``rejected`` (then ``artifact`` is None):
+    a reduced-precision candidate outside its criteria, as the report's ``rejected`` lists it.
     """
 
     cid: str
@@ -442,20 +498,29 @@ class _CompiledCandidate:
     vocab: int
     label2id: dict
     pruned: object = None
+    rejected: dict | None = None
 
     def __getstate__(self):
         return {**self.__dict__, "pruned": None}
 
 
-def _compile_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None, *,
-                       cand_dir: Path, where: dict | None = None,
-                       prepared: _Prepared | None = None) -> _CompiledCandidate:
-    """The compile stage of a candidate: IR passes, ``model.onnx``, the engine, its validation against the
+#: Exports shared by the candidates of one checkpoint in one build, in this process:
+#: ``{(candidates folder, checkpoint): {"dir", "export_info"}}`` (a cluster task's folder is its own, so
+#: candidates on other processes export for themselves).
+_SHARED_EXPORTS: dict[tuple[str, str], dict] = {}
+
+
+def _compile_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None,
+                       precision: str | None = None, strict: bool = True, *, cand_dir: Path,
+                       where: dict | None = None, prepared: _Prepared | None = None) -> _CompiledCandidate:
+    """The compile stage of a candidate: IR passes, ``model.onnx`` (shared with an earlier candidate of the same
+    checkpoint in this build and process: a hard link), the engine at ``precision``, its validation against the
     float64 reference (``validation.json``), all written into ``cand_dir``; ``where`` (the node, see
     :func:`prumux_compile.executors.this_node`) is recorded as ``compiled_on``.
 
     Raises:
-        ValidationError (3), EngineBuildError (4), CheckpointError / InputError (2): as ``build``.
+        ValidationError (3), EngineBuildError (4), CheckpointError / InputError (2): as ``build``; with
+        ``strict`` False a ValidationError or EngineBuildError of the engine comes back as ``rejected``.
     """
     from prumux_compile.engines import registry
     from prumux_compile.engines.base import Compiled, EngineConfig
@@ -465,26 +530,55 @@ def _compile_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptio
     from prumux_compile.passes import compile_ir
     from prumux_compile.report.stats import cofi_sparsity, summary
 
-    prepared = prepared or _prepare_candidate(cid, ckpt, backend_name, opts, eval_hash)
-    raw, ir, batch_sizes = prepared.raw, prepared.ir, prepared.batch_sizes
+    prepared = prepared or _prepare_candidate(cid, ckpt, backend_name, opts, eval_hash, precision)
+    raw, ir, batch_sizes, precision = prepared.raw, prepared.ir, prepared.batch_sizes, prepared.precision
     n = ir.num_instances
+    backend = registry.get(backend_name)
 
     _log(opts, f"{cid}: passes")
     pruned, _ = compile_ir(ir, "pruning")
     final, reports = compile_ir(ir, "all")
+    cand_dir = Path(cand_dir)
     cand_dir.mkdir(parents=True, exist_ok=True)
-    _log(opts, f"{cid}: export")
     spec = spec_for_ir(final)
-    module = build_module(final)
-    export_info = export_onnx(module, spec, cand_dir / "model.onnx")
-    del module
-    _log(opts, f"{cid}: engine {backend_name}")
-    backend = registry.get(backend_name)
-    config = EngineConfig(precision=backend.default_precision, batch_sizes=tuple(batch_sizes), seq_len=opts.seq_len,
-                          threads=opts.threads, out_dir=cand_dir)
-    artifact = backend.build(Compiled(cand_dir / "model.onnx", spec, final), config)
-    _log(opts, f"{cid}: validate ({artifact.precision}, {artifact.criteria.describe()})")
-    validation = _validate(backend, artifact, raw, cand_dir / "validation.json", seq_len=opts.seq_len)
+    share_key = (str(cand_dir.parent.resolve()), str(Path(ckpt).resolve()))
+    earlier = _SHARED_EXPORTS.get(share_key)
+    if earlier is not None and (earlier["dir"] / "model.onnx").is_file():
+        _log(opts, f"{cid}: export (shared with {earlier['dir'].name})")
+        export_info = dict(earlier["export_info"])
+        _link_export(earlier["dir"], cand_dir)
+    else:
+        _log(opts, f"{cid}: export")
+        module = build_module(final)
+        export_info = export_onnx(module, spec, cand_dir / "model.onnx")
+        del module
+        _SHARED_EXPORTS[share_key] = {"dir": cand_dir, "export_info": export_info}
+    _log(opts, f"{cid}: engine {backend_name} {precision}")
+    options = {}
+    vocab = int(final.embeddings.word.shape[0])
+    label2id = {str(v): int(k) for k, v in final.id2label.items()}
+    if "calibration" in backend.option_names and precision != "fp32":
+        options["calibration"] = _calibration_inputs(opts, ckpt, label2id, vocab, spec.type_vocab_size)
+    config = EngineConfig(precision=precision, batch_sizes=tuple(batch_sizes), seq_len=opts.seq_len,
+                          threads=opts.threads, out_dir=cand_dir, options=options)
+    try:
+        artifact = backend.build(Compiled(cand_dir / "model.onnx", spec, final), config)
+        _log(opts, f"{cid}: validate ({artifact.precision}, {artifact.criteria.describe()})")
+        validation = _validate(backend, artifact, raw, cand_dir / "validation.json", seq_len=opts.seq_len)
+    except (ValidationError, EngineBuildError) as exc:
+        if strict:  # fp32 must match the reference; a named precision was asked for
+            raise
+        # a reduced precision outside its criteria on this checkpoint: a measured outcome, not a bug
+        for key in [k for k, v in _SHARED_EXPORTS.items() if v["dir"] == cand_dir]:
+            del _SHARED_EXPORTS[key]  # its export goes with it
+        for f in cand_dir.iterdir():
+            if f.is_file():
+                f.unlink()
+        _log(opts, f"{cid}: rejected: {exc}")
+        rejected = {"id": cid, "checkpoint": str(ckpt), "backend": backend_name, "precision": precision,
+                    "reason": str(exc), "exit_code": exc.exit_code}
+        return _CompiledCandidate(cid, ckpt, opts, cand_dir, batch_sizes, None, {"id": cid}, vocab, label2id,
+                                  rejected=rejected)
 
     info = {
         "id": cid,
@@ -504,9 +598,7 @@ def _compile_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptio
         "model": summary(ir if ir.masks is None else pruned, final),
         "compiled_on": where,
     }
-    label2id = {str(v): int(k) for k, v in final.id2label.items()}
-    return _CompiledCandidate(cid, ckpt, opts, cand_dir, batch_sizes, artifact, info,
-                              int(final.embeddings.word.shape[0]), label2id, pruned)
+    return _CompiledCandidate(cid, ckpt, opts, cand_dir, batch_sizes, artifact, info, vocab, label2id, pruned)
 
 
 def _measure_candidate(compiled: _CompiledCandidate, *, cand_dir: Path, where: dict | None = None) -> dict:
@@ -525,6 +617,8 @@ def _measure_candidate(compiled: _CompiledCandidate, *, cand_dir: Path, where: d
     from prumux_compile.kernels import build_module
 
     cid, ckpt, opts, batch_sizes = compiled.cid, compiled.ckpt, compiled.opts, compiled.batch_sizes
+    if compiled.rejected is not None:
+        return {"id": cid, "rejected": compiled.rejected}
     artifact = compiled.artifact
     if Path(cand_dir) != Path(compiled.cand_dir):
         artifact = artifact.rebased(compiled.cand_dir, cand_dir)
@@ -706,6 +800,7 @@ def _accuracies(infos: list[dict], out_dir: Path, opts: BuildOptions, baseline_i
             info["accuracy"] = None
             info["metric_note"] = (f"{cid}: its output is constant over the {len(preds[cid])} examples (or the "
                                    "reference's is), so Pearson's r is undefined; the candidate is not selectable")
+    _precision_agreement(infos, preds, regression)
     if regression:
         if have_labels:
             return "Pearson r (measured through the engine; Spearman rho in each candidate's 'spearman')"
@@ -718,6 +813,27 @@ def _accuracies(infos: list[dict], out_dir: Path, opts: BuildOptions, baseline_i
     if table:
         return "accuracy (recorded)"
     return "teacher agreement (no labelled data: agreement of argmax with the baseline candidate)"
+
+
+def _precision_agreement(infos: list[dict], preds: dict[str, np.ndarray], regression: bool) -> None:
+    """For every candidate whose checkpoint also has an fp32 candidate (the first built): ``fp32_id``,
+    ``agreement_with_fp32`` (fraction of evaluation rows with the same argmax — Pearson r of the outputs for a
+    regression head) and ``accuracy_delta_vs_fp32`` (its metric minus the fp32 candidate's)."""
+    from prumux_compile.bench.metrics import agreement, pearson
+
+    fp32 = {}
+    for info in infos:
+        if info.get("precision", "fp32") == "fp32":
+            fp32.setdefault(info["checkpoint"], info)
+    for info in infos:
+        ref = fp32.get(info["checkpoint"])
+        if ref is None or ref is info:
+            continue
+        a, b = preds[info["id"]], preds[ref["id"]]
+        info["fp32_id"] = ref["id"]
+        info["agreement_with_fp32"] = pearson(a, b) if regression else agreement(a, b)
+        if info.get("accuracy") is not None and ref.get("accuracy") is not None:
+            info["accuracy_delta_vs_fp32"] = info["accuracy"] - ref["accuracy"]
 
 
 def _accuracy_notes(infos: list[dict], opts: BuildOptions, kind: str) -> list[str]:
@@ -844,8 +960,63 @@ def _check_segment_ids(opts: BuildOptions, es, ckpts: list[tuple[str, Path]]) ->
 
 
 def _baseline_id(infos: list[dict]) -> str:
-    """The unpruned, unmultiplexed reference candidate: lowest N, then lowest sparsity, then id."""
-    return min(infos, key=lambda i: (i["num_instances"], i["sparsity"], i["id"]))["id"]
+    """The unpruned, unmultiplexed reference candidate: lowest N, then lowest sparsity, then fp32 before other
+    precisions, then the first built (the first backend)."""
+    order = {i["id"]: k for k, i in enumerate(infos)}
+    return min(infos, key=lambda i: (i["num_instances"], i["sparsity"], i.get("precision", "fp32") != "fp32",
+                                     order[i["id"]]))["id"]
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+def candidate_plan(backends: list[str], precisions: tuple[str, ...] | None,
+                   every_backend: bool = False) -> tuple[list[tuple[str, str]], bool]:
+    """The (backend, precision) pairs built for every checkpoint, and whether the precisions were named.
+
+    Args:
+        backends: available backends, in the user's order.
+        precisions: None (``auto``: every precision a backend builds here), ``("all",)`` (every pair a backend
+            builds here) or named precisions.
+        every_backend: the user named the backends: each of them builds each wanted precision it builds here.
+            Otherwise (the default backend list) each wanted precision is built once, by the first backend that
+            builds it (``all`` still builds every pair).
+
+    Raises:
+        InputError: an unknown precision, or a named one that no requested backend builds here (the message says
+            which backend builds what).
+    """
+    from prumux_compile.engines import registry
+    from prumux_compile.engines.base import PRECISIONS
+
+    supported = {b: registry.get(b).supported_precisions() for b in backends}
+    named = precisions is not None and tuple(precisions) not in (("auto",), ("all",))
+    if named:
+        unknown = [p for p in precisions if p not in PRECISIONS]
+        if unknown:
+            raise InputError(f"--precision {','.join(unknown)}: expected a comma-separated list of "
+                             f"{', '.join(PRECISIONS)}, or 'auto' / 'all'")
+    wanted = list(precisions) if named else [p for p in PRECISIONS if any(p in supported[b] for b in backends)]
+    pairs = [(b, p) for b in backends for p in supported[b] if p in wanted]
+    if not (every_backend or (precisions is not None and tuple(precisions) == ("all",))):
+        seen: set[str] = set()
+        pairs = [x for x in pairs if not (x[1] in seen or seen.add(x[1]))]
+    missing = [p for p in wanted if not any(q == p for _, q in pairs)]
+    if missing:
+        what = "; ".join(f"{b} builds {', '.join(supported[b]) or 'nothing'}" for b in backends)
+        raise InputError(f"--precision {', '.join(missing)}: no requested backend builds it here ({what}); "
+                         "OpenVINO (--backend openvino, the [openvino] extra) builds bf16 on CPUs with native bf16")
+    return _precision_order(pairs), named
+
+
+def _precision_order(plan: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """fp32 first (the baseline), then the others in the order given."""
+    return [x for x in plan if x[1] == "fp32"] + [x for x in plan if x[1] != "fp32"]
+
+
+def candidate_id(cid: str, backend: str, precision: str, multi_backend: bool, multi_precision: bool) -> str:
+    """``cid`` plus what tells the candidates of one checkpoint apart: ``n2_s0.50``, ``n2_s0.50@int8``,
+    ``n2_s0.50@openvino``, ``n2_s0.50@openvino.bf16``."""
+    tag = ".".join(([backend] if multi_backend else []) + ([precision] if multi_precision else []))
+    return f"{cid}@{tag}" if tag else cid
 
 
 def _stages():
@@ -904,7 +1075,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
     from prumux_compile.executors import CandidateTask, make_executor
     from prumux_compile.report.builder import write_report
     from prumux_compile.report.plot import pareto_plot
-    from prumux_compile.select import Candidate, pareto_front, predict, raise_if_none, select
+    from prumux_compile.select import Candidate, pareto_front, predict_with_precision, raise_if_none, select
 
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
@@ -973,22 +1144,38 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
             notes.append(f"backend {name} skipped: {why}")
     if not backends:
         raise EngineBuildError("no requested backend is available here: " + "; ".join(notes))
+    plan, named = candidate_plan(backends, opts.precisions, every_backend=opts.backends_explicit)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_tempdir(f".{out.name}.tmp-", out.parent)
     try:
         eval_hash = _file_hash(opts.eval_data)
         tasks = []
+        multi_backend = len({b for b, _ in plan}) > 1
+        multi_precision = len({p for _, p in plan}) > 1
         for cid, path in ckpts:
-            for b in backends:
-                full_id = cid if len(backends) == 1 else f"{cid}@{b}"
-                tasks.append(CandidateTask(full_id, (full_id, path, b, opts, eval_hash), tmp / "candidates" / full_id,
-                                           device=_backend_device(b), threads=opts.threads,
-                                           hardware=_hardware_for(opts, b)))
+            for b, prec in plan:
+                full_id = candidate_id(cid, b, prec, multi_backend, multi_precision)
+                # fp32 must match the reference and a named precision was asked for: their failures fail the
+                # build; another reduced precision outside its criteria is a measured outcome (report rejected)
+                strict = prec == "fp32" or named
+                tasks.append(CandidateTask(full_id, (full_id, path, b, opts, eval_hash, prec, strict),
+                                           tmp / "candidates" / full_id, device=_backend_device(b),
+                                           threads=opts.threads, hardware=_hardware_for(opts, b)))
         outcomes = executor.run(tasks, _stages(), log=lambda m: _log(opts, m),
                                 notify=lambda done, total, cid, info: _candidate_event(opts, done, total, cid, info))
-        infos = [o.info for o in outcomes if o.info is not None]
+        infos, rejected = [], []
+        for o in outcomes:
+            if o.info is not None and "rejected" in o.info:
+                rejected.append(o.info["rejected"])
+                notes.append(f"{o.id}: rejected ({o.info['rejected']['precision']} outside its criteria or not "
+                             f"buildable): {o.info['rejected']['reason']}")
+                shutil.rmtree(tmp / "candidates" / o.id, ignore_errors=True)
+            elif o.info is not None:
+                infos.append(o.info)
         notes.extend(_lost_candidates(outcomes, opts))
+        if not infos and rejected:
+            raise ValidationError("no candidate passed validation: " + "; ".join(r["reason"] for r in rejected))
         _log(opts, "accuracy and selection")
         baseline = _baseline_id(infos)
         kind = _accuracies(infos, tmp, opts, baseline)
@@ -1018,16 +1205,21 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         front = {c.id for c in pareto_front(cands)}
         for i in infos:
             i["pareto"] = i["id"] in front
-        primary = [c for c in cands if c.backend == backends[0] and c.accuracy is not None]
+        # every backend and precision: precision (backend/precision with several backends) is the third axis
+        primary = [c for c in cands if c.accuracy is not None]
         prediction = None
-        if len(primary) >= 2:
+        if len({(c.num_instances, round(c.sparsity, 6)) for c in primary}) >= 2:
             # Predict near the measured configurations only: N up to twice the largest measured N, sparsity up
             # to 0.15 above the largest measured one (a few points fitted by least squares extrapolate wildly).
             n_max = max(c.num_instances for c in primary)
             s_max = min(0.95, max(c.sparsity for c in primary) + 0.15)
-            prediction = predict(primary, threshold=selection.threshold,
-                                 nums=tuple(n for n in (1, 2, 3, 4, 5, 6, 8, 10) if n <= 2 * n_max),
-                                 sparsities=np.linspace(0.0, s_max, 16)).to_dict()
+            base = next(c for c in cands if c.id == baseline)
+            several = len({c.backend for c in primary}) > 1
+            prediction = predict_with_precision(
+                primary, threshold=selection.threshold,
+                reference=f"{base.backend}/{base.precision}" if several else base.precision,
+                nums=tuple(n for n in (1, 2, 3, 4, 5, 6, 8, 10) if n <= 2 * n_max),
+                sparsities=np.linspace(0.0, s_max, 16)).to_dict()
         report = {
             "tool": {"name": "prumux-compile", "version": _tool_version()},
             "environment": environment(threads=opts.threads),
@@ -1043,6 +1235,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                           "baseline": baseline,
                           "baseline_accuracy": next(i["accuracy"] for i in infos if i["id"] == baseline)},
             "prediction": prediction,
+            "rejected": rejected,
             "executor": _executor_section(executor, outcomes),
             "warnings": notes,
         }
@@ -1052,11 +1245,20 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         pareto_plot(infos, chosen["id"], tmp / "pareto.png", accuracy_label=kind.split(" (")[0],
                     threshold=selection.threshold)
         _log(opts, "writing outputs (pareto.png, model_repository, report.json)")
-        repo = write_candidate_repository(tmp / "model_repository", chosen, tmp / "candidates" / chosen["id"],
-                                          backend=opts.triton_backend)
-        if repo is None:
-            notes.append(f"{chosen['id']}: backend {chosen['backend']} has no Triton platform; no model repository "
-                         "written")
+        platform = ((chosen.get("artifact") or {}).get("deployment") or {}).get("platform")
+        not_onnx = opts.triton_backend == "python" and platform not in (None, "onnxruntime_onnx")
+        if not_onnx:  # the Python-backend variant runs ONNX files only: the chosen artifact stays unserved in it
+            repo = None
+            notes.append(f"{chosen['id']}: no model repository written (--triton-backend python serves ONNX "
+                         f"artifacts only, this one is {platform}); `prumux-compile triton OUT/report.json -o REPO` "
+                         "writes its native variant")
+        else:
+            repo = write_candidate_repository(tmp / "model_repository", chosen, tmp / "candidates" / chosen["id"],
+                                              backend=opts.triton_backend)
+        if repo is None and not not_onnx:
+            why = ((chosen.get("artifact") or {}).get("deployment") or {}).get("note")
+            notes.append(f"{chosen['id']}: backend {chosen['backend']} has no Triton platform"
+                         + (f" ({why})" if why else "") + "; no model repository written")
         if repo is not None and opts.triton_ensemble:  # text in, labels out (README "Serving text")
             from prumux_compile.sources import write_candidate_ensemble
 
@@ -1139,6 +1341,9 @@ def write_candidate_repository(repo_dir: Path, info: dict, cand_dir: Path, *, na
         kwargs.update(plan_inputs=specs(dep.plan["inputs"]), plan_outputs=specs(dep.plan["outputs"]),
                       plan_profiles=[{k: tuple(tuple(x) for x in v) for k, v in p.items()}
                                      for p in dep.plan["profiles"]])
+    if dep.platform == "openvino":  # the IR's interface is the ONNX graph it was made from
+        kwargs.update(interface_onnx=Path(cand_dir) / art["files"]["plain"], backend_parameters=dict(dep.parameters),
+                      graph_optimization_level=None, inter_op_num_threads=None, intra_op_num_threads=None)
     kwargs.update(overrides)
     return write_repository(repo_dir, **kwargs)
 

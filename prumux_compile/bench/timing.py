@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Callable
@@ -254,7 +255,8 @@ def environment(threads: int | None = None) -> dict:
         dict with keys ``python`` (e.g. "3.11.7"), ``torch``, ``onnxruntime`` (the ``onnxruntime``
         or ``onnxruntime-gpu`` distribution, whichever is installed), ``onnx``, ``transformers``,
         ``numpy`` (version strings or None), ``cpu_count`` (logical CPUs, ``os.cpu_count()``),
-        ``cpu_affinity`` (CPUs this process may run on, or None where unsupported),
+        ``cpu_affinity`` (CPUs this process may run on, or None where unsupported), ``cpu_flags``
+        (:func:`cpu_isa_flags`: AVX-512 / VNNI / BF16 / AMX flags), ``openvino`` (version or None),
         ``torch_threads`` (``torch.get_num_threads()`` or None), ``threads`` (``threads`` as given),
         ``platform`` (``platform.platform()``), ``processor`` and ``cpu_model`` (the CPU model name,
         :func:`cpu_model_name`; ``processor`` keeps ``platform.processor()`` when that is not empty) and
@@ -285,4 +287,23 @@ def environment(threads: int | None = None) -> dict:
     info["cpu_model"] = cpu_model_name()
     if not info["processor"]:
         info["processor"] = info["cpu_model"]
+    info["cpu_flags"] = cpu_isa_flags()
+    info["openvino"] = _dist_version("openvino")
     return info
+
+
+#: ``/proc/cpuinfo`` flags that decide which precisions are fast (int8 dot products, bf16 GEMMs, AMX tiles).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+             "amx_int8", "amx_bf16", "avx512_fp16")
+
+
+def cpu_isa_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str] | None:
+    """The :data:`ISA_FLAGS` the CPU reports (first ``flags`` line of ``cpuinfo``), in that order; None where the
+    file cannot be read (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.split(":", 1)[-1].split())
+    return [f for f in ISA_FLAGS if f in have]

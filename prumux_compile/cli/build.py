@@ -40,7 +40,20 @@ def _hardware_map(ctx, param, values):
     return kinds or None
 
 
+def _precision_list(ctx, param, value):
+    if value is None:
+        return None
+    items = tuple(v.strip().lower() for v in value.split(",") if v.strip())
+    if not items:
+        raise click.BadParameter("expected a comma-separated list, e.g. fp32,int8")
+    if len(items) > 1 and {"auto", "all"} & set(items):
+        raise click.BadParameter("'auto' and 'all' stand alone")
+    return None if items == ("auto",) else items
+
+
 _BUDGET = click.FloatRange(0.0, 1.0)
+#: Backends tried when --backend is not given (an unavailable one is skipped with a note).
+DEFAULT_BACKENDS = ("ort-cpu", "openvino")
 
 
 @click.command("build")
@@ -53,7 +66,15 @@ _BUDGET = click.FloatRange(0.0, 1.0)
 @click.option("--min-accuracy", type=_BUDGET, default=None,
               help="Budget: absolute floor (0..1) of the task's metric (accuracy, or Pearson r).")
 @click.option("--backend", "backends", multiple=True,
-              help="Engine backend (repeatable): ort-cpu, ort-cuda, torch-cuda, tensorrt. Default ort-cpu.")
+              help="Engine backend (repeatable): ort-cpu, openvino, ort-cuda, torch-cuda, tensorrt. Default ort-cpu, "
+                   "then openvino where installed.")
+@click.option("--precision", "precisions", callback=_precision_list, default=None,
+              help="Engine precisions, comma-separated (fp32, bf16, int8; each checkpoint x backend x precision is a "
+                   "candidate). Default 'auto': every precision this machine supports, each built by the first "
+                   "default backend that builds it (ort-cpu: fp32, int8; openvino: bf16), or by every backend named "
+                   "with --backend. 'all': every backend x precision pair.")
+@click.option("--calibration-data", type=click.Path(path_type=Path), default=None,
+              help="Texts (TSV/CSV/JSONL like --eval-data) for int8 calibration; default the --eval-data texts.")
 @click.option("--seq-len", default=128, show_default=True, help="Compiled sequence length (tokens).")
 @click.option("--batch-sizes", callback=_int_list, default=None,
               help="Benchmark batch sizes in sequences (comma-separated). Default 8·N per candidate.")
@@ -96,10 +117,10 @@ _BUDGET = click.FloatRange(0.0, 1.0)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress display, progress lines or tables.")
 @handle_errors
-def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, seq_len, batch_sizes, threads, rounds,
-              warmup, eval_data, eval_unlabelled, eval_limit, accuracy_table, no_cache, cache_dir, triton_repo,
-              triton_backend, no_triton_ensemble, executor, artifact_store, hardware, require_all, force, as_json,
-              no_progress):
+def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, precisions, calibration_data, seq_len,
+              batch_sizes, threads, rounds, warmup, eval_data, eval_unlabelled, eval_limit, accuracy_table, no_cache,
+              cache_dir, triton_repo, triton_backend, no_triton_ensemble, executor, artifact_store, hardware,
+              require_all, force, as_json, no_progress):
     """Compile, validate, benchmark and select among CHECKPOINTS (checkpoint folders, or folders of them).
 
     Progress goes to stderr: on a terminal a live line (stage, "k of n candidates", elapsed time), otherwise one
@@ -110,7 +131,12 @@ def build_cmd(checkpoints, out, max_accuracy_drop, min_accuracy, backends, seq_l
     from prumux_compile.report.console import print_candidates
 
     fancy = fancy_output(no_progress) and not as_json
-    opts = BuildOptions(out=out, backends=tuple(backends) or ("ort-cpu",), backends_explicit=bool(backends),
+    if calibration_data is not None and not Path(calibration_data).is_file():
+        from prumux_compile.errors import InputError
+
+        raise InputError(f"{calibration_data}: calibration file not found")
+    opts = BuildOptions(out=out, backends=tuple(backends) or DEFAULT_BACKENDS, backends_explicit=bool(backends),
+                        precisions=precisions, calibration_data=calibration_data,
                         seq_len=seq_len, batch_sizes=batch_sizes, threads=threads, rounds=rounds, warmup=warmup,
                         eval_data=eval_data, eval_limit=eval_limit, accuracy_table=accuracy_table,
                         max_accuracy_drop=max_accuracy_drop, min_accuracy=min_accuracy, cache=not no_cache,

@@ -23,7 +23,10 @@ def _elapsed(seconds: float) -> str:
 
 
 def candidate_summary(info: dict) -> str:
-    """One line of a finished candidate's numbers: seq/s, speedup over eager PyTorch, validation, cache."""
+    """One line of a finished candidate's numbers: seq/s, speedup over eager PyTorch, validation, cache (or why
+    a reduced-precision candidate was rejected)."""
+    if "rejected" in info:
+        return f"rejected ({info['rejected'].get('precision')} outside its criteria): {info['rejected']['reason']}"
     val = info.get("validation") or {}
     checked = (f"validated (max |Δlogit| {val['max_abs_diff']:.1e})"
                if val.get("passed") and val.get("max_abs_diff") is not None else "validated")
@@ -103,7 +106,8 @@ class TerminalProgress:
     def candidate(self, done: int, total: int, cid: str, info: dict | None) -> None:
         self.progress.update(self.task, total=total, completed=done)
         if info is not None:
-            self.progress.console.print(f"[green]✓[/green] {cid}  {candidate_summary(info)}", highlight=False)
+            mark = "[yellow]✗[/yellow]" if "rejected" in info else "[green]✓[/green]"
+            self.progress.console.print(f"{mark} {cid}  {candidate_summary(info)}", highlight=False)
 
 
 def build_progress(terminal: bool):

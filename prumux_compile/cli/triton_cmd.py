@@ -160,19 +160,33 @@ def triton_cmd(
         for _, model_path, info in sources:
             from_candidate(info, model_path).tokenizer_dir(tokenizer)
     require_writable_dir(repo, what=f"model repository {repo}")  # before anything is created (fault class F27)
+    skipped = 0
     for model_name, model_path, info in sources:
         if info is not None:  # a build's candidate: its measured artifact, platform, kind and session settings
             from prumux_compile.driver import write_candidate_repository
-            from prumux_compile.errors import InputError
+            from prumux_compile.errors import InputError, TritonConfigError
 
             extra = {k: v for k, v in (("num_instances", num_instances), ("max_batch_size", max_batch_size),
                                        ("preferred_batch_sizes", preferred_batch_sizes)) if v is not None}
-            target = write_candidate_repository(repo, info, model_path, name=model_name, backend=backend,
-                                                overwrite=overwrite, instance_count=instance_count,
-                                                max_queue_delay_us=max_queue_delay_us, **extra)
+            try:
+                target = write_candidate_repository(repo, info, model_path, name=model_name, backend=backend,
+                                                    overwrite=overwrite, instance_count=instance_count,
+                                                    max_queue_delay_us=max_queue_delay_us, **extra)
+            except TritonConfigError as exc:
+                if len(sources) == 1:
+                    raise
+                # --all-candidates: a candidate this variant cannot serve (an OpenVINO IR in the Python-backend
+                # variant) is left out, said on stderr; the others are still written
+                click.echo(f"skipped {info['id']}: {exc}", err=True)
+                skipped += 1
+                continue
             if target is None:
-                raise InputError(f"candidate {info['id']} ({info.get('backend', 'unknown backend')}) has no Triton "
-                                 "platform")
+                if len(sources) == 1:
+                    raise InputError(f"candidate {info['id']} ({info.get('backend', 'unknown backend')}) has no "
+                                     "Triton platform")
+                click.echo(f"skipped {info['id']}: backend {info.get('backend')} has no Triton platform", err=True)
+                skipped += 1
+                continue
             click.echo(str(target))
             if ensemble:
                 from prumux_compile.sources import write_candidate_ensemble
@@ -195,3 +209,8 @@ def triton_cmd(
             max_queue_delay_us=max_queue_delay_us,
         )
         click.echo(str(target))
+    if sources and skipped == len(sources):
+        from prumux_compile.errors import TritonConfigError
+
+        raise TritonConfigError(f"none of the {len(sources)} candidates can be written in this variant "
+                                f"(--backend {backend}); see the lines above")

@@ -205,6 +205,9 @@ class Deployment:
         accelerators: ONNX Runtime execution accelerators of the measured session, each
             ``{"name": "cuda", "parameters": {...}}`` (written as ``gpu_execution_accelerator``).
         plan: TensorRT only: ``{"inputs", "outputs", "profiles"}`` for the config validator.
+        parameters: backend parameters written into ``config.pbtxt`` ``parameters`` as strings (OpenVINO:
+            ``INFERENCE_NUM_THREADS``, ``NUM_STREAMS``, ``PERFORMANCE_HINT``, ``HINT_BF16``).
+        note: why ``platform`` is None (no Triton backend serves the artifact as measured), or a caveat.
     """
 
     platform: str | None
@@ -215,6 +218,8 @@ class Deployment:
     inter_op_num_threads: int | None = None
     accelerators: tuple = ()
     plan: dict | None = None
+    parameters: dict = field(default_factory=dict)
+    note: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,7 +228,8 @@ class Deployment:
     def from_dict(cls, d: dict | None) -> "Deployment | None":
         if d is None:
             return None
-        return cls(**{**d, "accelerators": tuple(d.get("accelerators") or ())})
+        return cls(**{**d, "accelerators": tuple(d.get("accelerators") or ()),
+                      "parameters": dict(d.get("parameters") or {})})
 
 
 @dataclass
@@ -415,6 +421,11 @@ class Backend(ABC):
     @abstractmethod
     def load(self, artifact: Artifact) -> Runner:
         """Load a built engine for running."""
+
+    def supported_precisions(self) -> tuple[str, ...]:
+        """The precisions this backend builds on this machine (a subset of ``precisions``; e.g. bf16 only where
+        the CPU computes it natively). The build driver's default precision list."""
+        return tuple(self.precisions) if self.available()[0] else ()
 
     def eager_device(self) -> str:
         """Where this backend's engines run (``"cpu"`` / ``"cuda"``): the eager baseline is timed there too."""

@@ -22,6 +22,13 @@ What is deployed is what was measured (docs/report.md "artifact"):
   disabled optimizers); fp32 runs with TF32 off (CUDA provider option ``use_tf32=0``, also written as the
   ``cuda`` execution accelerator's parameter) so that it meets the fp32 criteria.
 
+Precisions: ``ort-cpu`` builds fp32 and int8. An int8 build writes the int8 forms of
+:mod:`prumux_compile.engines.ort_int8` (ONNX Runtime's dynamic quantization of ``model.onnx`` and of
+``model.ort.onnx``, and static QDQ calibrated on ``options["calibration"]``), screens each against the float32
+graph on the calibration inputs with the int8 criteria of :mod:`prumux_compile.validation` (a form outside them is
+not a candidate for the choice), measures the rest side by side and keeps the fastest; the report records every
+form's time and fidelity, so dynamic vs static is visible per candidate.
+
 Sessions: sequential execution, one inter-op thread, ``intra_op_num_threads`` from the
 :class:`~prumux_compile.engines.base.EngineConfig` (0 = ORT default). After a session is created its active
 providers are checked: a session that silently fell back to the CPU provider is an
@@ -42,7 +49,7 @@ from prumux_compile.export.inputs import realistic_inputs
 from prumux_compile.export.spec import OUTPUT_NAME, ExportSpec
 
 __all__ = ["OrtCpuBackend", "OrtCudaBackend", "OrtRunner", "FUSED_FILENAME", "OPTIMIZED_FILENAME", "VARIANTS",
-           "GRAPH_LEVELS"]
+           "INT8_VARIANTS", "GRAPH_LEVELS"]
 
 FUSED_FILENAME = "model.ort.onnx"
 #: The graph ONNX Runtime saved after optimising the winning variant (ort-cpu's deployed artifact).
@@ -52,6 +59,12 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "plain": ("plain", ()),
     "plain/no-skip-layernorm": ("plain", ("SkipLayerNormFusion",)),
     "fused": ("fused", ()),
+}
+#: int8 graph variants (each an int8 form of :data:`prumux_compile.engines.ort_int8.INT8_FORMS`, role = form name).
+INT8_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "int8-dynamic": ("int8-dynamic", ()),
+    "int8-dynamic-fused": ("int8-dynamic-fused", ()),
+    "int8-static": ("int8-static", ()),
 }
 #: Session graph optimisation levels by name (``SessionOptions.graph_optimization_level``).
 GRAPH_LEVELS = ("disable_all", "basic", "extended", "all")
@@ -161,20 +174,23 @@ class OrtCpuBackend(Backend):
     """``ort-cpu``: ONNX Runtime on the CPU execution provider (module docstring).
 
     Options (``EngineConfig.options``): ``optimize`` (bool, default True: also write ``model.ort.onnx``),
-    ``prefer`` (``"auto"``: measure; or a variant name of :data:`VARIANTS`, ``"plain"`` / ``"fused"``).
+    ``prefer`` (``"auto"``: measure; or a variant name of :data:`VARIANTS` / :data:`INT8_VARIANTS`),
+    ``calibration`` (int8: int64 feeds ``{"input_ids": [rows, S], ...}`` for static quantization and the fidelity
+    screen; default: the measurement inputs, random tokens — give real texts).
     """
 
     name = "ort-cpu"
-    precisions = ("fp32",)
-    option_names = ("optimize", "prefer")
+    precisions = ("fp32", "int8")
+    option_names = ("optimize", "prefer", "calibration")
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     instance_kind = "KIND_CPU"
     #: Save the optimised graph of the winner and deploy that file (module docstring).
     bake = True
 
-    def variants(self) -> dict[str, tuple[str, tuple[str, ...]]]:
-        """The graph variants this backend measures (all of :data:`VARIANTS` here)."""
-        return dict(VARIANTS)
+    def variants(self, precision: str = "fp32") -> dict[str, tuple[str, tuple[str, ...]]]:
+        """The graph variants this backend measures at ``precision`` (:data:`VARIANTS`, or
+        :data:`INT8_VARIANTS` for int8)."""
+        return dict(INT8_VARIANTS if precision == "int8" else VARIANTS)
 
     def provider_options(self, precision: str) -> dict:
         """Provider name -> options for ``precision`` (none on the CPU)."""
@@ -242,19 +258,26 @@ class OrtCpuBackend(Backend):
             check_onnx(fused, xspec, standard_only=False)
             files["fused"] = fused
             report["fusion"] = fusion.to_dict()
-        variants = {name: v for name, v in self.variants().items() if v[0] in files}
-        if prefer != "auto" and prefer not in variants:
-            if prefer == "fused" and not optimize:
-                raise EngineBuildError(f"{self.name}: prefer='fused' needs optimize=True")
-            raise InputError(f"{self.name}: prefer={prefer!r}: expected 'auto' or one of {', '.join(variants)}")
         batch = config.profile_batches(xspec.num_instances)[0]
         seq = int(config.seq_len or (xspec.max_seq_len if xspec.muxed else min(128, xspec.max_seq_len)))
         feeds = realistic_inputs(batch, min(seq, xspec.max_seq_len), xspec.vocab_size, seed=0,
                                  type_vocab_size=xspec.type_vocab_size)
+        screen = None
+        if config.precision == "int8":
+            screen = self._int8_forms(files, out_dir, config, feeds, batch, report)
+        variants = {name: v for name, v in self.variants(config.precision).items() if v[0] in files}
+        if prefer != "auto" and prefer not in variants:
+            if prefer == "fused" and not optimize:
+                raise EngineBuildError(f"{self.name}: prefer='fused' needs optimize=True")
+            raise InputError(f"{self.name}: prefer={prefer!r}: expected 'auto' or one of {', '.join(variants)}")
         wanted = variants if prefer == "auto" else {prefer: variants[prefer]}
         runners = {name: self._runner(files[role], xspec, config.threads, config.precision, disabled=disabled)
                    for name, (role, disabled) in wanted.items()}
         try:
+            if screen is not None:
+                report["int8_screen"] = self._screen(runners, screen, files["plain"], xspec, config, prefer)
+                for name in [n for n, r in report["int8_screen"].items() if not r["passed"]]:
+                    runners.pop(name).close()
             if prefer != "auto":
                 choice = prefer
                 report["why"] = "requested"
@@ -293,6 +316,55 @@ class OrtCpuBackend(Backend):
                         deployment=deployment, device=self.eager_device(), threads=config.threads, report=report,
                         role_options=role_options, runnable=tuple(dict.fromkeys(("plain", _role_of(files, path)))),
                         sha256=file_sha256(path))
+
+    def _int8_forms(self, files: dict[str, Path], out_dir: Path, config: EngineConfig, feeds: dict, batch: int,
+                    report: dict) -> dict[str, np.ndarray]:
+        """Write every int8 form whose source graph exists (``files`` gains one role per form); returns the
+        screening inputs (the calibration inputs)."""
+        from prumux_compile.engines.ort_int8 import INT8_FORMS, calibration_feeds, quantize_graph
+
+        calib = calibration_feeds(config.option("calibration"), feeds)
+        report["calibration"] = {"rows": int(calib["input_ids"].shape[0]), "seq": int(calib["input_ids"].shape[1]),
+                                 "source": ("options['calibration'] (texts given by the caller)"
+                                            if config.option("calibration") is not None
+                                            else "the measurement inputs (random tokens; no texts given)")}
+        forms = {}
+        for form, (source_role, _) in INT8_FORMS.items():
+            if source_role not in files:
+                continue
+            target = out_dir / f"model.{form}.onnx"
+            forms[form] = quantize_graph(form, files[source_role], target, calibration=calib, batch=batch)
+            files[form] = target
+        report["int8"] = forms
+        return calib
+
+    def _screen(self, runners: dict, calib: dict[str, np.ndarray], plain: Path, xspec: ExportSpec,
+                config: EngineConfig, prefer: str) -> dict:
+        """Compare each int8 variant with the float32 graph (``model.onnx``) on the calibration inputs under the
+        int8 criteria; a variant outside them is dropped from the choice (raises when none is left, or the
+        preferred one is dropped)."""
+        from prumux_compile.validation import compare, criteria_for
+
+        crit = criteria_for(self.name, "int8")
+        batch = max(1, min(int(calib["input_ids"].shape[0]), 8 * xspec.num_instances))
+        with self._runner(plain, xspec, config.threads, "fp32") as ref_runner:
+            ref = _predict_rows(ref_runner, calib, batch)
+        out = {}
+        for name, runner in runners.items():
+            c = compare(_predict_rows(runner, calib, batch), ref, crit)
+            out[name] = {"passed": bool(c.within and (crit.min_agreement is None
+                                                      or c.argmax_agreement >= crit.min_agreement)),
+                         "max_abs_diff_vs_fp32": c.max_abs_diff, "argmax_agreement_vs_fp32": c.argmax_agreement,
+                         "rows": c.rows, "criteria": crit.describe()}
+        if not any(r["passed"] for r in out.values()):
+            detail = "; ".join(f"{k}: max |Δ| {v['max_abs_diff_vs_fp32']:.3g}, argmax agreement "
+                               f"{v['argmax_agreement_vs_fp32']:.3f}" for k, v in out.items())
+            raise EngineBuildError(f"{self.name}: no int8 form stays within {crit.describe()} of the float32 graph "
+                                   f"({detail})")
+        if prefer != "auto" and not out[prefer]["passed"]:
+            raise EngineBuildError(f"{self.name}: the requested int8 form {prefer} is outside {crit.describe()} of "
+                                   "the float32 graph")
+        return out
 
     def _bake(self, source: Path, target: Path, xspec: ExportSpec, config: EngineConfig, disabled, feeds,
               measured_out: np.ndarray, report: dict) -> Path:
@@ -337,11 +409,13 @@ class OrtCudaBackend(OrtCpuBackend):
     """
 
     name = "ort-cuda"
+    precisions = ("fp32",)
+    option_names = ("optimize", "prefer")
     providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
     instance_kind = "KIND_GPU"
     bake = False
 
-    def variants(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+    def variants(self, precision: str = "fp32") -> dict[str, tuple[str, tuple[str, ...]]]:
         """Only variants a Triton config can reproduce: no session-level disabled optimizers."""
         return {k: v for k, v in VARIANTS.items() if not v[1]}
 
@@ -369,6 +443,13 @@ class OrtCudaBackend(OrtCpuBackend):
         except ImportError:
             pass
         return True, f"onnxruntime {ort.__version__} (CUDAExecutionProvider)"
+
+
+def _predict_rows(runner, feeds: dict[str, np.ndarray], batch: int) -> np.ndarray:
+    """Logits of every row of ``feeds``, ``batch`` rows per run."""
+    rows = feeds["input_ids"].shape[0]
+    return np.concatenate([runner.run({k: v[i : i + batch] for k, v in feeds.items()})[OUTPUT_NAME]
+                           for i in range(0, rows, batch)], axis=0)
 
 
 def _role_of(files: dict[str, Path], path: Path) -> str:

@@ -22,6 +22,7 @@ _TARGETS: dict[str, str] = {
     "ort-cuda": "prumux_compile.engines.onnxruntime:OrtCudaBackend",
     "torch-cuda": "prumux_compile.engines.torch_cuda:TorchCudaBackend",
     "tensorrt": "prumux_compile.engines.tensorrt:TensorRTBackend",
+    "openvino": "prumux_compile.engines.openvino:OpenVinoBackend",
 }
 
 
@@ -42,8 +43,14 @@ def _probe_tensorrt() -> str | None:
     return _probe_torch_cuda()
 
 
+def _probe_openvino() -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "Python package 'openvino' is not installed (install the [openvino] extra)"
+    return None
+
+
 #: Package / device probes for backends whose module may not exist yet: the reason that comes first.
-_PROBES = {"torch-cuda": _probe_torch_cuda, "tensorrt": _probe_tensorrt}
+_PROBES = {"torch-cuda": _probe_torch_cuda, "tensorrt": _probe_tensorrt, "openvino": _probe_openvino}
 
 
 class Unavailable(Backend):

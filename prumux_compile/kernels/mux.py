@@ -74,14 +74,25 @@ class MuxEmbedding(nn.Module):
         if self.impl == "triton":
             return self._triton(ids, self.word, self.const, self.scale, self.shift, self.eps,
                                 (self.ln.weight, self.ln.bias), out_dtype=torch.float32)
+        if self.fused and self.variant != "random_ortho":
+            # Fused hadamard, in as few passes over the G·N·L' tokens as standard ops allow: instance n's rows are
+            # gathered, shifted by the position table and normalised with s_n as the LayerNorm's own scale (one
+            # LayerNormalization kernel does the Hadamard product), then the N results are summed; the shift t and
+            # the pass-2 constant are one folded table. Same arithmetic as sum_n LN(y_n) ⊙ s_n + t (no Mul, no
+            # ReduceSum over an [G, N, L', d] tensor).
+            d = self.word.shape[1]
+            grouped = ids.reshape(ids.shape[0] // n, n, ids.shape[1])
+            parts = [F.layer_norm(F.embedding(grouped[:, i], self.word) + self.const, (d,), self.scale[i], None,
+                                  self.eps) for i in range(n)]
+            m = parts[0]
+            for part in parts[1:]:
+                m = m + part
+            return self.ln(m + (self.const + self.shift))
         y = F.embedding(ids, self.word) + self.const
         rows, length, d = y.shape
-        if self.fused:
+        if self.fused:  # random_ortho
             xhat = F.layer_norm(y, (self.word.shape[1],), None, None, self.eps).reshape(rows // n, n, length, d)
-            if self.variant == "random_ortho":
-                m = torch.einsum("gnld,nde->gle", xhat, self.scale) + self.shift
-            else:
-                m = (xhat * self.scale[None, :, None, :]).sum(1) + self.shift
+            m = torch.einsum("gnld,nde->gle", xhat, self.scale) + self.shift
         else:
             e1 = self.ln(y).reshape(rows // n, n, length, d)
             if self.variant == "random_ortho":

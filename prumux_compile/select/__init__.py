@@ -2,7 +2,9 @@
 predict the (N, s) configuration to train next. Pure Python + numpy.
 
 - :func:`select`, :func:`raise_if_none`, :func:`pareto_front` — measured candidates (:mod:`.auto_prumux`).
-- :func:`predict` — the accuracy / throughput meta-model with leave-one-out errors (:mod:`.meta_model`).
+- :func:`predict` — the accuracy / throughput meta-model with leave-one-out errors (:mod:`.meta_model`);
+  :func:`predict_with_precision` adds precision as a third axis (an accuracy offset and a throughput factor per
+  precision on top of it).
 """
 from prumux_compile.select.auto_prumux import (
     ACCURACY_SOURCES,
@@ -21,8 +23,10 @@ from prumux_compile.select.meta_model import (
     THROUGHPUT_EPS,
     THROUGHPUT_TERMS,
     FitReport,
+    PrecisionPrediction,
     Prediction,
     predict,
+    predict_with_precision,
 )
 
 __all__ = [
@@ -35,10 +39,12 @@ __all__ = [
     "FitReport",
     "METRICS",
     "Prediction",
+    "PrecisionPrediction",
     "Selection",
     "SelectInputError",
     "pareto_front",
     "predict",
+    "predict_with_precision",
     "metric_range",
     "raise_if_none",
     "select",

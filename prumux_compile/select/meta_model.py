@@ -47,7 +47,9 @@ __all__ = [
     "THROUGHPUT_TERMS",
     "FitReport",
     "Prediction",
+    "PrecisionPrediction",
     "predict",
+    "predict_with_precision",
 ]
 
 #: Terms of the accuracy model, in the order they are admitted.
@@ -390,3 +392,186 @@ def predict(
         threshold=threshold,
         measured_range=measured_range,
     )
+
+
+# --------------------------------------------------------------------------------------------------- precision
+
+PRECISION_FORMULA = (
+    "A_p(N,s) = A(N,s) + d_p, T_p(N,s) = T(N,s) * f_p: the (N, s) family above fitted on the reference engine "
+    "level, plus one fitted accuracy offset d_p and one throughput factor f_p per other level (precision, or "
+    "backend/precision when several backends were built)"
+)
+
+
+@dataclass
+class PrecisionPrediction:
+    """Result of :func:`predict_with_precision`: the (N, s) meta-model of the reference level plus a precision
+    factor per other level.
+
+    Attributes:
+        base: :class:`Prediction` of the reference level alone (the family's fit, its LOO errors and grid).
+        reference: the reference level (e.g. ``"fp32"``).
+        levels: level -> ``accuracy_offset`` (d_p, metric units), ``throughput_factor`` (f_p), ``n_points``,
+            ``loo_mae_accuracy`` / ``loo_mae_throughput`` (leave-one-out mean absolute errors of that level's
+            points, sequences/s for throughput; for the reference level the base model's), and the nearest-neighbour
+            baseline's ``loo_mae_accuracy_nearest_neighbour`` / ``loo_mae_throughput_nearest_neighbour``.
+        grid: one dict per (level, N, s): ``precision`` (the level), ``num_instances``, ``sparsity``, ``accuracy``
+            (clipped to the metric's range), ``throughput``, ``extrapolated``.
+        recommended: highest predicted throughput whose predicted accuracy meets ``threshold`` over every level
+            (ties: higher accuracy, lower N, lower s, level name), with a ``note``; None when none qualifies.
+        threshold: the floor used.
+    """
+
+    base: Prediction
+    reference: str
+    levels: dict
+    grid: list[dict]
+    recommended: dict | None
+    threshold: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: the base prediction's fields (``accuracy_model``, ``throughput_model``,
+        ``measured_range``) with the grid and recommendation over every level, plus ``reference_level``,
+        ``precision_factors`` and ``precision_formula``."""
+        d = self.base.to_dict()
+        d.update(grid=self.grid, recommended=self.recommended, threshold=_json_float(self.threshold),
+                 reference_level=self.reference, precision_formula=PRECISION_FORMULA,
+                 precision_factors={k: {kk: (_json_float(vv) if isinstance(vv, float) else vv)
+                                        for kk, vv in v.items()} for k, v in self.levels.items()})
+        return d
+
+
+def _level_of(items: list[Candidate]) -> Callable[[Candidate], str]:
+    several = len({c.backend for c in items}) > 1
+    return (lambda c: f"{c.backend}/{c.precision}") if several else (lambda c: c.precision)
+
+
+def predict_with_precision(
+    candidates: Iterable[Candidate],
+    *,
+    threshold: float,
+    nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10),
+    sparsities: Sequence[float] | np.ndarray = tuple(np.linspace(0.0, 0.95, 20)),
+    reference: str | None = None,
+) -> PrecisionPrediction:
+    """Auto-PruMUX over (N, s, precision): :func:`predict`'s family on the reference level, plus a precision factor.
+
+    The reference level's candidates are fitted by :func:`predict` (whatever its A(N, s) / T(N, s) family is).
+    Every other level p (a precision, or backend/precision when the candidates come from several backends) gets
+    ``d_p`` = mean over its points of (measured accuracy - reference model's accuracy at that (N, s)) and
+    ``f_p`` = exp(mean of log(measured throughput / reference model's throughput)): the same checkpoint at int8 or
+    bf16 shifts accuracy by a roughly constant amount and scales throughput by a roughly constant factor.
+
+    Leave-one-out: a reference point's error is the base model's LOO error; another level's point is predicted
+    by the reference model plus that level's factor fitted without the point (0 / 1 when it was the level's only
+    point). The nearest-neighbour baseline predicts the nearest other point of the same level in (log N, s)
+    (equidistant ones averaged), or of the reference level when the level has no other point.
+
+    Args:
+        candidates: as for :func:`predict`, but any number of backends and precisions.
+        threshold, nums, sparsities: as for :func:`predict`.
+        reference: the reference level; default the level with "fp32" and the most points with known accuracy
+            (else the level with the most such points; ties by name).
+
+    Raises:
+        SelectInputError: as :func:`predict`; also an unknown ``reference`` or one with no known accuracy.
+    """
+    items = sorted(_as_list(candidates), key=lambda c: c.id)
+    level = _level_of(items)
+    levels = sorted({level(c) for c in items})
+    with_acc = [c for c in items if c.accuracy is not None]
+
+    def rank(lv: str) -> tuple:
+        n_acc = sum(1 for c in with_acc if level(c) == lv)
+        return (n_acc == 0, "fp32" not in lv, -n_acc, lv)
+
+    ref = reference if reference is not None else min(levels, key=rank)
+    if ref not in levels:
+        raise SelectInputError(f"reference level {ref!r} is not among the candidates' levels {', '.join(levels)}")
+    ref_items = [c for c in items if level(c) == ref]
+    base = predict(ref_items, threshold=threshold, nums=nums, sparsities=sparsities)
+    lo, hi = metric_range(items[0].metric)
+
+    cache: dict[tuple[int, float], tuple[float, float]] = {}
+
+    def at(n: int, s: float) -> tuple[float, float]:
+        """(accuracy, throughput) of the reference model at (n, s)."""
+        key = (int(n), float(s))
+        if key not in cache:
+            g = predict(ref_items, threshold=threshold, nums=(int(n),), sparsities=(float(s),)).grid[0]
+            cache[key] = (g["accuracy"], g["throughput"])
+        return cache[key]
+
+    info: dict[str, dict] = {}
+    for lv in levels:
+        pts = [c for c in items if level(c) == lv]
+        acc_pts = [c for c in pts if c.accuracy is not None]
+        if lv == ref:
+            info[lv] = {"accuracy_offset": 0.0, "throughput_factor": 1.0, "n_points": len(pts), "reference": True,
+                        "loo_mae_accuracy": base.accuracy_model.loo_mae,
+                        "loo_mae_throughput": base.throughput_model.loo_mae,
+                        "loo_mae_accuracy_nearest_neighbour": base.accuracy_model.loo_mae_nearest_neighbour,
+                        "loo_mae_throughput_nearest_neighbour": base.throughput_model.loo_mae_nearest_neighbour}
+            continue
+        d_acc = np.array([c.accuracy - at(c.num_instances, c.sparsity)[0] for c in acc_pts], dtype=np.float64)
+        d_thr = np.array([math.log(c.throughput / at(c.num_instances, c.sparsity)[1]) for c in pts], dtype=np.float64)
+        acc_err, thr_err = [], []
+        for i, c in enumerate(acc_pts):
+            rest = np.delete(d_acc, i)
+            offset = float(rest.mean()) if rest.size else 0.0
+            acc_err.append(abs(float(np.clip(at(c.num_instances, c.sparsity)[0] + offset, lo, hi)) - c.accuracy))
+        for i, c in enumerate(pts):
+            rest = np.delete(d_thr, i)
+            factor = math.exp(float(rest.mean())) if rest.size else 1.0
+            thr_err.append(abs(at(c.num_instances, c.sparsity)[1] * factor - c.throughput))
+        info[lv] = {"accuracy_offset": float(d_acc.mean()) if d_acc.size else 0.0,
+                    "throughput_factor": math.exp(float(d_thr.mean())) if d_thr.size else 1.0,
+                    "n_points": len(pts), "reference": False,
+                    "loo_mae_accuracy": float(np.mean(acc_err)) if acc_err else math.nan,
+                    "loo_mae_throughput": float(np.mean(thr_err)) if thr_err else math.nan,
+                    "loo_mae_accuracy_nearest_neighbour": _loo_nearest_level(acc_pts, ref_items, "accuracy"),
+                    "loo_mae_throughput_nearest_neighbour": _loo_nearest_level(pts, ref_items, "throughput")}
+
+    grid = []
+    for lv in levels:
+        for g in base.grid:
+            grid.append({"precision": lv, "num_instances": g["num_instances"], "sparsity": g["sparsity"],
+                         "accuracy": float(np.clip(g["accuracy"] + info[lv]["accuracy_offset"], lo, hi)),
+                         "throughput": float(g["throughput"] * info[lv]["throughput_factor"]),
+                         "extrapolated": g["extrapolated"]})
+    ok = [g for g in grid if g["accuracy"] >= threshold - ACCURACY_TOLERANCE]
+    recommended = None
+    if ok:
+        best = min(ok, key=lambda g: (-g["throughput"], -g["accuracy"], g["num_instances"], g["sparsity"],
+                                      g["precision"]))
+        lv = info[best["precision"]]
+        recommended = dict(best)
+        recommended["note"] = (
+            f"predicted {items[0].metric} >= {threshold:.4f} at {best['precision']}; "
+            + ("extrapolated in (N, s); " if best["extrapolated"] else "within the measured (N, s) range; ")
+            + f"LOO MAE of this level: accuracy {_fmt(lv['loo_mae_accuracy'], 4)}, throughput "
+            f"{_fmt(lv['loo_mae_throughput'], 1)} seq/s"
+        )
+    return PrecisionPrediction(base=base, reference=ref, levels=info, grid=grid, recommended=recommended,
+                               threshold=float(threshold))
+
+
+def _fmt(x: float, digits: int) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _loo_nearest_level(points: list[Candidate], ref_points: list[Candidate], what: str) -> float:
+    """LOO MAE of predicting each point by its nearest other point of the same level in (log N, s) (equidistant
+    ones averaged), or by the nearest reference-level point when the level has no other point."""
+    if not points:
+        return math.nan
+    errs = []
+    for i, c in enumerate(points):
+        pool = [p for j, p in enumerate(points) if j != i] or [p for p in ref_points if getattr(p, what) is not None]
+        if not pool:
+            continue
+        d = np.array([math.hypot(math.log(p.num_instances) - math.log(c.num_instances), p.sparsity - c.sparsity)
+                      for p in pool])
+        near = np.abs(d - d.min()) <= 1e-12
+        errs.append(abs(float(np.mean([getattr(p, what) for p, k in zip(pool, near) if k])) - getattr(c, what)))
+    return float(np.mean(errs)) if errs else math.nan

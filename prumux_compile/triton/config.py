@@ -16,10 +16,17 @@ from typing import Mapping, Sequence
 from prumux_compile.errors import InputError, TritonConfigError
 from prumux_compile.triton.interface import TensorSpec
 
-#: Platforms this writer emits, and the Triton backend that serves each natively.
-PLATFORM_BACKENDS: dict[str, str] = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
+#: Platforms this writer emits, and the Triton backend that serves each natively. ``openvino`` (an OpenVINO IR,
+#: ``model.xml`` + ``model.bin``) has no Triton platform string: its config names only ``backend: "openvino"``.
+PLATFORM_BACKENDS: dict[str, str] = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt",
+                                     "openvino": "openvino"}
 #: Backends this writer emits. ``python`` serves the ONNX file with onnxruntime inside Triton's Python backend.
-BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "python")
+BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "python", "openvino")
+#: Parameters of Triton's openvino backend this writer may set (triton-inference-server/openvino_backend, README
+#: "Parameters"; anything else is refused by that backend's parameter parser).
+OPENVINO_PARAMETERS: tuple[str, ...] = ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS",
+                                        "HINT_BF16", "NUM_STREAMS", "SKIP_OV_DYNAMIC_BATCHSIZE",
+                                        "ENABLE_BATCH_PADDING", "RESHAPE_IO_LAYERS")
 #: Instance kinds accepted for ``instance_group.kind``.
 INSTANCE_KINDS: tuple[str, ...] = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 #: ``parameters`` keys this project writes into the config (read back by the validator and model.py).
@@ -92,10 +99,10 @@ def default_preferred_batch_sizes(num_instances: int, max_batch_size: int) -> li
     return sizes
 
 
-def _fill_tensor(msg, spec: TensorSpec, pb2) -> None:
+def _fill_tensor(msg, spec: TensorSpec, pb2, batching: bool = True) -> None:
     msg.name = spec.name
     msg.data_type = pb2.DataType.Value(spec.triton_dtype)
-    msg.dims.extend(spec.triton_dims)
+    msg.dims.extend(spec.triton_dims if batching else tuple(-1 if d is None else int(d) for d in spec.shape))
 
 
 def build_model_config(
@@ -118,6 +125,7 @@ def build_model_config(
     graph_optimization_level: str | None = None,
     inter_op_num_threads: int | None = None,
     gpu_accelerators: Sequence[Mapping] = (),
+    backend_parameters: Mapping[str, str] | None = None,
 ):
     """Assemble a ``ModelConfig`` message (no validation; see :mod:`prumux_compile.triton.validate`).
 
@@ -144,6 +152,9 @@ def build_model_config(
             ``optimization.graph.level``, python backend: parameter ``prumux.graph_optimization_level``.
         gpu_accelerators: native onnxruntime backend: ``optimization.execution_accelerators.gpu_execution_accelerator``
             entries ``{"name": ..., "parameters": {...}}`` (e.g. the CUDA provider's ``use_tf32``).
+        backend_parameters: openvino backend: its ``parameters`` (names in :data:`OPENVINO_PARAMETERS`). With
+            ``max_batch_size`` 0 (what the writer uses for OpenVINO) no ``dynamic_batching`` block is written and
+            ``dims`` are the full shapes.
 
     Returns:
         ``tritonclient.grpc.model_config_pb2.ModelConfig``.
@@ -164,20 +175,22 @@ def build_model_config(
 
     cfg = pb2.ModelConfig()
     cfg.name = name
-    if backend == "python":
-        cfg.backend = "python"
+    if backend in ("python", "openvino"):
+        cfg.backend = backend
     else:
         cfg.platform = platform
         cfg.backend = backend
     if default_model_filename:
         cfg.default_model_filename = default_model_filename
     cfg.max_batch_size = int(max_batch_size)
+    batching = int(max_batch_size) > 0
     for spec in inputs:
-        _fill_tensor(cfg.input.add(), spec, pb2)
+        _fill_tensor(cfg.input.add(), spec, pb2, batching)
     for spec in outputs:
-        _fill_tensor(cfg.output.add(), spec, pb2)
-    cfg.dynamic_batching.preferred_batch_size.extend(int(b) for b in preferred_batch_sizes)
-    cfg.dynamic_batching.max_queue_delay_microseconds = int(max_queue_delay_us)
+        _fill_tensor(cfg.output.add(), spec, pb2, batching)
+    if batching:
+        cfg.dynamic_batching.preferred_batch_size.extend(int(b) for b in preferred_batch_sizes)
+        cfg.dynamic_batching.max_queue_delay_microseconds = int(max_queue_delay_us)
     group = cfg.instance_group.add()
     group.count = int(instance_count)
     group.kind = pb2.ModelInstanceGroup.Kind.Value(instance_kind)
@@ -208,6 +221,13 @@ def build_model_config(
             entry.name = str(acc["name"])
             for k, v in (acc.get("parameters") or {}).items():
                 entry.parameters[str(k)] = str(v)
+    elif backend == "openvino":
+        unknown = sorted(set(backend_parameters or {}) - set(OPENVINO_PARAMETERS))
+        if unknown:
+            raise TritonConfigError(f"openvino backend parameters {unknown} are not among "
+                                    f"{', '.join(OPENVINO_PARAMETERS)}")
+        for k, v in (backend_parameters or {}).items():
+            cfg.parameters[str(k)].string_value = str(v)
     return cfg
 
 
@@ -220,7 +240,17 @@ def config_to_text(config) -> str:
     """
     from google.protobuf import text_format
 
-    return sequence_bound_comment(config) + text_format.MessageToString(config)
+    return sequence_bound_comment(config) + openvino_comment(config) + text_format.MessageToString(config)
+
+
+def openvino_comment(config) -> str:
+    """``#`` lines saying why an openvino config has ``max_batch_size: 0`` ('' for other backends)."""
+    if config.backend != "openvino":
+        return ""
+    return ("# max_batch_size 0: Triton's openvino backend fixes a batching model's batch to max_batch_size and pads\n"
+            "# smaller batches (ENABLE_BATCH_PADDING); padding rows would share mux groups with real rows and change\n"
+            "# their logits. Without Triton batching each request runs as sent, exactly as measured (any batch; the\n"
+            "# graph pads to a multiple of N by repeating the last row). Send batches that are multiples of N.\n")
 
 
 def sequence_bound_comment(config) -> str:
@@ -230,6 +260,8 @@ def sequence_bound_comment(config) -> str:
         return ""
     refusal = ("model.py refuses a longer request with an error naming the limit"
                if config.backend == "python" else
+               "the openvino backend passes a longer request to the model, which fails inside OpenVINO"
+               if config.backend == "openvino" else
                "the onnxruntime backend passes a longer request to the graph, which fails inside ONNX Runtime")
     return (f"# Sequence axis: dims -1 (any length up to {raw} tokens). Triton's model configuration cannot bound a\n"
             f"# variable dimension, so the limit is parameter {PARAM_MAX_SEQ_LEN} = {raw} (the compiled length of a\n"

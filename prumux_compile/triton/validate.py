@@ -16,6 +16,10 @@ Rules (docs/field-faults.md F12–F14; Triton model-configuration docs, "Maximum
 * ``dims`` exclude the batch axis (rank = graph rank − 1), ``-1`` exactly where the graph axis is
   symbolic and the graph's value where it is fixed; the graph's batch axis itself must be dynamic;
 * ``max_batch_size`` > 0 and a multiple of N; every ``preferred_batch_size`` a multiple of N, ≤ max;
+  the ``openvino`` backend (an IR made from the ONNX graph, checked against that graph) takes ``max_batch_size``
+  0 instead — no Triton batching, full-shape ``dims``, no ``dynamic_batching`` — because that backend fixes a
+  batching model's batch and pads smaller ones, which would mix padding rows into mux groups; only its documented
+  parameters are accepted;
 * TensorRT plans: every optimization profile starts at batch 1, all profiles share one max batch,
   and ``max_batch_size`` equals it (F14, triton server#7056).
 """
@@ -77,7 +81,13 @@ def _resolve_n(cfg, num_instances: int | None, model_n: int | None, problems: li
 
 def _check_batching(cfg, n: int | None, problems: list[str]) -> None:
     mbs = cfg.max_batch_size
-    if mbs <= 0:
+    if cfg.backend == "openvino":
+        if mbs != 0:
+            problems.append(f"max_batch_size={mbs}: the openvino backend must not batch a multiplexed model "
+                            "(it fixes the batch and pads with rows that would share mux groups); use 0")
+        if cfg.HasField("dynamic_batching"):
+            problems.append("dynamic_batching needs max_batch_size > 0; the openvino config has none")
+    elif mbs <= 0:
         problems.append(f"max_batch_size={mbs}: must be > 0 (the model batches; every axis 0 is the batch)")
     elif n is not None and mbs % n:
         problems.append(f"max_batch_size={mbs} is not a multiple of num_instances={n}")
@@ -178,7 +188,8 @@ def _common(cfg, model: ModelInterface, num_instances: int | None, problems: lis
 
 
 def validate_config(config, onnx_path: "str | Path | ModelInterface", *, num_instances: int | None = None) -> list[str]:
-    """Problems of a Triton config for an ONNX model (``onnxruntime_onnx`` platform or ``python`` backend).
+    """Problems of a Triton config for an ONNX model (``onnxruntime_onnx`` platform, ``python`` backend, or the
+    ``openvino`` backend serving an IR made from that ONNX graph).
 
     Args:
         config: path to ``config.pbtxt`` or a ``ModelConfig`` message.
@@ -197,15 +208,25 @@ def validate_config(config, onnx_path: "str | Path | ModelInterface", *, num_ins
     cfg, problems = _load(config)
     if cfg is None:
         return problems
-    if cfg.backend == "python":
+    if cfg.backend in ("python", "openvino"):
         if cfg.platform:
-            problems.append(f"backend 'python' must not set platform (got {cfg.platform!r})")
+            problems.append(f"backend {cfg.backend!r} must not set platform (got {cfg.platform!r})")
+        if cfg.backend == "openvino":
+            from prumux_compile.triton.config import OPENVINO_PARAMETERS
+
+            for key in config_parameters(cfg):
+                if not key.startswith("prumux.") and key not in OPENVINO_PARAMETERS:
+                    problems.append(f"parameter {key!r} is not an openvino backend parameter "
+                                    f"({', '.join(OPENVINO_PARAMETERS)})")
+            if cfg.default_model_filename and not cfg.default_model_filename.endswith(".xml"):
+                problems.append(f"default_model_filename {cfg.default_model_filename!r}: the IR is model.xml")
     elif not (
         (cfg.platform == "onnxruntime_onnx" and cfg.backend in ("", "onnxruntime"))
         or (cfg.platform == "" and cfg.backend == "onnxruntime")
     ):
         problems.append(
-            f"an ONNX model needs platform 'onnxruntime_onnx' (backend 'onnxruntime') or backend 'python'; "
+            f"an ONNX model needs platform 'onnxruntime_onnx' (backend 'onnxruntime'), backend 'python' or (its "
+            f"IR) backend 'openvino'; "
             f"got platform {cfg.platform!r}, backend {cfg.backend!r}"
         )
     _common(cfg, model, num_instances, problems)

@@ -78,6 +78,8 @@ def write_repository(
     graph_optimization_level: str | None = None,
     inter_op_num_threads: int | None = None,
     gpu_accelerators: Sequence[dict] = (),
+    interface_onnx: str | Path | None = None,
+    backend_parameters: dict | None = None,
 ) -> Path:
     """Write ``repo_dir/<name>/config.pbtxt`` and ``repo_dir/<name>/1/model.onnx`` (or ``model.plan``).
 
@@ -86,7 +88,7 @@ def write_repository(
         name: model name = directory name (``[A-Za-z0-9_][A-Za-z0-9_.-]*``).
         model_path: the ONNX file (platform ``onnxruntime_onnx``) or TensorRT plan (``tensorrt_plan``).
             ONNX external-data files beside it are copied too.
-        platform: ``"onnxruntime_onnx"`` or ``"tensorrt_plan"``.
+        platform: ``"onnxruntime_onnx"``, ``"tensorrt_plan"`` or ``"openvino"`` (an OpenVINO IR).
         num_instances: N; default: ONNX metadata ``prumux.num_instances`` (an explicit value overrides it).
         max_batch_size: rows per batch, a multiple of N; default: a plan's shared profile max, else the ONNX
             metadata ``prumux.max_batch`` rounded down to a multiple of N, else 8·N.
@@ -104,6 +106,10 @@ def write_repository(
         plan_inputs / plan_outputs / plan_profiles: required for ``tensorrt_plan``: the plan's bindings
             (full shapes, batch axis first, None/-1 dynamic) and optimization profiles
             ``[{input: (min, opt, max)}]``.
+        interface_onnx: required for ``openvino`` (``model_path`` is an IR ``model.xml``; ``model.bin`` beside it
+            is copied too): the ONNX graph the IR was made from, whose interface the config is written from and
+            checked against. An openvino config has ``max_batch_size`` 0 unless given (``config.pbtxt`` comment).
+        backend_parameters: openvino: the backend's ``parameters`` (e.g. ``INFERENCE_NUM_THREADS``, ``HINT_BF16``).
 
     Returns:
         The model directory ``repo_dir/<name>``.
@@ -128,7 +134,19 @@ def write_repository(
                                 "(KIND_GPU) artifact as measured: use the onnxruntime backend")
 
     is_plan = platform == "tensorrt_plan"
-    if is_plan:
+    is_ir = platform == "openvino"
+    if is_ir:
+        if interface_onnx is None:
+            raise InputError("an OpenVINO IR needs interface_onnx (the ONNX graph it was made from) to write its config")
+        weights = model_path.with_suffix(".bin")
+        if not weights.is_file():
+            raise InputError(f"{model_path}: its weights {weights.name} are missing")
+        model = read_onnx_interface(interface_onnx)
+        extra_files = []
+        if max_batch_size is None:
+            max_batch_size = 0
+            preferred_batch_sizes = []
+    elif is_plan:
         if plan_inputs is None or plan_outputs is None or plan_profiles is None:
             raise InputError("a TensorRT plan needs plan_inputs, plan_outputs and plan_profiles to write its config")
         model = ModelInterface(inputs=tuple(plan_inputs), outputs=tuple(plan_outputs))
@@ -171,6 +189,7 @@ def write_repository(
         platform=platform,
         backend=backend,
         instance_count=instance_count,
+        backend_parameters=backend_parameters,
         instance_kind=instance_kind,
         max_queue_delay_us=max_queue_delay_us,
         isolate_requests=isolate_requests,
@@ -193,7 +212,10 @@ def write_repository(
         raise TritonConfigError(f"model directory {target} exists; pass overwrite=True (--overwrite) to replace it")
     # replacing the entry must not delete the file it is written from (e.g. a candidate folder as REPO/NAME)
     refuse_inputs_inside(target, {"the model file": model_path}, flag="--overwrite")
-    files = {("model.plan" if is_plan else "model.onnx"): model_path}
+    if is_ir:
+        files = {"model.xml": model_path, "model.bin": model_path.with_suffix(".bin")}
+    else:
+        files = {("model.plan" if is_plan else "model.onnx"): model_path}
     for rel in extra_files:
         src = model_path.parent / rel
         if not src.is_file():

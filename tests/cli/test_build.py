@@ -21,7 +21,7 @@ GRID = {
     "n3_s5": dict(family="prumux_compressed", num_instances=3, heads_kept=[[0], [3]], ffn_kept=[list(range(10)), [1]]),
 }
 RECORDED = {"n1_s0": 0.91, "n2_s0": 0.90, "n2_s5": 0.885, "n3_s5": 0.86}
-FAST = ["--seq-len", "16", "--batch-sizes", "6", "--rounds", "1", "--warmup", "0", "--threads", "1"]
+FAST = ["--seq-len", "16", "--batch-sizes", "6", "--rounds", "1", "--warmup", "0", "--threads", "1", "--precision", "fp32"]
 
 
 def _tokenizer_files():

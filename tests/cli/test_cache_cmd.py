@@ -147,7 +147,8 @@ def test_build_fills_the_cache_it_lists(tmp_path):
     cache = tmp_path / "cache"
     res = CliRunner().invoke(cli, ["build", str(tmp_path / "ck"), "-o", str(tmp_path / "out"), "--cache-dir",
                                    str(cache), "--min-accuracy", "0", "--no-progress", "--seq-len", "16",
-                                   "--batch-sizes", "2", "--rounds", "1", "--warmup", "0", "--threads", "1"])
+                                   "--batch-sizes", "2", "--rounds", "1", "--warmup", "0", "--threads", "1",
+                                   "--precision", "fp32"])
     assert res.exit_code == 0, res.output
     (entry,) = list_entries(cache)
     assert entry.kind == "entry" and entry.info["id"] == "a"

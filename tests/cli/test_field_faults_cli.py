@@ -103,8 +103,8 @@ def test_f26_export_command_carries_external_data(tmp_path, one_torch_thread, ex
 
 def test_f26_build_cache_and_repository_carry_external_data(tmp_path, one_torch_thread, external_everything):
     ckpt = _ckpt(tmp_path, family="muxplm", num_instances=2, vocab=30522)
-    fast = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1",
-            "--min-accuracy", "0.0", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    fast = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1", "--precision", "fp32",
+            "--min-accuracy", "0.0", "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--precision", "fp32"]
     for run in ("first", "cached"):
         out = tmp_path / run
         res = CliRunner().invoke(cli, ["build", str(ckpt), "-o", str(out), *fast])
@@ -130,7 +130,7 @@ def test_f26_external_data_is_covered_by_the_artifact_hashes(tmp_path, one_torch
     ckpt = _ckpt(tmp_path, family="muxplm", num_instances=2, vocab=30522)
     other = _ckpt(tmp_path, "other", family="muxplm", num_instances=2, vocab=30522, seed=7)
     cache = tmp_path / "cache"
-    fast = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1",
+    fast = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1", "--precision", "fp32",
             "--min-accuracy", "0.0", "--no-progress", "--cache-dir", str(cache)]
 
     def build(src, out):

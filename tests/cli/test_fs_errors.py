@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from prumux_compile.cli.main import cli
 from prumux_compile.synthetic import SynthSpec, write_checkpoint
 
-FAST = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1"]
+FAST = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1", "--precision", "fp32"]
 ERRORS = {
     "EROFS": (errno.EROFS, "Read-only file system"),
     "EACCES": (errno.EACCES, "Permission denied"),

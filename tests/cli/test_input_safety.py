@@ -125,7 +125,7 @@ def test_inspect_refuses_a_sequence_length_below_one(tmp_path, value):
 
 
 # ------------------------------------------------------------------------------------------------ served = measured
-FAST = ["--seq-len", "8", "--batch-sizes", "2", "--rounds", "1", "--warmup", "0", "--threads", "1"]
+FAST = ["--seq-len", "8", "--batch-sizes", "2", "--rounds", "1", "--warmup", "0", "--threads", "1", "--precision", "fp32"]
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(123)]
 
 

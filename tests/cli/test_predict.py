@@ -18,6 +18,7 @@ from prumux_compile.synthetic import SynthSpec, write_checkpoint
 BASE = dict(vocab=30522, max_pos=64, num_layers=1, hidden=32, heads=4, ffn=48)
 SEQ = 16
 FAST = ["--seq-len", str(SEQ), "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1", "--no-cache",
+        "--precision", "fp32",
         "--no-progress"]
 #: each a single WordPiece token of the MiniLM vocabulary, so a row of k words has k + 2 tokens
 WORDS = "good bad great awful fine boring lovely dull superb weak movie film plot acting".split()

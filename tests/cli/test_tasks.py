@@ -21,7 +21,8 @@ from prumux_compile.cli.main import cli
 from prumux_compile.synthetic import SynthSpec, write_checkpoint
 
 BASE = dict(vocab=30522, max_pos=64, num_layers=1, hidden=32, heads=4, ffn=48)
-FAST = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1", "--no-cache"]
+FAST = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1", "--no-cache",
+        "--precision", "fp32"]
 SENTENCES = [f"sentence number {i} is {'good' if i % 3 else 'bad'} and {'long' * (i % 4)}" for i in range(24)]
 
 

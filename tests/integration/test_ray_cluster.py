@@ -31,8 +31,9 @@ GRID = {
     "n2_s0": dict(family="muxplm", num_instances=2),
     "n2_s5": dict(family="prumux_compressed", num_instances=2, heads_kept=[[0, 1], [2]], ffn_kept=[list(range(20)), []]),
 }
-FAST = dict(seq_len=16, batch_sizes=(6,), rounds=1, warmup=0, threads=1)
-FAST_CLI = ["--seq-len", "16", "--batch-sizes", "6", "--rounds", "1", "--warmup", "0", "--threads", "1"]
+FAST = dict(seq_len=16, batch_sizes=(6,), rounds=1, warmup=0, threads=1, precisions=("fp32",))
+FAST_CLI = ["--seq-len", "16", "--batch-sizes", "6", "--rounds", "1", "--warmup", "0", "--threads", "1",
+            "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")

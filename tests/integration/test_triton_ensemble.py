@@ -59,7 +59,7 @@ def built(tmp_path_factory):
             shutil.copy(f, root / "grid" / name / f.name)
     runner = CliRunner()
     res = runner.invoke(cli, ["build", str(root / "grid"), "-o", str(root / "out"), "--min-accuracy", "0",
-                              "--seq-len", str(SEQ), "--batch-sizes", "4", "--rounds", "1", "--warmup", "0",
+                              "--precision", "fp32", "--seq-len", str(SEQ), "--batch-sizes", "4", "--rounds", "1", "--warmup", "0",
                               "--threads", "1", "--no-cache", "--no-progress"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["triton", str(root / "out" / "report.json"), "-o", str(root / "repo"), "--backend",

@@ -72,8 +72,8 @@ def built(plain, tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------- registry
 def test_registry_names_and_unknown_backend():
-    assert registry.names() == ["ort-cpu", "ort-cuda", "tensorrt", "torch-cuda"]
-    with pytest.raises(InputError, match="unknown backend 'onnx-gpu'; registered: ort-cpu, ort-cuda, tensorrt"):
+    assert registry.names() == ["openvino", "ort-cpu", "ort-cuda", "tensorrt", "torch-cuda"]
+    with pytest.raises(InputError, match="unknown backend 'onnx-gpu'; registered: openvino, ort-cpu, ort-cuda"):
         registry.get("onnx-gpu")
 
 

@@ -114,14 +114,14 @@ _HIDE_ONNX = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from prumux_compile.engines import registry
-    from prumux_compile.engines import base, onnxruntime, tensorrt, torch_cuda
+    from prumux_compile.engines import base, onnxruntime, openvino, ort_int8, tensorrt, torch_cuda
     from prumux_compile.engines.base import Compiled, EngineConfig
     from prumux_compile.engines.torch_cuda import CudaOptions, TorchCudaBackend
     from prumux_compile.export.spec import spec_for_ir
     from prumux_compile import validation
     from prumux_compile.checkpoint import load
     from prumux_compile.passes import compile_ir
-    assert set(registry.availability()) == {"ort-cpu", "ort-cuda", "tensorrt", "torch-cuda"}
+    assert set(registry.availability()) == {"openvino", "ort-cpu", "ort-cuda", "tensorrt", "torch-cuda"}
     ir, _ = compile_ir(load(sys.argv[1], seq_len=16))
     backend = TorchCudaBackend(CudaOptions(device="cpu", graph_mode="eager"))
     art = backend.build(Compiled(sys.argv[2] + "/model.onnx", spec_for_ir(ir), ir),

@@ -199,14 +199,15 @@ def test_build_with_tensorrt_goes_through_the_driver(standin, tmp_path):
                                      ffn=32, vocab=256, max_pos=64, num_labels=3,
                                      heads_kept=[[0, 1, 3], [2]], ffn_kept=[list(range(20)), list(range(7))]))
     out = tmp_path / "out"
-    report = build([ckpt], BuildOptions(out=out, backends=("tensorrt",), backends_explicit=True, seq_len=16,
+    report = build([ckpt], BuildOptions(out=out, backends=("tensorrt",), backends_explicit=True, precisions=("fp16",),
+                                        seq_len=16,
                                         batch_sizes=(6,), rounds=1, warmup=0, threads=1, min_accuracy=0.0,
                                         cache=False, agreement_samples=12))
     (cand,) = report["candidates"]
     cdir = out / "candidates" / cand["id"]
     art = cand["artifact"]
 
-    # precision from the backend's default (fp16), judged by the fp16 criteria, not labelled fp32
+    # the precision asked for (fp16, the backend default), judged by the fp16 criteria, not labelled fp32
     assert cand["precision"] == "fp16" and art["precision"] == "fp16" and cand["device"] == "cpu"
     fp16 = criteria_for("tensorrt", "fp16")
     assert art["criteria"] == fp16.to_dict() and cand["validation"]["criteria"] == fp16.to_dict()

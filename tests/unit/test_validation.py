@@ -29,6 +29,8 @@ REF = np.array([[1.0, -2.0, 0.5], [0.2, 0.1, -3.0]])
     ("tensorrt", "fp32", 1e-3, 0.0, None),
     ("tensorrt", "fp16", 5e-2, 2e-2, 0.995),
     ("torch-cuda", "bf16", 2e-1, 5e-2, 0.995),
+    ("ort-cpu", "int8", 5e-2, 0.0, 0.8),         # int8 CPU: the "*" row (plus 0.75·max|ref|): a broken-engine check
+    ("openvino", "bf16", 0.1, 0.0, 0.9),         # OpenVINO bf16 (plus 0.3·max|ref|)
 ])
 def test_criteria_table(backend, precision, atol, rtol, agreement):
     c = criteria_for(backend, precision)
@@ -37,7 +39,7 @@ def test_criteria_table(backend, precision, atol, rtol, agreement):
 
 
 def test_unknown_precision_has_no_criteria():
-    with pytest.raises(InputError, match="no validation criteria for precision 'int4'.*known: bf16, fp16, fp32"):
+    with pytest.raises(InputError, match="no validation criteria for precision 'int4'.*known: bf16, fp16, fp32, int8"):
         criteria_for("ort-cpu", "int4")
 
 
@@ -56,7 +58,7 @@ def test_the_table_is_the_only_tolerance_in_the_package():
                                                     for t in node.targets):
                 offenders.append(f"{path.name}:{node.targets[0].id}")
     assert offenders == []
-    assert len(CRITERIA) == 6
+    assert len(CRITERIA) == 8
 
 
 @pytest.mark.parametrize("precision, delta, within", [
@@ -81,6 +83,40 @@ def test_compare_nan_shape_and_dtype():
     flipped = REF.astype(np.float32)
     flipped[0] = flipped[0, [1, 0, 2]]  # row 0's argmax moves from class 0 to class 1; row 1 keeps class 0
     assert compare(flipped, REF, crit).argmax_agreement == 0.5
+
+
+@pytest.mark.parametrize("margin, agreement, tied", [
+    # REF: max|ref| 3; row 0 has top-2 margin 0.5 (1/6 of the scale), row 1 0.1 (1/30). tie_margin is a fraction of
+    # the scale: 0.05 makes row 1 a tie (0.15 > 0.1), 0.2 makes both ties (0.6 > 0.5).
+    (0.0, 0.5, 0), (0.05, 1.0, 1), (0.2, 1.0, 2),
+])
+def test_ties_are_not_counted_in_the_argmax_agreement(margin, agreement, tied):
+    crit = Criteria(atol=1.0, min_agreement=0.99, tie_margin=margin)
+    out = REF.astype(np.float32)
+    out[1] = out[1, [1, 0, 2]]  # row 1 (margin 0.1) flips; row 0 keeps its argmax
+    c = compare(out, REF, crit)
+    assert (c.argmax_agreement, c.tied_rows, c.rows) == (agreement, tied, 2 - tied)
+
+
+def test_the_scale_is_the_artifacts_largest_logit(tmp_path):
+    """validate() scales scale_rtol by the largest |reference logit| over ALL of an artifact's cases, so a case with
+    small logits gets the same absolute bound as the others (int8's error follows activation ranges)."""
+    raw = _raw(tmp_path)
+    crit = Criteria(atol=0.0, scale_rtol=1e-6)
+    res = validate({"exact": _Fake(raw, "exact")}, raw, _spec(), crit, cases=[(3, 16), (5, 7)])
+    assert res["exact"].passed
+    ref = np.array([[0.1, 0.0]])
+    assert compare(np.array([[0.1 + 0.05, 0.0]], dtype=np.float32), ref, Criteria(atol=0, scale_rtol=0.1), 1.0).within
+    assert not compare(np.array([[0.1 + 0.05, 0.0]], dtype=np.float32), ref, Criteria(atol=0, scale_rtol=0.1)).within
+
+
+def test_scale_bound_follows_the_largest_logit():
+    """scale_rtol adds a fraction of the case's largest |logit| to every element's bound (int8's error follows
+    the activations' range): REF's max |ref| is 3, so scale_rtol 0.1 allows 0.3 + atol everywhere."""
+    crit = Criteria(atol=0.01, scale_rtol=0.1)
+    assert compare((REF + 0.30).astype(np.float32), REF, crit).within
+    assert not compare((REF + 0.32).astype(np.float32), REF, crit).within
+    assert np.allclose(crit.bound(REF), 0.31)
 
 
 def _raw(tmp_path):
@@ -156,6 +192,7 @@ def test_argmax_agreement_minimum_fails_an_artifact_within_the_bound(tmp_path):
         require_passed(res)
     doc = validation_document(res, _spec(), backend="tensorrt", precision="fp16")
     assert doc["passed"] is False and (doc["backend"], doc["precision"]) == ("tensorrt", "fp16")
-    assert doc["artifacts"]["swap"]["criteria"] == {"atol": 10.0, "rtol": 0.0, "min_agreement": 0.995, "why": ""}
+    assert doc["artifacts"]["swap"]["criteria"] == {"atol": 10.0, "rtol": 0.0, "min_agreement": 0.995, "why": "",
+                                                   "tie_margin": 0.0, "scale_rtol": 0.0}
     assert doc["artifacts"]["exact"]["argmax_agreement"] == 1.0
     assert doc["inputs"]["cases"] == [(3, 16), (5, 7)]
