@@ -118,6 +118,8 @@ class StageConfig:
         task_weight: weight of the classification loss (0: a pure retrieval warm-up).
         retrieval_weight: weight of DataMUX's retrieval loss (N > 1; the model needs ``retrieval=True``).
         retrieval_positions: positions per mux group the retrieval loss is computed on.
+        heads_only: train only the parameters of ``head_prefixes`` (the encoder is frozen: no gradient is
+            computed through it), e.g. to fit a fresh demultiplexer and classifier before end-to-end training.
         bow_weight: weight of the bag-of-words retrieval at the classifier position (N > 1,
             :meth:`~prumux_compile.demo.model.DemoModel.bag_of_words_loss`).
         feature_weight: weight of the feature distillation loss: mean squared error between the classifier
@@ -141,6 +143,7 @@ class StageConfig:
     feature_weight: float = 0.0
     bow_weight: float = 0.0
     linear_retrieval_weight: float = 0.0
+    heads_only: bool = False
 
 
 @dataclass
@@ -193,6 +196,23 @@ def train_stage(model, data: Encoded, cfg: StageConfig, *, seed: int, teacher_lo
         raise InputError("feature distillation needs teacher features")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    frozen_now = []
+    if cfg.heads_only:
+        for name, p in model.params.items():
+            if p.requires_grad and not name.replace("__", ".").startswith(head_prefixes):
+                p.requires_grad_(False)
+                frozen_now.append(p)
+    try:
+        return _train(model, data, cfg, seed, gen, teacher_logits, teacher_features, head_prefixes, extra_loss,
+                      on_step)
+    finally:
+        for p in frozen_now:
+            p.requires_grad_(True)
+
+
+def _train(model, data, cfg, seed, gen, teacher_logits, teacher_features, head_prefixes, extra_loss, on_step):
+    import time
+
     n = model.n
     plan = batches(data, cfg.batch, n, gen, bucket=cfg.bucket if n == 1 else 0, steps=cfg.steps)
     opt = torch.optim.AdamW(_param_groups(model, cfg, head_prefixes), betas=(0.9, 0.999), eps=1e-6)
@@ -276,20 +296,25 @@ def predict(model, data: Encoded, batch: int = 64) -> torch.Tensor:
     return logits
 
 
-def features(model, data: Encoded, batch: int = 64) -> torch.Tensor:
-    """Eval-mode classifier inputs [n, D] of an N = 1 model (pooler output), rows in ``data`` order."""
+def logits_and_features(model, data: Encoded, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode logits [n, C] and classifier inputs [n, D] (pooler output) of an N = 1 model in one pass, rows in
+    ``data`` order (computed sorted by length, which changes nothing for N = 1: rows are independent)."""
     if model.n != 1:
-        raise InputError("features() is for the N = 1 teacher")
+        raise InputError("logits_and_features() is for the N = 1 teacher")
     model.eval()
     order = torch.argsort(torch.tensor([len(x) for x in data.ids]), stable=True)
-    out = []
+    feats, logits = [], []
     with torch.inference_mode():
         for start in range(0, len(data), batch):
             ids, mask, _ = collate(data, order[start:start + batch])
-            out.append(model.features(ids, mask).float())
-    feats = torch.empty(len(data), out[0].shape[1])
-    feats[order] = torch.cat(out)
-    return feats
+            f = model.features(ids, mask)
+            feats.append(f.float())
+            logits.append(model.classify(f).float())
+    out_f = torch.empty(len(data), feats[0].shape[1])
+    out_l = torch.empty(len(data), logits[0].shape[1])
+    out_f[order] = torch.cat(feats)
+    out_l[order] = torch.cat(logits)
+    return out_l, out_f
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -374,8 +374,9 @@ def run_job(job: Job, recipe: Recipe, root: Path, parent_dir: Path | None, teach
         torch.save(model.checkpoint_state(), tmp / "state.pt")
         if job.parent is None:  # distillation targets of every student
             t1 = time.perf_counter()
-            torch.save(loop.predict(model, ctx.train), tmp / "teacher_logits.pt")
-            torch.save(loop.features(model, ctx.train), tmp / "teacher_features.pt")
+            logits, feats = loop.logits_and_features(model, ctx.train)
+            torch.save(logits, tmp / "teacher_logits.pt")
+            torch.save(feats, tmp / "teacher_features.pt")
             metrics["teacher_targets_seconds"] = time.perf_counter() - t1
         if structure is not None:
             (tmp / "structure.json").write_text(json.dumps(structure) + "\n")
