@@ -17,7 +17,7 @@ COMMANDS = {
     "export": (["export", "ckpt", "-o", "out"], "prumux_compile.export_job:export_checkpoint"),
     "build": (["build", "ckpt", "-o", "out", "--no-progress"], "prumux_compile.driver:build"),
     "triton": (["triton", "m.onnx", "-o", "repo", "--name", "m"], "prumux_compile.triton:write_repository"),
-    "demo-checkpoints": (["demo-checkpoints", "demo"], "prumux_compile.demo:write_demo_grid"),
+    "demo-checkpoints": (["demo-checkpoints", "demo"], "prumux_compile.demo.grid:write_demo_grid"),
 }
 
 FAILURES = [

