@@ -23,7 +23,7 @@ where the time went. The retrieval head's [V, d] MLM decoder is not written (tra
 """
 from __future__ import annotations
 
-from prumux_compile.fsutil import output_tempdir
+from prumux_compile.fsutil import output_tempdir, require_writable_dir
 
 import importlib.util
 import json
@@ -408,6 +408,8 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
     out = Path(out_dir)
     if out.exists():
         raise InputError(f"{out}: already exists; demo-checkpoints writes a new folder (remove it or pick another)")
+    # before minutes of training: OUT's folder must be writable (fault class F27 in docs/field-faults.md)
+    require_writable_dir(out.parent, what=f"output folder {out}")
     src = minilm_dir()
     splits = data.load_splits()
     cfg, _ = load_minilm(src)

@@ -206,7 +206,7 @@ def test_a_candidates_own_error_stops_the_build_with_its_code(cluster, grid, tmp
     naming the candidate and node; it is not retried."""
     address, _ = cluster
     res = _cli([str(grid / "n1_s0"), "-o", str(tmp_path / "out"), "--executor", f"ray:{address}", "--no-cache",
-                "--seq-len", "100", "--batch-sizes", "2", "--threads", "1"])
+                "--seq-len", "100", "--batch-sizes", "2", "--threads", "1", "--precision", "fp32"])
     assert res.exit_code == 2, res.output
     assert "--seq-len 100 exceeds the checkpoint's 64 position embeddings (candidate n1_s0 on " in res.output
     assert not (tmp_path / "out").exists()
