@@ -15,7 +15,7 @@ Printed (and written with ``--json``):
    leave-one-out mean absolute errors next to the nearest-neighbour baseline's;
 4. a held-out check: one trained configuration (``--withhold``, default ``n2_s0.50``) is removed, the meta-model
    is fitted on the rest and predicts it, and the prediction is compared with its measurement;
-5. the targets of issue 11 (teacher >= 0.80; N = 2 within 3 points of the teacher, N = 5 within 8; s = 0.5
+5. the demo's accuracy targets (teacher >= 0.80; N = 2 within 3 points of the teacher, N = 5 within 8; s = 0.5
    within 2 points of the same N unpruned; the budget-0.05 choice multiplexed or pruned and faster than the
    teacher), each marked met or missed.
 

@@ -8,10 +8,10 @@ Two levels:
   dict (``docs/checkpoint-formats.md`` §1.1). The reference (:mod:`prumux_compile.reference`) works on
   this level only.
 * :func:`load` turns a ``RawCheckpoint`` into the IR, taking every width from weight shapes (§1.4),
-  never from ``config.json`` (fault classes F4, F5, F7).
+  never from ``config.json`` (field faults F4 in docs/field-faults.md, F5, F7).
 
 Safety: pickled files are read with ``torch.load(..., weights_only=True)``; ``l0_module.pt`` is never
-unpickled (spec Q16). Errors are :class:`~prumux_compile.errors.CheckpointError` with a one-line
+unpickled (docs/checkpoint-formats.md Q16). Errors are :class:`~prumux_compile.errors.CheckpointError` with a one-line
 message naming the file and the fix.
 
 Field faults (docs/fault-classes.md): a file that is not a checkpoint is named for what it is (Git LFS pointer,
@@ -51,7 +51,7 @@ DEMUX_VARIANTS = ("index_pos", "index", "mlp")
 MASK_KEYS = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
 
 _WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
-#: Index files of sharded checkpoints as HF ``save_pretrained`` writes them (fault class F25).
+#: Index files of sharded checkpoints as HF ``save_pretrained`` writes them (field fault F25 in docs/field-faults.md).
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SHARD_NAME = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
 _DEMUX_ALIAS_PREFIXES = ("demultiplexer.demux_module.", "retrieval_head.demux_module.")
@@ -164,7 +164,7 @@ def sniff_file(path: Path) -> str:
 
 
 def _not_a_checkpoint(path: Path, kind: str, expected: str) -> CheckpointError | None:
-    """The error for a file that is not a checkpoint at all (fault class F28), or None when it may be one."""
+    """The error for a file that is not a checkpoint at all (field fault F28 in docs/field-faults.md), or None when it may be one."""
     size = path.stat().st_size
     if kind == "empty":
         return CheckpointError(f"{path}: empty (0 bytes), not {expected}; copy the file again from its source")
@@ -214,7 +214,7 @@ def _pickle_globals(path: Path) -> list[str]:
 
 
 def _safe_torch_load(path: Path):
-    """``torch.load`` with ``weights_only=True`` after checking what the file is (fault class F28).
+    """``torch.load`` with ``weights_only=True`` after checking what the file is (field fault F28 in docs/field-faults.md).
 
     Raises:
         CheckpointError: the file is empty, a Git LFS pointer, text, unrecognised bytes, a plain pickle, a
@@ -379,7 +379,7 @@ _ENCODER_ROOTS = ("embeddings.", "encoder.", "pooler.")
 
 
 def strip_wrapper_prefix(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Remove a uniform wrapper prefix from every key (fault class F21), e.g. ``module.`` (DataParallel /
+    """Remove a uniform wrapper prefix from every key (field fault F21 in docs/field-faults.md), e.g. ``module.`` (DataParallel /
     DistributedDataParallel) or ``model.`` (training frameworks that keep the model as an attribute).
 
     The wrapper is what precedes ``bert.embeddings.`` in the keys; it is removed only when every key starts
@@ -416,7 +416,7 @@ def strip_wrapper_prefix(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[
                 f"BertForSequenceClassification / PruMUX checkpoint instead. First keys: {_first_keys(keys)}"
             )
         raise CheckpointError(
-            f"{path}: the encoder keys lack the 'bert.' prefix the classifier families use (spec §1.4); re-save the "
+            f"{path}: the encoder keys lack the 'bert.' prefix the classifier families use (docs/checkpoint-formats.md §1.4); re-save the "
             f"model with its standard names. First keys: {_first_keys(keys)}"
         )
     raise CheckpointError(f"{path}: no BERT word embeddings in the weights; not a BERT checkpoint. First keys: "
@@ -495,7 +495,7 @@ def _read_zs(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.Tensor] |
 
 
 def detect_family(sd: dict[str, torch.Tensor], has_zs: bool) -> str:
-    """Family from the state dict (spec §1.1), not from ``config.architectures``."""
+    """Family from the state dict (docs/checkpoint-formats.md §1.1), not from ``config.architectures``."""
     if "instance_embedding" in sd:
         if has_zs:
             return "prumux_masked"
@@ -521,7 +521,7 @@ def _looks_pruned(sd: dict[str, torch.Tensor]) -> bool:
 
 # ---------------------------------------------------------------------------------------------- config.json
 #: How each ``config.json`` field that upstream code (transformers' BERT, CoFi, PruMUX / MUX-PLM) reads is treated
-#: (fault class F22). "implemented" fields are honoured by BOTH the reference and the compiled model; values they do
+#: (field fault F22 in docs/field-faults.md). "implemented" fields are honoured by BOTH the reference and the compiled model; values they do
 #: not implement are refused at load (exit 2, naming field and value). "no effect" fields do not change the logits
 #: of a classifier in eval mode. Fields not listed are read by none of that code, so they cannot change its forward
 #: pass; they are reported by :func:`unread_config_fields` and otherwise ignored.
@@ -547,8 +547,8 @@ CONFIG_FIELDS: dict[str, str] = {
     "demuxing_variant": "implemented: one of DEMUX_VARIANTS",
     "num_hidden_demux_layers": "implemented (index_pos): Kd, 2 when absent; an integer >= 2 (legacy: >= 1)",
     "legacy_demuxing": "implemented (index_pos): true/false",
-    "pruned_heads": "cross-check only: never re-applied (spec Q13)",
-    # sizes: the weights are authoritative (spec §1.4)
+    "pruned_heads": "cross-check only: never re-applied (docs/checkpoint-formats.md Q13)",
+    # sizes: the weights are authoritative (docs/checkpoint-formats.md §1.4)
     "vocab_size": "sizes come from the weights", "max_position_embeddings": "sizes come from the weights",
     "type_vocab_size": "sizes come from the weights (token type ids are checked against the table)",
     "embedding_size": "not read by BERT (ELECTRA / ALBERT only)",
@@ -574,7 +574,7 @@ CONFIG_FIELDS: dict[str, str] = {
     "transformers_version": "metadata", "tokenizer_class": "tokenizer only", "prefix": "generation only",
     "bos_token_id": "generation only", "eos_token_id": "generation only", "sep_token_id": "generation only",
     "decoder_start_token_id": "generation only", "task_specific_params": "generation only",
-    # multiplexing / pruning training fields (spec §1.3)
+    # multiplexing / pruning training fields (docs/checkpoint-formats.md §1.3)
     "gaussian_hadamard_norm": "only regenerates instance vectors; the stored tensor is used",
     "binary_hadamard_epsilon": "only regenerates instance vectors; the stored tensor is used",
     "learn_muxing": "training only", "retrieval_loss_coeff": "training only", "task_loss_coeff": "training only",
@@ -592,7 +592,7 @@ def unread_config_fields(config: dict) -> list[str]:
 
 def check_config(config: dict, cfg_path: Path, sd: dict[str, torch.Tensor]) -> None:
     """Refuse every ``config.json`` value that changes the forward pass and is not implemented by both the reference
-    and the compiled model (fault class F22; :data:`CONFIG_FIELDS`).
+    and the compiled model (field fault F22 in docs/field-faults.md; :data:`CONFIG_FIELDS`).
 
     Raises:
         CheckpointError: ``"<path>: config.json <field>=<value>: <why>"`` for the first such field.
@@ -689,7 +689,7 @@ def _check_id2label(config: dict, cfg_path: Path, sd: dict[str, torch.Tensor]) -
 
 
 def read_raw(path: str | Path) -> RawCheckpoint:
-    """Read a checkpoint directory (spec §1) into a :class:`RawCheckpoint`.
+    """Read a checkpoint directory (docs/checkpoint-formats.md §1) into a :class:`RawCheckpoint`.
 
     Args:
         path: directory holding ``config.json`` and ``pytorch_model.bin`` or ``model.safetensors``, or the
@@ -699,7 +699,7 @@ def read_raw(path: str | Path) -> RawCheckpoint:
 
     Raises:
         CheckpointError: missing/unreadable files (a missing shard is named), a file that is not a checkpoint
-            (Git LFS pointer, empty, text, unknown bytes; fault class F28), a pickle needing code, NaN/Inf in
+            (Git LFS pointer, empty, text, unknown bytes; field fault F28 in docs/field-faults.md), a pickle needing code, NaN/Inf in
             weights or masks, an unknown ``muxing_variant``/``demuxing_variant``.
     """
     ckpt_dir = Path(path)
@@ -752,11 +752,11 @@ def read_raw(path: str | Path) -> RawCheckpoint:
 
 # ---------------------------------------------------------------------------------------------- IR
 def load(path: str | Path, *, seq_len: int = 128) -> "ModelIR":
-    """Read a checkpoint directory into the IR (widths from weight shapes, spec §1.4).
+    """Read a checkpoint directory into the IR (widths from weight shapes, docs/checkpoint-formats.md §1.4).
 
     Args:
-        path: checkpoint directory (any family of spec §1.1).
-        seq_len: compiled sequence length for multiplexed families (spec Q2); ignored for N = 1 families.
+        path: checkpoint directory (any family of docs/checkpoint-formats.md §1.1).
+        seq_len: compiled sequence length for multiplexed families (docs/checkpoint-formats.md Q2); ignored for N = 1 families.
 
     Returns:
         A :class:`~prumux_compile.ir.ModelIR`; for families B/E its ``masks`` holds the ``zs.pt`` masks
@@ -836,7 +836,7 @@ def _unread_on_purpose(raw: RawCheckpoint, key: str, layers) -> bool:
     * ``bert.pooler.*`` of the multiplexed families (randomly initialised and unused, §2.5);
     * the parts of the shared index_pos demux module that only the retrieval head uses: ``layer_norm_k`` (k <= Kd;
       ``layer_norm_1`` is read in legacy mode) and ``dense_k`` beyond the classifier's ``Kd - 1`` (k <= Kd);
-    * the LayerNorm of a removed sublayer (a compressed checkpoint keeps it, spec Q14).
+    * the LayerNorm of a removed sublayer (a compressed checkpoint keeps it, docs/checkpoint-formats.md Q14).
 
     NOT on this list, so an error when present: MLM / NSP heads (``cls.*``), relative-position tables
     (``distance_embedding``), cross-attention, another wrapper's keys, demux tensors beyond Kd — parts of a model the
@@ -864,7 +864,7 @@ def from_raw(raw: RawCheckpoint, *, seq_len: int = 128) -> "ModelIR":
 
     Raises:
         CheckpointError: as :func:`load`, and for tensors that nothing reads (neither the IR nor the list of
-            :func:`_unread_on_purpose`): they are parts of a model the compiler does not implement (fault class F22).
+            :func:`_unread_on_purpose`): they are parts of a model the compiler does not implement (field fault F22 in docs/field-faults.md).
     """
     recorder = _ReadRecorder(raw.state_dict)
     ir = _build_ir(dataclasses.replace(raw, state_dict=recorder), seq_len)
@@ -995,7 +995,7 @@ def _build_ir(raw: RawCheckpoint, seq_len: int) -> "ModelIR":
     if ir.original["layers"] < n_layers:
         ir.original["layers"] = n_layers
     if raw.is_muxed:
-        # the special tokens the model writes itself (spec §2.1): [CLS] = 101; index prefixes up to 680
+        # the special tokens the model writes itself (docs/checkpoint-formats.md §2.1): [CLS] = 101; index prefixes up to 680
         top = 680 if demux.variant == "index" else 101
         if word.shape[0] <= top:
             raise CheckpointError(

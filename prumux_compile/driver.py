@@ -744,7 +744,7 @@ def _accuracies(infos: list[dict], out_dir: Path, opts: BuildOptions, baseline_i
 
     The task follows the head: one output (HF ``num_labels == 1``) is a regression measured by Pearson's r (and
     Spearman's rho) against float labels, and its teacher agreement is the correlation of the outputs — never an
-    argmax; otherwise a classifier measured by accuracy of the argmax (fault class F24).
+    argmax; otherwise a classifier measured by accuracy of the argmax (field fault F24 in docs/field-faults.md).
 
     Raises:
         InputError: candidates with different output widths (build checkpoints of one task together).
@@ -838,7 +838,7 @@ def _precision_agreement(infos: list[dict], preds: dict[str, np.ndarray], regres
 
 def _accuracy_notes(infos: list[dict], opts: BuildOptions, kind: str) -> list[str]:
     """Warnings about the accuracies of :func:`_accuracies`: labels far below chance (one line naming the likely
-    label-order / id2label mismatch, fault class F23), undefined correlations, an unlabelled evaluation file."""
+    label-order / id2label mismatch, field fault F23 in docs/field-faults.md), undefined correlations, an unlabelled evaluation file."""
     notes = []
     flagged = [i for i in infos if i.get("label_warning")]
     if flagged:
@@ -929,7 +929,7 @@ def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str,
 
 def _check_segment_ids(opts: BuildOptions, es, ckpts: list[tuple[str, Path]]) -> None:
     """Refuse an evaluation file whose segment ids (a sentence pair's second segment is 1) lie outside the token-type
-    table of an N = 1 checkpoint (fault class F20): the engine would refuse them only after the candidate was built
+    table of an N = 1 checkpoint (field fault F20 in docs/field-faults.md): the engine would refuse them only after the candidate was built
     and benchmarked. Multiplexed models ignore token types (docs/checkpoint-formats.md Q3); their config says N.
 
     Raises:
@@ -1084,7 +1084,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         raise InputError(f"{out}: its parent {out.parent} is a file; give a folder path for the outputs")
     if out.exists() and not opts.force:
         raise InputError(f"{out}: already exists; choose another folder or pass --force to replace it")
-    # file-system problems are found now, not after minutes of compiling (fault class F27)
+    # file-system problems are found now, not after minutes of compiling (field fault F27 in docs/field-faults.md)
     require_writable_dir(out.parent, what=f"output folder {out}", hint="give -o a folder on a writable disk")
     if opts.triton_repo is not None:
         require_writable_dir(opts.triton_repo, what=f"--triton-repo {opts.triton_repo}")
@@ -1197,7 +1197,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                  for i in infos]
         selection = select(cands, max_accuracy_drop=opts.max_accuracy_drop, min_accuracy=opts.min_accuracy,
                            baseline_id=baseline)
-        if selection.clamped_from is not None:  # fault class F23: a drop larger than the baseline's value
+        if selection.clamped_from is not None:  # field fault F23 in docs/field-faults.md: a drop larger than the baseline's value
             notes.append(f"budget: the baseline's {kind.split(' (')[0]} {selection.baseline.accuracy:.4f} minus "
                          f"--max-accuracy-drop {opts.max_accuracy_drop:g} is {selection.clamped_from:.4f}, below the "
                          f"lowest possible value; clamped to {selection.threshold:g}, so the budget does not "

@@ -9,11 +9,11 @@ Stages an IR goes through (``ModelIR.history`` records the passes applied):
 
 * straight from a full + masks checkpoint (families B/E): ``masks`` holds the soft ``zs.pt`` tensors;
   only ``fold-masks`` may run on it (the kernels refuse soft masks).
-* after ``fold-masks``: weights carry the mask values (spec §2.9); binary *keep* masks remain
+* after ``fold-masks``: weights carry the mask values (docs/checkpoint-formats.md §2.9); binary *keep* masks remain
   (``ModelIR.hidden_keep``, ``Attention.head_keep``, ``FFN.dim_keep``) and the kernels honour them
   (LayerNorm statistics over kept hidden dims, pruned dims held at 0, removed heads/dims multiplied by 0).
 * after the prune passes: no keep masks are left, tensors are physically sliced, and a sublayer with nothing
-  kept is ``None`` (identity residual, no bias, no LayerNorm; fault classes F1, F2).
+  kept is ``None`` (identity residual, no bias, no LayerNorm; field faults F1 in docs/field-faults.md, F2).
 
 Notation (docs/checkpoint-formats.md): N = ``num_instances``, d' = kept hidden dims, h_i / f_i = heads /
 FFN dims of layer i, dh = head size (original hidden_size / num_attention_heads).
@@ -30,7 +30,7 @@ from torch import Tensor
 from prumux_compile.errors import IRInvariantError
 
 #: ``config.hidden_act`` values the compiled model implements (kernels/activations.py) and the reference implements
-#: from their formulas (reference.py); every other value is refused at load (fault class F22). Names and formulas
+#: from their formulas (reference.py); every other value is refused at load (field fault F22 in docs/field-faults.md). Names and formulas
 #: are transformers' ``ACT2FN`` (``activations.py``): ``gelu``/``gelu_python`` exact erf GELU; ``gelu_new``,
 #: ``gelu_pytorch_tanh``, ``gelu_python_tanh``, ``gelu_accurate`` the tanh approximation
 #: ``0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))``; ``gelu_fast`` the same with the constant 0.7978845608;
@@ -60,7 +60,7 @@ class Embeddings:
 
 @dataclass
 class Attention:
-    """One self-attention sublayer with its own head count (post-LN BERT, spec §2.5).
+    """One self-attention sublayer with its own head count (post-LN BERT, docs/checkpoint-formats.md §2.5).
 
     Shapes (h = ``heads``): ``wq, wk, wv [h*dh, d']``, ``bq, bk, bv [h*dh]``, ``wo [d', h*dh]``, ``bo [d']``,
     ``ln_weight/ln_bias [d']``.
@@ -68,7 +68,7 @@ class Attention:
     Attributes:
         head_ids: original ids (0..H-1) of the heads present, ascending.
         head_keep: bool ``[h]`` or None; False heads are multiplied by 0 until ``prune-heads`` slices them.
-        q_prescaled: True once the 1/sqrt(dh) attention scale is folded into ``wq``/``bq`` (spec E8).
+        q_prescaled: True once the 1/sqrt(dh) attention scale is folded into ``wq``/``bq`` (docs/checkpoint-formats.md E8).
     """
 
     head_ids: list[int]
@@ -100,7 +100,7 @@ class Attention:
 @dataclass
 class FFN:
     """One feed-forward sublayer: ``x = LN(x + act(x W1ᵀ + b1) W2ᵀ + b2)`` with ``act`` = ``ModelIR.activation``
-    (``config.hidden_act``; erf GELU for every upstream checkpoint, spec §2.5).
+    (``config.hidden_act``; erf GELU for every upstream checkpoint, docs/checkpoint-formats.md §2.5).
 
     Shapes (f = ``dims``): ``w1 [f, d']``, ``b1 [f]``, ``w2 [d', f]``, ``b2 [d']``, ``ln_weight/ln_bias [d']``.
 
@@ -131,12 +131,12 @@ class FFN:
 
 @dataclass
 class Layer:
-    """One encoder layer. ``None`` sublayers are removed (identity, spec §2.5).
+    """One encoder layer. ``None`` sublayers are removed (identity, docs/checkpoint-formats.md §2.5).
 
     Attributes:
         index: the layer's original index (0-based) in the checkpoint.
         out_rows: None = every position is computed; k = only the first k positions are computed and returned
-            (set by ``trim-last-layer`` on the last layer, spec E5: the demultiplexer / pooler reads rows 0..k-1).
+            (set by ``trim-last-layer`` on the last layer, docs/checkpoint-formats.md E5: the demultiplexer / pooler reads rows 0..k-1).
     """
 
     index: int
@@ -147,12 +147,12 @@ class Layer:
 
 @dataclass
 class Mux:
-    """The multiplexer (spec §2.3).
+    """The multiplexer (docs/checkpoint-formats.md §2.3).
 
     Attributes:
         variant: ``gaussian_hadamard`` | ``binary_hadamard`` | ``random_ortho``.
         instance_embedding: hadamard ``[N, d']``; random_ortho ``[N, d', d']`` (row vector e -> (V_n e)ᵀ).
-        fused_scale / fused_shift: set by ``fuse-mux`` (spec E3) for hadamard variants: ``[N, d']`` =
+        fused_scale / fused_shift: set by ``fuse-mux`` (docs/checkpoint-formats.md E3) for hadamard variants: ``[N, d']`` =
             gamma ⊙ v_n / N and ``[d']`` = beta ⊙ mean_n v_n; the kernels then mix normalised pass-1
             embeddings directly. For random_ortho, ``fused_scale [N, d', d']`` = diag(gamma) V_nᵀ / sqrt(N) and
             ``fused_shift [d']`` = sum_n beta V_nᵀ / sqrt(N).
@@ -167,14 +167,14 @@ class Mux:
 
 @dataclass
 class Demux:
-    """The demultiplexer (spec §2.6) with its tensors under upstream names relative to the module.
+    """The demultiplexer (docs/checkpoint-formats.md §2.6) with its tensors under upstream names relative to the module.
 
     ``tensors`` keys by variant:
 
     * ``index_pos``: ``demux_instance_embedding [N, d']``, ``dense_1.weight [D, 2d']``, ``dense_1.bias [D]``,
       ``dense_k.weight/bias`` (k = 2..num_layers-1), ``layer_norm_1.weight/bias`` (legacy only),
       ``pre_decoder.weight/bias``, ``pre_decoder_layer_norm.weight/bias``;
-      after ``fuse-demux`` (spec E4): ``dense_1.const [N, D]`` and ``dense_1.shared [D, d']`` replace
+      after ``fuse-demux`` (docs/checkpoint-formats.md E4): ``dense_1.const [N, D]`` and ``dense_1.shared [D, d']`` replace
       ``dense_1.*`` and ``demux_instance_embedding``.
     * ``mlp``: ``dense_n.weight [D, d']/bias``, ``layer_norm_n.weight/bias`` (n < N),
       ``dense_before_out_proj.weight/bias``, ``layernorm.weight/bias``; after ``fuse-demux``:
@@ -204,12 +204,12 @@ class ModelIR:
         eps: LayerNorm epsilon.
         hidden_ids: original hidden dims present, ascending.
         hidden_keep: bool ``[d']`` or None (see module doc).
-        masks: soft ``zs.pt`` masks (keys of spec §1.5) before ``fold-masks``; None afterwards.
+        masks: soft ``zs.pt`` masks (keys of docs/checkpoint-formats.md §1.5) before ``fold-masks``; None afterwards.
         mux / demux: None for the N = 1 families.
         pooler: ``(weight [D, d'], bias [D])`` for the N = 1 families (tanh pooler), else None.
         classifier: ``(weight [C, D], bias [C])``.
         seq_len: compiled sequence length for multiplexed families (their encoder has no attention mask, so
-            outputs depend on the padded length: spec Q2); None = dynamic (N = 1 families).
+            outputs depend on the padded length: docs/checkpoint-formats.md Q2); None = dynamic (N = 1 families).
         id2label: class index -> label name.
         provenance: file name -> sha256.
         history: names of the passes applied, in order.

@@ -15,7 +15,7 @@ deliberately shares no code with them and takes a different route wherever the c
 
 Semantic choices (documented here because they are decisions, not facts of the checkpoint):
 
-* **Sublayer removal is static** (fault class F3, spec Q11/Q12). Upstream's masked forward skips a
+* **Sublayer removal is static** (field fault F3 in docs/field-faults.md, docs/checkpoint-formats.md Q11/Q12). Upstream's masked forward skips a
   sublayer when its output sums to exactly 0 at run time; here an attention sublayer is removed iff no
   head has ``head_z * head_layer_z != 0``, an FFN sublayer iff no dim has ``intermediate_z * mlp_z != 0``
   (this is what upstream ``prune_model_with_z`` + ``evaluation.py`` computes). A removed sublayer is the
@@ -27,15 +27,15 @@ Semantic choices (documented here because they are decisions, not facts of the c
   ``zs.pt`` holding ``head_layer_z`` without ``head_z`` (or ``mlp_z`` without ``intermediate_z``) gives the logits
   of the same file without that layer mask. (Upstream's masked training forward would apply it; upstream's own
   L0 module never writes such a file, see the document.)
-* **Hidden pruning for demux variants upstream never supported** (spec Q8): ``mlp`` multiplies the
+* **Hidden pruning for demux variants upstream never supported** (docs/checkpoint-formats.md Q8): ``mlp`` multiplies the
   input columns of every ``demux_module.dense_n`` by ``hidden_z``; ``index`` multiplies both input
   halves of ``demultiplexer.dense`` by ``[hidden_z ; hidden_z]`` (the same rule upstream applies to the
   residual-stream input of index_pos ``dense_1``). ``random_ortho``: ``instance_embedding * hidden_z``
   broadcast over the last (input) axis exactly as upstream's ``mul`` does, and the mux output is
   restricted to the kept dims; a compressed ``random_ortho`` checkpoint must store ``[N, d', d']``.
-* **Batch padding of partial mux groups** (spec §2.1 step 1, Q1, fault class F18): see
+* **Batch padding of partial mux groups** (docs/checkpoint-formats.md §2.1 step 1, Q1, field fault F18 in docs/field-faults.md): see
   :func:`forward`.
-* **config.json** (fault class F22): the FFN activation is ``hidden_act``, each implemented name written here
+* **config.json** (field fault F22 in docs/field-faults.md): the FFN activation is ``hidden_act``, each implemented name written here
   from its formula (:data:`_ACTIVATIONS`); the demultiplexer keeps the erf GELU and the pooler tanh that upstream
   hard-codes; ``layer_norm_eps`` is used by every LayerNorm. Values this module does not implement are refused by
   :func:`_config_checks` on its own, whatever the loader already checked.
@@ -55,11 +55,11 @@ from prumux_compile.errors import CheckpointError, InputError
 
 __all__ = ["forward", "PADDING_POLICIES", "PAD_TOKEN_ID", "CLS_TOKEN_ID"]
 
-#: Batch-padding policies accepted by :func:`forward` (spec Q1).
+#: Batch-padding policies accepted by :func:`forward` (docs/checkpoint-formats.md Q1).
 PADDING_POLICIES = ("repeat-last", "upstream")
-#: [PAD] of bert-base-uncased; muxed inputs are right-padded with it to ``seq_len`` (spec Q2).
+#: [PAD] of bert-base-uncased; muxed inputs are right-padded with it to ``seq_len`` (docs/checkpoint-formats.md Q2).
 PAD_TOKEN_ID = 0
-#: [CLS] of bert-base-uncased; written into column 0 for index_pos / mlp demux (spec §2.1 step 2).
+#: [CLS] of bert-base-uncased; written into column 0 for index_pos / mlp demux (docs/checkpoint-formats.md §2.1 step 2).
 CLS_TOKEN_ID = 101
 #: Base token of the index-demux prefix: instance n gets ``680 - (n + 2)`` on the diagonal (§2.1 step 3).
 _INDEX_PREFIX_FILL = 680
@@ -88,7 +88,7 @@ def _expect_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], path) -
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
-    """Exact erf GELU ``x/2 · (1 + erf(x/√2))`` (HF ``"gelu"``; spec E10: NOT the tanh approximation). The
+    """Exact erf GELU ``x/2 · (1 + erf(x/√2))`` (HF ``"gelu"``; docs/checkpoint-formats.md E10: NOT the tanh approximation). The
     demultiplexer always uses it (upstream imports transformers' fixed ``gelu``, whatever ``hidden_act`` says)."""
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
@@ -111,7 +111,7 @@ def _relu(x: torch.Tensor) -> torch.Tensor:
 
 
 #: ``config.hidden_act`` -> the FFN activation, written from each formula of transformers' ``ACT2FN``
-#: (``activations.py``), not from the kernels. Any other value is refused (fault class F22).
+#: (``activations.py``), not from the kernels. Any other value is refused (field fault F22 in docs/field-faults.md).
 _ACTIVATIONS = {
     "gelu": _gelu,
     "gelu_python": _gelu,
@@ -138,7 +138,7 @@ _ACTIVATIONS = {
 
 def _config_checks(raw: RawCheckpoint) -> tuple[Callable, float]:
     """The FFN activation and the LayerNorm epsilon of ``raw.config``, refusing every value of a field that changes
-    the forward pass and that this reference does not implement (fault class F22).
+    the forward pass and that this reference does not implement (field fault F22 in docs/field-faults.md).
 
     Implemented: ``hidden_act`` (:data:`_ACTIVATIONS`), ``layer_norm_eps`` (positive; default 1e-12, BertConfig's),
     ``position_embedding_type`` absent or ``"absolute"``, ``is_decoder`` / ``add_cross_attention`` absent or false,
@@ -168,7 +168,7 @@ def _config_checks(raw: RawCheckpoint) -> tuple[Callable, float]:
 
 def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float,
                 keep: torch.Tensor | None) -> torch.Tensor:
-    """LayerNorm over the last axis, or CoFiLayerNorm when ``keep`` is given (spec §2.5, E7).
+    """LayerNorm over the last axis, or CoFiLayerNorm when ``keep`` is given (docs/checkpoint-formats.md §2.5, E7).
 
     Args:
         x: ``[..., d]``.
@@ -194,7 +194,7 @@ def _squeezed(shape) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Masks (zs.pt, spec §1.5)
+# Masks (zs.pt, docs/checkpoint-formats.md §1.5)
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class _Masks:
@@ -253,7 +253,7 @@ def _read_masks(raw: RawCheckpoint, d: int, heads: int, ffn: int, layers: int,
 
 
 # --------------------------------------------------------------------------------------------------
-# Trunk weights at full width with masks multiplied in (update_params, spec §2.9)
+# Trunk weights at full width with masks multiplied in (update_params, docs/checkpoint-formats.md §2.9)
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class _Attention:
@@ -429,7 +429,7 @@ def _build_ffn(raw, i, d, dtype, masks: _Masks | None, zh) -> _Ffn | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Encoder (CoFi BERT, post-LN, spec §2.5)
+# Encoder (CoFi BERT, post-LN, docs/checkpoint-formats.md §2.5)
 # --------------------------------------------------------------------------------------------------
 def _self_attention(x: torch.Tensor, a: _Attention, dh: int, add_mask: torch.Tensor | None) -> torch.Tensor:
     """Attention sublayer output before the residual add: ``[B, L, d] -> [B, L, d]``."""
@@ -493,7 +493,7 @@ def _check_range(name: str, t: torch.Tensor, upper: int, what: str) -> None:
 
 
 def _pad_batch(ids: torch.Tensor, n: int, padding: str, seed: int) -> torch.Tensor:
-    """Append ``k = N - B mod N`` rows so that the batch divides into mux groups (spec §2.1 step 1)."""
+    """Append ``k = N - B mod N`` rows so that the batch divides into mux groups (docs/checkpoint-formats.md §2.1 step 1)."""
     b = ids.shape[0]
     k = (-b) % n
     if k == 0:
@@ -523,7 +523,7 @@ def _mux(raw: RawCheckpoint, e1: torch.Tensor, t: _Trunk, n: int, dtype) -> torc
         # row vector e -> (V_n e)^T = e V_n^T; sum over instances / sqrt(N)
         m = torch.einsum("gnld,ned->gle", e1, v) / math.sqrt(n)
         if t.keep is not None:
-            m = m * t.keep  # output restricted to the kept dims (spec Q8)
+            m = m * t.keep  # output restricted to the kept dims (docs/checkpoint-formats.md Q8)
         return m
     _expect_shape("instance_embedding", v, (n, d), raw.path)
     if t.hidden_z is not None:
@@ -614,7 +614,7 @@ def _forward_muxed(raw, t: _Trunk, ids: torch.Tensor, seq_len: int, padding: str
     if s > seq_len:
         raise InputError(
             f"input_ids: sequence length {s} exceeds seq_len={seq_len}; multiplexed models run at a fixed "
-            "padded length (spec Q2): truncate the input or pass a larger seq_len"
+            "padded length (docs/checkpoint-formats.md Q2): truncate the input or pass a larger seq_len"
         )
     ids = F.pad(ids, (0, seq_len - s), value=PAD_TOKEN_ID)  # right-pad with [PAD] to exactly seq_len
     ids = _pad_batch(ids, n, padding, seed)
@@ -703,7 +703,7 @@ def _forward_single(raw, t: _Trunk, ids, attention_mask, token_type_ids, dtype):
 def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=None, *,
             seq_len: int = 128, padding: str = "repeat-last", seed: int = 0,
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Upstream inference logits of a checkpoint (spec ``docs/checkpoint-formats.md`` §2.1–§2.9).
+    """Upstream inference logits of a checkpoint (``docs/checkpoint-formats.md`` §2.1–§2.9).
 
     Args:
         raw: a checkpoint read by :func:`prumux_compile.checkpoint.read_raw`; any family of §1.1.
@@ -712,8 +712,8 @@ def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=N
         attention_mask: ``[B, S]`` 0/1, or ``None`` (all ones). Used by the N = 1 families only.
         token_type_ids: ``[B, S]`` integers, or ``None`` (all zeros). Used by the N = 1 families only.
         seq_len: padded sequence length L of the multiplexed families (unused for N = 1).
-        padding: batch-padding policy of the multiplexed families when ``B % N != 0`` (spec §2.1
-            step 1, Q1, fault class F18): ``"repeat-last"`` (default, our deterministic policy) appends
+        padding: batch-padding policy of the multiplexed families when ``B % N != 0`` (docs/checkpoint-formats.md §2.1
+            step 1, Q1, field fault F18 in docs/field-faults.md): ``"repeat-last"`` (default, our deterministic policy) appends
             ``k = N - B % N`` copies of the LAST real row; ``"upstream"`` draws the ``k`` rows like
             upstream, ``torch.randint(0, B, (k,))``, from ``torch.Generator().manual_seed(seed)``
             (followed by upstream's second, independent draw for the mask rows, which does not affect
@@ -737,7 +737,7 @@ def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=N
         * Masked families (``prumux_masked``, ``cofi_masked``): masks multiplied into full-width weights
           as upstream ``update_params`` (§2.9), LayerNorm statistics over the kept hidden dims only,
           pruned hidden dims held at 0, sublayer removal decided statically from the masks (module
-          docstring: fault class F3).
+          docstring: field fault F3 in docs/field-faults.md).
         * Compressed families: every width from the weight shapes (§1.4); head size ``raw.head_size``.
         * LayerNorm eps = config ``layer_norm_eps`` (default 1e-12) in every LayerNorm, the demultiplexer's
           included; the FFN activation is ``config.hidden_act`` (default the exact erf GELU; each implemented
@@ -754,7 +754,7 @@ def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=N
             its shape and the expected shape), a ``hidden_z`` that keeps nothing, an unknown family, a
             ``config.json`` value this reference does not implement (``hidden_act``, ``layer_norm_eps``,
             ``position_embedding_type``, ``is_decoder``, ``add_cross_attention``, ``model_type``,
-            ``num_hidden_demux_layers``, ``legacy_demuxing``; fault class F22).
+            ``num_hidden_demux_layers``, ``legacy_demuxing``; field fault F22 in docs/field-faults.md).
     """
     if padding not in PADDING_POLICIES:
         raise InputError(f"padding={padding!r}: expected one of {', '.join(PADDING_POLICIES)}")

@@ -11,9 +11,9 @@ specs with the same seed share every tensor they have in common: the compressed 
 *exactly* the direct slice of the masked checkpoint of the same spec with binary masks.
 
 :func:`compress_like_upstream` is an independent re-implementation of upstream ``update_params`` followed
-by ``prune_model_with_z`` (spec §1.6, §2.9; PruMUX ``utils/cofi_utils.py``): it folds (possibly soft) masks
+by ``prune_model_with_z`` (docs/checkpoint-formats.md §1.6, §2.9; PruMUX ``utils/cofi_utils.py``): it folds (possibly soft) masks
 into the full weights with upstream's asymmetries and then slices, turning a B/E directory into an A/D
-directory (spec Q17 oracle). It fixes Q6/Q7 (any depth/width) and implements the Q8 extension (hidden
+directory (docs/checkpoint-formats.md Q17 oracle). It fixes Q6/Q7 (any depth/width) and implements the Q8 extension (hidden
 pruning with ``mlp``/``index`` demux and ``random_ortho`` mux).
 
 Everything here is plain torch; nothing from ``prumux_compile.passes``, ``kernels`` or ``reference`` is
@@ -36,7 +36,7 @@ from prumux_compile.errors import CheckpointError, InputError
 MUXED_FAMILIES = ("prumux_compressed", "prumux_masked", "muxplm")
 MASKED_FAMILIES = ("prumux_masked", "cofi_masked")
 COMPRESSED_FAMILIES = ("prumux_compressed", "cofi_compressed")
-#: The three names upstream stores every shared demux-module tensor under (spec §1.4).
+#: The three names upstream stores every shared demux-module tensor under (docs/checkpoint-formats.md §1.4).
 DEMUX_ALIASES = ("demux_module", "demultiplexer.demux_module", "retrieval_head.demux_module")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _ARCHITECTURES = {
@@ -80,16 +80,16 @@ class SynthSpec:
         legacy_ln_names: LayerNorm parameters named ``gamma``/``beta``.
         demux_alias: ``"all"`` (the three aliases of §1.4, as upstream) or one of :data:`DEMUX_ALIASES`.
         seed: seed of every random draw.
-        hidden_act: ``config.hidden_act`` (fault class F22); the weights do not depend on it.
+        hidden_act: ``config.hidden_act`` (field fault F22 in docs/field-faults.md); the weights do not depend on it.
         layer_norm_eps: ``config.layer_norm_eps``.
-        type_vocab_size: rows of the token-type table (and ``config.type_vocab_size``; fault class F20).
+        type_vocab_size: rows of the token-type table (and ``config.type_vocab_size``; field fault F20 in docs/field-faults.md).
         key_prefix: a wrapper prefix put in front of every state-dict key, e.g. ``"module."`` as
-            DataParallel saves it (fault class F21).
+            DataParallel saves it (field fault F21 in docs/field-faults.md).
         shards: > 1 splits the weights into that many shards plus the index file HF writes
             (``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``, or
-            ``pytorch_model-0000k-of-0000n.bin`` + ``pytorch_model.bin.index.json``; fault class F25).
+            ``pytorch_model-0000k-of-0000n.bin`` + ``pytorch_model.bin.index.json``; field fault F25 in docs/field-faults.md).
         config_overrides: entries merged into ``config.json`` last (any field, any value).
-        broken_file: replace a file by something that is not a checkpoint (fault class F28):
+        broken_file: replace a file by something that is not a checkpoint (field fault F28 in docs/field-faults.md):
             ``"lfs-pointer"``, ``"empty"``, ``"text"``, ``"random"`` (bytes), ``"plain-pickle"`` (a pickle
             that is not torch's format), ``"code-pickle"`` (a pickle that calls a function when loaded),
             ``"truncated"`` (the first half of the file).
@@ -136,7 +136,7 @@ BROKEN_FILE_KINDS = ("lfs-pointer", "empty", "text", "random", "plain-pickle", "
 
 @dataclass
 class KeptStructure:
-    """Kept structure in ORIGINAL indices, ascending (spec §1.4: slicing preserves order).
+    """Kept structure in ORIGINAL indices, ascending (docs/checkpoint-formats.md §1.4: slicing preserves order).
 
     Attributes:
         heads_kept: per layer, kept head ids (``[]`` = attention sublayer removed).
@@ -217,10 +217,10 @@ class SynthInfo:
 
 
 def cofi_sparsity(structure: KeptStructure, num_layers: int, hidden: int, ffn: int, head_size: int) -> float:
-    """CoFi/L0Module sparsity of a kept structure (spec §6 "Sparsity accounting").
+    """CoFi/L0Module sparsity of a kept structure (docs/checkpoint-formats.md §6 "Sparsity accounting").
 
     prunable = L*(4d^2 + 4d) + L*(2dF + 5d); remaining = 4*dh*sum_i(h_i)*d' + 2*sum_i(f_i)*d' (no biases);
-    sparsity = 1 - remaining / prunable. With dh = 64 the first term is the spec's 256*sum(h_i)*d'.
+    sparsity = 1 - remaining / prunable. With dh = 64 the first term is docs/checkpoint-formats.md §6's 256*sum(h_i)*d'.
 
     Args:
         structure: kept heads / FFN dims / hidden dims.
@@ -273,14 +273,14 @@ def _layer_norm(sd: dict, r: _Draw, name: str, width: int) -> None:
 
 def gaussian_hadamard_vectors(num_instances: int, hidden: int, generator: torch.Generator, norm: float = 1.0):
     """Upstream ``random_encoding``: Gaussian rows scaled to L2 norm ``norm`` (MUX-PLM / PruMUX
-    ``utils_pretraining.random_encoding``; spec §2.3). Returns float32 [N, d]."""
+    ``utils_pretraining.random_encoding``; docs/checkpoint-formats.md §2.3). Returns float32 [N, d]."""
     g = torch.randn((num_instances, hidden), generator=generator, dtype=torch.float32)
     return g / g.norm(dim=1, keepdim=True) * norm
 
 
 def binary_hadamard_vectors(num_instances: int, hidden: int) -> torch.Tensor:
     """Upstream ``binary_encoding`` with epsilon 0: chunk = d div N, instance n owns
-    [n*chunk, (n+1)*chunk), the last chunk extends to d (spec §2.3). Returns float32 0/1 [N, d]."""
+    [n*chunk, (n+1)*chunk), the last chunk extends to d (docs/checkpoint-formats.md §2.3). Returns float32 0/1 [N, d]."""
     out = torch.zeros(num_instances, hidden)
     chunk = hidden // num_instances
     for n in range(num_instances):
@@ -458,7 +458,7 @@ def _full_state_dict(spec: SynthSpec) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Direct slicing (the compressed layout of spec §1.4)
+# Direct slicing (the compressed layout of docs/checkpoint-formats.md §1.4)
 
 
 def _rows(head_ids: list[int], dh: int) -> torch.Tensor:
@@ -469,7 +469,7 @@ def _rows(head_ids: list[int], dh: int) -> torch.Tensor:
 
 def slice_state_dict(full: dict[str, torch.Tensor], structure: KeptStructure, head_size: int,
                      demuxing_variant: str | None = None) -> dict[str, torch.Tensor]:
-    """Slice a full-shape state dict (canonical names) to the compressed layout of spec §1.4 (families A/D).
+    """Slice a full-shape state dict (canonical names) to the compressed layout of docs/checkpoint-formats.md §1.4 (families A/D).
 
     Binary masks only: values are copied, never scaled. Quirks reproduced: a layer without heads has no
     ``attention.self.*`` / ``attention.output.dense.*`` keys but keeps its [d] attention LayerNorm (Q14);
@@ -560,7 +560,7 @@ def slice_state_dict(full: dict[str, torch.Tensor], structure: KeptStructure, he
 
 
 def _masks(spec: SynthSpec, structure: KeptStructure) -> dict[str, torch.Tensor]:
-    """zs.pt of spec §1.5 for a structure: pruned entries exactly 0, kept 1 or soft in [0.2, 0.99]."""
+    """zs.pt of docs/checkpoint-formats.md §1.5 for a structure: pruned entries exactly 0, kept 1 or soft in [0.2, 0.99]."""
     L, H, F, d = spec.num_layers, spec.heads, spec.ffn, spec.hidden
     r = _Draw(spec.seed)
 
@@ -595,7 +595,7 @@ def _masks(spec: SynthSpec, structure: KeptStructure) -> dict[str, torch.Tensor]
 
 
 def binary_zs(structure: KeptStructure, num_layers: int, heads: int, ffn: int, hidden: int) -> dict[str, torch.Tensor]:
-    """Binary ``zs.pt`` masks (spec §1.5 keys and shapes) for a kept structure: 1 kept, exactly 0 pruned;
+    """Binary ``zs.pt`` masks (docs/checkpoint-formats.md §1.5 keys and shapes) for a kept structure: 1 kept, exactly 0 pruned;
     ``head_layer_z`` / ``mlp_z`` are 0 for removed sublayers. float32."""
     spec = SynthSpec("prumux_masked", num_layers=num_layers, hidden=hidden, heads=heads, ffn=ffn)
     return _masks(spec, structure)
@@ -616,7 +616,7 @@ def build_config(family: str, *, num_layers: int, hidden: int, heads: int, ffn: 
                  demuxing_variant: str = "index_pos", num_hidden_demux_layers: int | None = 3,
                  legacy_demuxing: bool = False, pruned_heads: dict[str, list[int]] | None = None,
                  hidden_act: str = "gelu", layer_norm_eps: float = 1e-12, type_vocab_size: int = 2) -> dict:
-    """``config.json`` as upstream writes it for ``family`` (spec §1.3): ORIGINAL sizes, erf ``gelu``,
+    """``config.json`` as upstream writes it for ``family`` (docs/checkpoint-formats.md §1.3): ORIGINAL sizes, erf ``gelu``,
     ``layer_norm_eps`` 1e-12, id2label/label2id; mux fields for A/B/C; ``pruned_heads`` (JSON string keys,
     bookkeeping only) for A/D, omitted for B/C/E/F (Q13); PruMUX training-only fields for A/B."""
     id2label, label2id = _label_maps(num_labels)
@@ -663,12 +663,12 @@ def build_config(family: str, *, num_layers: int, hidden: int, heads: int, ffn: 
 
 def pruned_heads_bookkeeping(structure: KeptStructure, heads: int) -> dict[str, list[int]]:
     """HF ``prune_heads`` bookkeeping as saved by upstream: every layer -> sorted ORIGINAL pruned head ids
-    (``[]`` when none), JSON string keys (spec §1.3)."""
+    (``[]`` when none), JSON string keys (docs/checkpoint-formats.md §1.3)."""
     return {str(i): sorted(set(range(heads)) - set(hk)) for i, hk in enumerate(structure.heads_kept)}
 
 
 def with_aliases(sd: dict[str, torch.Tensor], alias: str = "all") -> dict[str, torch.Tensor]:
-    """Store every canonical ``demux_module.*`` tensor under the chosen alias(es) (spec §1.4); the three
+    """Store every canonical ``demux_module.*`` tensor under the chosen alias(es) (docs/checkpoint-formats.md §1.4); the three
     names of ``"all"`` share one tensor object, as in upstream ``pytorch_model.bin`` files."""
     prefixes = DEMUX_ALIASES if alias == "all" else (alias,)
     out: dict[str, torch.Tensor] = {}
@@ -770,7 +770,7 @@ def _write_shards(out: Path, sd: dict[str, torch.Tensor], shards: int, safetenso
 
 def break_file(path: str | Path, kind: str, seed: int = 0) -> None:
     """Replace the file at ``path`` by something that is not a checkpoint (:data:`BROKEN_FILE_KINDS`;
-    fault class F28). A Git LFS pointer is the three lines git writes (about 130 bytes) with the real file's
+    field fault F28 in docs/field-faults.md). A Git LFS pointer is the three lines git writes (about 130 bytes) with the real file's
     sha256 and size."""
     import hashlib
     import pickle
@@ -809,7 +809,7 @@ class _CallsPrint:
 def write_checkpoint(out_dir: str | Path, spec: SynthSpec) -> SynthInfo:
     """Write a synthetic checkpoint directory of ``spec.family`` with seeded random weights.
 
-    Layout per family (spec §1.1, §1.3-1.5): ``config.json`` with original sizes; ``pytorch_model.bin``
+    Layout per family (docs/checkpoint-formats.md §1.1, §1.3-1.5): ``config.json`` with original sizes; ``pytorch_model.bin``
     (or ``model.safetensors``); ``zs.pt`` for B/E. Weights are drawn like a BERT init (std
     1/sqrt(fan_in) clipped to [0.02, 0.2], LayerNorm gamma ~ 1 + 0.1 N(0,1), non-zero biases) so logits
     are O(1) and LayerNorms matter; hadamard vectors follow upstream ``random_encoding`` / ``binary_encoding``;
@@ -870,7 +870,7 @@ def write_checkpoint(out_dir: str | Path, spec: SynthSpec) -> SynthInfo:
 
 def compress_like_upstream(masked_dir: str | Path, out_dir: str | Path) -> SynthInfo:
     """Turn a full + zs checkpoint (B ``prumux_masked`` / E ``cofi_masked``) into its compressed family
-    (A / D) the way upstream evaluation does: ``update_params`` then ``prune_model_with_z`` (spec §1.6,
+    (A / D) the way upstream evaluation does: ``update_params`` then ``prune_model_with_z`` (docs/checkpoint-formats.md §1.6,
     §2.9; PruMUX ``utils/cofi_utils.py``).
 
     Folding (soft z allowed): head_z (x dh) into rows of Wv and bv; head_layer_z into Wo and bo;

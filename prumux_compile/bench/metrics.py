@@ -197,7 +197,7 @@ def spearman(pred, target) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# label order: accuracy below chance (fault class F23)
+# label order: accuracy below chance (field fault F23 in docs/field-faults.md)
 
 
 def chance_accuracy(num_classes: int) -> float:

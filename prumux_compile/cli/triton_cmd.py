@@ -159,7 +159,7 @@ def triton_cmd(
 
         for _, model_path, info in sources:
             from_candidate(info, model_path).tokenizer_dir(tokenizer)
-    require_writable_dir(repo, what=f"model repository {repo}")  # before anything is created (fault class F27)
+    require_writable_dir(repo, what=f"model repository {repo}")  # before anything is created (field fault F27 in docs/field-faults.md)
     skipped = 0
     for model_name, model_path, info in sources:
         if info is not None:  # a build's candidate: its measured artifact, platform, kind and session settings

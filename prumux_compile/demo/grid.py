@@ -65,7 +65,7 @@ IMPORTANCE_CRITERION = (
     "head (l,h): ||Wo[:, h cols]||_F * ||Wv[h rows, :]||_F; FFN dim (l,j): ||W1[j,:]||_2 * ||W2[:,j]||_2; "
     "hidden dim j: |gamma_emb[j]| + sum_l (|gamma_att_l[j]| + |gamma_out_l[j]|). Heads and FFN dims are ranked "
     "together by importance / mean importance of their kind and kept greedily while the CoFi remaining-parameter "
-    "budget (1 - target) * prunable allows (spec section 6)."
+    "budget (1 - target) * prunable allows (docs/checkpoint-formats.md §6)."
 )
 
 
@@ -157,7 +157,7 @@ def importance(config: dict, sd: dict[str, torch.Tensor]) -> Importance:
 
 
 def choose_structure(config: dict, imp: Importance, target: float, hidden_pruned: int = 0) -> KeptStructure:
-    """Pick the kept structure for a target CoFi sparsity (spec §6) from importance scores.
+    """Pick the kept structure for a target CoFi sparsity (docs/checkpoint-formats.md §6) from importance scores.
 
     The ``hidden_pruned`` least important hidden dims are dropped first (fixing d'); then heads and FFN dims
     are ranked together by importance / mean importance of their kind (ties: heads before FFN dims, then
@@ -408,7 +408,7 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
     out = Path(out_dir)
     if out.exists():
         raise InputError(f"{out}: already exists; demo-checkpoints writes a new folder (remove it or pick another)")
-    # before minutes of training: OUT's folder must be writable (fault class F27 in docs/field-faults.md)
+    # before minutes of training: OUT's folder must be writable (field fault F27 in docs/field-faults.md in docs/field-faults.md)
     require_writable_dir(out.parent, what=f"output folder {out}")
     src = minilm_dir()
     splits = data.load_splits()

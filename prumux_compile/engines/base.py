@@ -17,7 +17,7 @@ A new backend is one module with a :class:`Backend` subclass plus one line in
 Runners are context managers (Polygraphy's idea): ``with backend.load(artifact) as runner: runner.run(feeds)``.
 Input checking shared by every backend lives in :func:`prepare_feeds`: it refuses a sequence longer than the
 model accepts with :class:`~prumux_compile.errors.InputError` *before* any backend code runs, fills the
-optional inputs, and never writes the caller's arrays (fault class F18).
+optional inputs, and never writes the caller's arrays (field fault F18 in docs/field-faults.md).
 
 Nothing here imports ``onnx``: a backend that does not need it (the CUDA runtime, a TensorRT runner) imports
 without it.
@@ -54,7 +54,7 @@ def file_sha256(path: str | Path) -> str:
 
 def artifact_file_hashes(path: str | Path, sha256: str | None = None) -> dict[str, str]:
     """Hex sha256 of every file an artifact consists of: ``path`` itself and, for an ONNX graph, the external-data
-    files it refers to (``model.optimized.onnx.data`` of a model past the 2 GiB protobuf limit, fault class F26).
+    files it refers to (``model.optimized.onnx.data`` of a model past the 2 GiB protobuf limit, field fault F26 in docs/field-faults.md).
 
     Args:
         path: the artifact file.
@@ -481,7 +481,7 @@ def prepare_feeds(feeds: dict, spec: ExportSpec) -> dict[str, np.ndarray]:
         InputError: unknown or missing input names, non-integer dtype, not 2-D, B or S == 0, shapes that
             differ between inputs, ``S > spec.max_seq_len`` (the compiled length of a multiplexed model),
             token ids outside ``[0, vocab_size)``, negative segment ids, and segment ids outside
-            ``[0, type_vocab_size)`` where the family uses them (fault class F20; multiplexed families ignore
+            ``[0, type_vocab_size)`` where the family uses them (field fault F20 in docs/field-faults.md; multiplexed families ignore
             ``token_type_ids``, as upstream).
     """
     if not isinstance(feeds, dict):

@@ -2,7 +2,7 @@
 available only where the ``onnxruntime-gpu`` package and a CUDA device are present).
 
 Build = optional fusion (:func:`prumux_compile.passes.onnx.ort_fuse` writes ``model.ort.onnx``, a separate
-artifact that may hold ``com.microsoft`` ops; fault class F17) + a measurement that picks the fastest of the
+artifact that may hold ``com.microsoft`` ops; field fault F17 in docs/field-faults.md) + a measurement that picks the fastest of the
 graph variants: ``model.onnx`` as ONNX Runtime optimises it, ``model.onnx`` with ORT's session-level
 ``SkipLayerNormFusion`` disabled (Add + LayerNormalization kept apart), and ``model.ort.onnx``. On the CPUs of
 this project the fused graphs were *not* always faster than the plain export, and a fused

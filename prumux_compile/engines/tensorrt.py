@@ -4,7 +4,7 @@ Build (:func:`build_plan`), through TensorRT's Python API:
 
 1. the graph is ``model.trt.onnx`` or its fp16 form (:mod:`prumux_compile.engines.trt_onnx`), chosen by the
    precision of the :class:`~prumux_compile.engines.base.EngineConfig` (the build driver asks for
-   :attr:`TensorRTBackend.default_precision`, fp16); any non-standard op is refused first (fault class F17).
+   :attr:`TensorRTBackend.default_precision`, fp16); any non-standard op is refused first (field fault F17 in docs/field-faults.md).
    TensorRT >= 10 networks are *strongly typed* (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; the flag is
    always on and deprecated in TensorRT 11): precision is a property of the graph, so no FP16 builder flag is
    ever set;
@@ -13,10 +13,10 @@ Build (:func:`build_plan`), through TensorRT's Python API:
    ``builder_optimization_level``, a timing cache read from / written back to a file
    (``create_timing_cache`` / ``set_timing_cache`` / ``get_timing_cache().serialize()``);
 4. optimization profiles (:func:`compute_profiles`) from the config's shape profile: every profile's batch range
-   starts at 1 and all share one maximum (fault class F14, triton server#7056), so any batch 1..max runs under
+   starts at 1 and all share one maximum (field fault F14 in docs/field-faults.md, triton server#7056), so any batch 1..max runs under
    any profile and the Triton ``max_batch_size`` equals that maximum; one profile per batch size, optimised for it;
 5. ``build_serialized_network``; ``None`` (or an exception) becomes :class:`TensorRTBuildError`, exit 4,
-   naming the profile the builder log blames (or every profile) and carrying the builder log (fault class F10,
+   naming the profile the builder log blames (or every profile) and carrying the builder log (field fault F10 in docs/field-faults.md,
    TensorRT#1581).
 
 The artifact is ``model.plan`` and nothing else is ever loaded by :class:`TensorRTRunner`; it is judged by the

@@ -5,9 +5,9 @@ from the compiled IR, at the precision of the :class:`~prumux_compile.engines.ba
 what a GPU runtime needs:
 
 * the exact ``align-dims`` pass (heads / FFN dims zero-padded to multiples of 8 elements, docs/checkpoint-formats.md
-  E9, fault class F16) on top of the full pass pipeline;
+  E9, field fault F16 in docs/field-faults.md) on top of the full pass pipeline;
 * the kernels' compute-dtype policy (fp32 / fp16 / bf16 GEMMs; LayerNorm, softmax, reductions, residual stream,
-  multiplexer statistics, pooler and classifier in float32 — fault class F8);
+  multiplexer statistics, pooler and classifier in float32 — field fault F8 in docs/field-faults.md);
 * kernel choice (:func:`choose_kernels`): the OpenAI-Triton multiplexer / first demux layer
   (:mod:`prumux_compile.kernels.triton_mux`, :mod:`~prumux_compile.kernels.triton_demux`) where they beat their
   PyTorch form by ``min_ratio`` on the machine that builds, and fused scaled-dot-product attention

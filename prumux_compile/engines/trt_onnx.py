@@ -8,7 +8,7 @@ TensorRT >= 10 builds *strongly typed* networks (``NetworkDefinitionCreationFlag
 in TensorRT 11): precision is a property of the graph, not of builder flags. The fp16 form is therefore
 produced as a graph by a library, ``onnxconverter_common.float16.convert_float_to_float16`` with
 ``keep_io_types=True`` (inputs stay int64, ``logits`` stays float32) and an op block list that keeps
-LayerNormalization, Softmax, every Reduce*, Pow, Sqrt, Div and Erf in float32 (fault class F8: fp16
+LayerNormalization, Softmax, every Reduce*, Pow, Sqrt, Div and Erf in float32 (field fault F8 in docs/field-faults.md: fp16
 LayerNorm / softmax overflow, TensorRT#2564/#3486; docs/checkpoint-formats.md E10: LN eps 1e-12
 underflows in fp16, erf GELU required). The converter inserts the Casts around the blocked ops.
 
@@ -58,7 +58,7 @@ from prumux_compile.export.onnx_export import walk_nodes as _nodes  # noqa: E402
 
 
 def check_standard_ops(path_or_model, *, what: str = "TensorRT") -> dict[str, int]:
-    """Refuse any op outside the standard ONNX domain (fault class F17).
+    """Refuse any op outside the standard ONNX domain (field fault F17 in docs/field-faults.md).
 
     Args:
         path_or_model: an ``.onnx`` path or a loaded ``onnx.ModelProto``.

@@ -24,7 +24,7 @@ def realistic_inputs(batch: int, seq: int, vocab_size: int, *, seed: int = 0,
     Row 0 always fills all ``seq`` positions. With ``pad_rows`` every odd row is right-padded (mask 0, id 0)
     to a length drawn in ``[max(2, seq // 2), seq]``. Every third row (r % 3 == 1) is a sentence pair:
     ``[CLS] a [SEP] b [SEP]``, with token type 1 on the second segment when the token-type table has a row 1
-    (``type_vocab_size >= 2``; else type 0 throughout, as a tokenizer for such a model writes: fault class F20).
+    (``type_vocab_size >= 2``; else type 0 throughout, as a tokenizer for such a model writes: field fault F20 in docs/field-faults.md).
     Ordinary tokens are drawn from ``[1000, vocab)`` for a BERT-sized vocabulary, else from ``[103, vocab)``.
     Every id lies inside its table.
 

@@ -9,7 +9,7 @@ per-layer head count as a constant into the attention reshapes (the kernels use 
   a family ignores; :func:`_apply_interface` puts them back as (unused) graph inputs.
 * ``"dynamo"``: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript), kept selectable and tested.
 
-Models past the 2 GiB protobuf limit (fault class F26, onnx#3275): when the weights reach
+Models past the 2 GiB protobuf limit (field fault F26 in docs/field-faults.md, onnx#3275): when the weights reach
 :data:`EXTERNAL_DATA_THRESHOLD` bytes, :func:`export_onnx` writes them to one external-data file beside the model
 (``model.onnx.data``; ONNX Runtime, Triton and :func:`save_onnx` / :func:`onnx_data_files` find it by the relative
 location recorded in the graph). Every step that copies or rewrites a model carries that file along. Memory: the
@@ -48,7 +48,7 @@ EXPORTER = EXPORTERS["torchscript"]
 _STANDARD_DOMAINS = ("", "ai.onnx")
 _FORBIDDEN_OPS = ("If", "Loop")
 _ONNX_DTYPES = {"int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT}
-#: Weight bytes from which a model is saved with external data (fault class F26). A protobuf message cannot exceed
+#: Weight bytes from which a model is saved with external data (field fault F26 in docs/field-faults.md). A protobuf message cannot exceed
 #: 2 GiB; the graph itself needs room beside the weights, hence the 256 MiB margin. A module constant so that tests
 #: can lower it and exercise the external-data path on a tiny model.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**28
@@ -189,7 +189,7 @@ def onnx_data_files(path: str | Path) -> list[Path]:
 
 def save_onnx(model: onnx.ModelProto, path: str | Path, *, external: bool | None = None) -> str | None:
     """Save ``model`` to ``path``; its weights go to the external-data file ``<path name>.data`` beside it when they
-    reach :data:`EXTERNAL_DATA_THRESHOLD` bytes (or when ``external`` is True) — fault class F26.
+    reach :data:`EXTERNAL_DATA_THRESHOLD` bytes (or when ``external`` is True) — field fault F26 in docs/field-faults.md.
 
     ``model`` must hold its tensor data in memory (loaded with ``load_external_data=True``); saving with external
     data moves that data out of ``model`` (it then refers to the file). A previous data file of that name is
@@ -310,7 +310,7 @@ def check_onnx(path: str | Path, spec: ExportSpec, *, standard_only: bool = True
         path: the ``.onnx`` file.
         spec: the interface it must have.
         standard_only: require the standard ONNX domain only (True for ``model.onnx``; an ORT-optimised graph
-            legitimately holds ``com.microsoft`` ops, fault class F17).
+            legitimately holds ``com.microsoft`` ops, field fault F17 in docs/field-faults.md).
 
     Returns:
         ``{"opset", "nodes", "op_types" (op -> count), "domains", "initializer_bytes", "checks"}``.

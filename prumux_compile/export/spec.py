@@ -2,7 +2,7 @@
 
 This module says *what* the exported graph looks like; :mod:`prumux_compile.export.onnx_export` says *how*
 it is produced (the split of optimum's ``OnnxConfig`` idea). One interface serves every checkpoint family
-(issue item 3, fault class F11: the spec is declared here, never guessed by a generic exporter):
+(field fault F11 in docs/field-faults.md: the spec is declared here, never guessed by a generic exporter):
 
 ======================  =========  ==================  ================================================
 name                    dtype      shape               meaning
@@ -19,7 +19,7 @@ still graph inputs so that every family has the same interface. Their sequence a
 compiled length ``seq_len`` (the graph pads to it internally); N = 1 families accept any length up to their
 position table. The batch axis is dynamic for every family (padding to a multiple of N happens in the graph,).
 
-Example shapes used for export are never 0 or 1 on a dynamic axis (fault class F15) and the example batch
+Example shapes used for export are never 0 or 1 on a dynamic axis (field fault F15 in docs/field-faults.md) and the example batch
 ``2N + 1`` is not a multiple of N, so nothing about N-divisibility can be specialised by the exporter.
 """
 from __future__ import annotations
@@ -91,12 +91,12 @@ class ExportSpec:
             position-table size for N = 1 models.
         vocab_size: rows of the word-embedding table (ids must lie in ``[0, vocab_size)``).
         layer_heads: ``(original layer index, heads)`` of every layer that keeps an attention sublayer, in
-            order (what ONNX Runtime's attention fusion must reproduce per layer; fault class F6).
+            order (what ONNX Runtime's attention fusion must reproduce per layer; field fault F6 in docs/field-faults.md).
         head_size: per-head width dh.
         inputs / outputs: the graph interface (:class:`TensorSpec`).
         example_batch / example_seq: example shapes for tracing (never 0 or 1, F15).
         type_vocab_size: rows of the token-type table (``token_type_ids`` must lie in ``[0, type_vocab_size)``
-            where the family uses them; fault class F20). Models exported before this field default to 2.
+            where the family uses them; field fault F20 in docs/field-faults.md). Models exported before this field default to 2.
     """
 
     family: str

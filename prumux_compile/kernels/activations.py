@@ -1,4 +1,4 @@
-"""FFN activations of the compiled model, by ``config.hidden_act`` name (fault class F22).
+"""FFN activations of the compiled model, by ``config.hidden_act`` name (field fault F22 in docs/field-faults.md).
 
 Each is built from torch functions that export to standard ONNX ops at opset 17 (Erf, Tanh, Sigmoid, Relu,
 Clip, LeakyRelu, HardSwish, Softplus, Mul, Pow). Names and formulas follow transformers' ``ACT2FN``

@@ -1,7 +1,7 @@
 """Self-attention with a per-layer head count (docs/checkpoint-formats.md §2.5), export-friendly.
 
 Reshapes use the layer's own head count as a constant (that is what lets ONNX Runtime fuse attention on pruned
-layers; fault class F6). No data-dependent branches, no in-place writes to inputs. Compute-dtype policy: Q/K/V
+layers; field fault F6 in docs/field-faults.md). No data-dependent branches, no in-place writes to inputs. Compute-dtype policy: Q/K/V
 and output projections in the compute dtype; scores, mask and softmax in float32 (:mod:`.norm`).
 """
 from __future__ import annotations

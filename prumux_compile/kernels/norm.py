@@ -1,6 +1,6 @@
 """LayerNorm and the compute-dtype policy shared by the compiled modules.
 
-Compute-dtype policy (fault class F8): the compiled model runs its GEMMs (the linear layers of attention, FFN,
+Compute-dtype policy (field fault F8 in docs/field-faults.md): the compiled model runs its GEMMs (the linear layers of attention, FFN,
 demultiplexer) in a compute dtype ``cd`` (float32, float16 or bfloat16; weights stored in ``cd``) and keeps
 everything else in float32: the residual stream, every LayerNorm, the attention scores and softmax, the
 multiplexer's statistics and sums, the embeddings, pooler and classifier. With ``cd = float32`` the casts below

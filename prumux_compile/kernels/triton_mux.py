@@ -11,7 +11,7 @@ position l (``x̂ = LN_noaffine``, ``c_l = Pos[l] + Type[0]``)::
 :class:`prumux_compile.kernels.mux.MuxEmbedding` in its fused form). :func:`mux_embed_triton` does it in one
 kernel: one program per (g, l) gathers the N token rows, normalises each in registers, accumulates the
 Hadamard mean and (``fuse_ln2=True``) applies the pass-2 LayerNorm, writing only the muxed row ``[d']``
-— the N pass-1 rows never reach memory. All statistics and sums are float32 (fault class F8) whatever the
+— the N pass-1 rows never reach memory. All statistics and sums are float32 (field fault F8 in docs/field-faults.md) whatever the
 output dtype.
 
 ``import triton`` happens when this module is imported, and this module is only imported by the CUDA engine

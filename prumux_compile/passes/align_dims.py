@@ -1,6 +1,6 @@
 """``align-dims``: zero-pad attention heads and FFN dims so GEMM widths are multiples of an alignment.
 
-Pruning leaves widths such as 7 heads or 1531 FFN dims (fault class F16: "pruned model is not faster");
+Pruning leaves widths such as 7 heads or 1531 FFN dims (field fault F16 in docs/field-faults.md: "pruned model is not faster");
 tensor-core GEMMs want every dimension to be a multiple of 8 (fp16) elements. This optional pass, run after
 the pruning stage, pads each layer with zeros so that
 

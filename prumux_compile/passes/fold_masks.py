@@ -13,7 +13,7 @@ docs/checkpoint-formats.md §2.9).
 
 What remains are binary keep masks: hidden dims with ``hidden_z != 0``, heads with
 ``head_z * head_layer_z != 0``, FFN dims with ``intermediate_z * mlp_z != 0``. A sublayer with nothing kept
-is removed by the later passes even when its layer-level mask is non-zero (fault class F3: upstream's
+is removed by the later passes even when its layer-level mask is non-zero (field fault F3 in docs/field-faults.md: upstream's
 pruning-phase *masked* forward would keep its bias and LayerNorm; evaluation.py, which we follow, removes it).
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Slices the head's 64-row (dh-row) blocks of Q/K/V and its columns of Wo. Exact: a removed head's value rows
 are already 0 after ``fold-masks``. A layer with no head kept is left to ``drop-empty-sublayers`` (no
-zero-width tensor is ever built, fault class F2).
+zero-width tensor is ever built, field fault F2 in docs/field-faults.md).
 """
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ class TensorSpec:
 
     @property
     def triton_dims(self) -> tuple[int, ...]:
-        """Triton ``dims``: the shape WITHOUT the batch axis, ``-1`` where dynamic (fault class F12)."""
+        """Triton ``dims``: the shape WITHOUT the batch axis, ``-1`` where dynamic (field fault F12 in docs/field-faults.md)."""
         return tuple(-1 if d is None else int(d) for d in self.shape[1:])
 
     @classmethod

@@ -12,7 +12,7 @@ response: ``logits`` float32 ``[batch, num_labels]`` (as declared in ``config.pb
 
 Ids: ``input_ids`` in ``[0, prumux.vocab_size)`` and, where the family reads them, ``token_type_ids`` in
 ``[0, prumux.type_vocab_size)`` (ONNX metadata); anything else is answered with an error naming the table size
-(fault class F20), never with the logits of a wrapped-around index.
+(field fault F20 in docs/field-faults.md), never with the logits of a wrapped-around index.
 
 Sequence length: at most ``prumux.max_seq_len`` tokens (config parameter, else the ONNX metadata of the same
 name: the compiled length of a multiplexed model, else the position table). Triton's ``dims`` cannot bound a
@@ -74,7 +74,7 @@ class TritonPythonModel:
         limit = _param(cfg, "prumux.max_seq_len", "") or meta.get("prumux.max_seq_len", "")
         self.max_seq_len = int(limit) if limit else None
         # ONNX Gather wraps negative indices (id -1 reads the last row): check ids against the tables here, as the
-        # package's own runners do (fault class F20), instead of answering with another token's logits
+        # package's own runners do (field fault F20 in docs/field-faults.md), instead of answering with another token's logits
         self.table_sizes = {"input_ids": int(meta["prumux.vocab_size"])} if "prumux.vocab_size" in meta else {}
         ignored = json.loads(meta.get("prumux.ignored_inputs", "[]") or "[]")
         if "token_type_ids" not in ignored and "prumux.type_vocab_size" in meta:

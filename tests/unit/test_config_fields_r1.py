@@ -5,7 +5,7 @@
   size was replaced by LABEL_i without a word, and non-integer keys ended in an internal error (exit 1).
 * ``pruned_heads``, ``num_hidden_layers``, ``intermediate_size`` of the wrong type: exit 2 naming the field
   (was exit 1).
-* A config.json that is a Git LFS pointer or empty is named for what it is (fault class F28), not "invalid JSON".
+* A config.json that is a Git LFS pointer or empty is named for what it is (field fault F28 in docs/field-faults.md), not "invalid JSON".
 """
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def quick_grid(tmp_path_factory):
 
 
 def _sparsity_from_shapes(sd) -> float:
-    """CoFi's count (spec §6) from the compressed weight shapes."""
+    """CoFi's count (docs/checkpoint-formats.md §6) from the compressed weight shapes."""
     d = D_MINI
     dp = sd["bert.embeddings.word_embeddings.weight"].shape[1]
     h = sum(sd.get(f"bert.encoder.layer.{i}.attention.self.query.weight", torch.zeros(0, 1)).shape[0] // DH_MINI

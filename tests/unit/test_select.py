@@ -59,7 +59,7 @@ def test_select_max_accuracy_drop_matches_brute_force(drop):
     cands = surface_candidates()
     sel = select(cands, max_accuracy_drop=drop)
     assert sel.baseline.id == "n1-s0.0"
-    # a floor below 0 (drop 1.0 from 0.90) is clamped to 0: the same candidates qualify (fault class F23)
+    # a floor below 0 (drop 1.0 from 0.90) is clamped to 0: the same candidates qualify (field fault F23 in docs/field-faults.md)
     assert sel.threshold == pytest.approx(max(0.0, 0.90 - drop))
     assert sel.clamped_from == (None if drop <= 0.90 else pytest.approx(0.90 - drop))
     expected = brute_force_best(cands, 0.90 - drop)

@@ -2,7 +2,7 @@
 
 * ONNX ``Gather`` wraps negative indices, so a served graph answers ``input_ids = -1`` with the logits of the
   vocabulary's last token. The Python-backend ``model.py`` refuses ids outside the tables named in the ONNX
-  metadata (fault class F20), as :func:`prumux_compile.engines.base.prepare_feeds` does; multiplexed families,
+  metadata (field fault F20 in docs/field-faults.md), as :func:`prumux_compile.engines.base.prepare_feeds` does; multiplexed families,
   which ignore ``token_type_ids`` upstream, accept any segment id.
 * ``write_repository(..., overwrite=True)`` into the folder that holds the model file is refused (it deleted the
   candidate folder it was written from).

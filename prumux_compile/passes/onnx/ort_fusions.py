@@ -1,4 +1,4 @@
-"""ONNX Runtime transformer fusions on an exported graph, with a per-layer attention report (fault class F6).
+"""ONNX Runtime transformer fusions on an exported graph, with a per-layer attention report (field fault F6 in docs/field-faults.md).
 
 Tool: ``onnxscript.rewriter.ort_fusions.optimize_for_ort`` (rewrites into ``com.microsoft`` ops: Attention /
 MultiHeadAttention, SkipLayerNormalization, BiasGelu, Gelu). measured here: ONNX Runtime's own
