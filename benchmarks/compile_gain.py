@@ -17,7 +17,7 @@ length 128 — every variant is its own column, nothing is a best-of taken after
   ``nncf`` is installed;
 * ``matmul``: an ONNX Runtime 2048³ fp32 MatMul, the machine-drift anchor of every cell.
 
-Checkpoints: BERT-base-shaped random-weight checkpoints written with ``prumux_compile.synthetic`` into a
+Checkpoints: BERT-base-shaped random-weight checkpoints written with ``prumux_compile.demo.synthetic`` into a
 temporary directory (12 layers, hidden 768, 12 heads of 64, FFN 3072): N = 1 (``bert`` at s = 0,
 ``cofi_compressed`` otherwise) and ``prumux_compressed`` for N > 1, at CoFi sparsity targets s (docs/checkpoint-
 formats.md §6 count; kept heads per layer round(12·(1-s)) >= 1, the FFN width solving the count, uniform over
@@ -66,7 +66,7 @@ from prumux_compile.export.spec import spec_for_ir
 from prumux_compile.kernels import build_module
 from prumux_compile.passes import compile_ir
 from prumux_compile.passes.onnx import ort_fuse
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
 SEQ = 128
 BASE = dict(num_layers=12, hidden=768, heads=12, ffn=3072, vocab=30522, max_pos=512, num_labels=3)

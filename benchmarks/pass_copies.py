@@ -2,7 +2,7 @@
 """Cost of the pass pipeline: structural copies (what ``Pass.run`` does) vs a deep copy of the IR per pass.
 
 Runs the full pipeline (fold-masks .. trim-last-layer) on a BERT-base-shaped checkpoint with soft masks (random
-weights, ``prumux_compile.synthetic``), side by side in interleaved rounds in one process: A = the passes as they
+weights, ``prumux_compile.demo.synthetic``), side by side in interleaved rounds in one process: A = the passes as they
 are, B = the same passes with a deep copy of the whole IR per pass (the previous behaviour). Prints, per pass, the
 bytes of tensor storage the pass newly allocates under each scheme, and the median wall time of the whole pipeline
 (ratio B / A). Usage: ``python benchmarks/pass_copies.py [--layers 12] [--hidden 768] [--rounds 3]``.
@@ -27,7 +27,7 @@ from prumux_compile.checkpoint import load  # noqa: E402
 from prumux_compile.passes import base as pass_base  # noqa: E402
 from prumux_compile.passes import default_passes  # noqa: E402
 from prumux_compile.passes.base import ir_tensors  # noqa: E402
-from prumux_compile.synthetic import SynthSpec, write_checkpoint  # noqa: E402
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint  # noqa: E402
 
 
 def _storages(ir) -> dict[int, int]:

@@ -67,7 +67,7 @@ def _warm(_):
 
 
 def _checkpoints(root: Path, k: int) -> list[Path]:
-    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
     out = []
     for i in range(k):
@@ -134,7 +134,7 @@ def per_candidate(scratch: Path) -> None:
 
     from prumux_compile.driver import BuildOptions, _compile_candidate, _measure_candidate
     from prumux_compile.executors import this_node
-    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
     rows = []
     for n, target in ((1, 0.0), (2, 0.6)):

@@ -25,7 +25,7 @@ packs its logs into one archive).
 ``--dry-run`` runs everything but CUDA on the CPU with a tiny configuration (2 layers, 32 hidden, N in {1, 2},
 s in {0, 0.6}): eager mode, PyTorch kernels, no Triton; it exercises every code path of the stages.
 
-Checkpoints: one synthetic BERT-base-shaped checkpoint per N (:mod:`prumux_compile.synthetic`, random weights,
+Checkpoints: one synthetic BERT-base-shaped checkpoint per N (:mod:`prumux_compile.demo.synthetic`, random weights,
 family ``prumux_compressed`` / ``cofi_compressed``) is written once to ``--cache`` and read back; each sparsity
 is the compressed checkpoint of a kept structure (:func:`structure_for`), made in memory with
 ``synthetic.slice_state_dict`` exactly as ``write_checkpoint`` would write it (the CPU test checks the two
@@ -53,7 +53,7 @@ if str(REPO) not in sys.path:  # runs from a checkout even when the package is n
     sys.path.insert(0, str(REPO))
 
 from prumux_compile.checkpoint import from_raw, read_raw  # noqa: E402
-from prumux_compile.synthetic import (KeptStructure, SynthSpec, cofi_sparsity, pruned_heads_bookkeeping,  # noqa: E402
+from prumux_compile.demo.synthetic import (KeptStructure, SynthSpec, cofi_sparsity, pruned_heads_bookkeeping,  # noqa: E402
                                       slice_state_dict, write_checkpoint)
 
 GRID_N = (1, 2, 5, 10)

@@ -38,7 +38,7 @@ def one_torch_thread():
 @pytest.fixture
 def synth_ckpt(tmp_path):
     """``synth_ckpt(name, **SynthSpec fields) -> Path`` writes a synthetic checkpoint under tmp_path."""
-    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
     def make(name: str = "ckpt", **fields):
         out = tmp_path / name

@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 
 from prumux_compile.errors import CheckpointError, InputError
-from prumux_compile.synthetic import (
+from prumux_compile.demo.synthetic import (
     TOKENIZER_FILES,
     KeptStructure,
     binary_zs,
@@ -282,7 +282,7 @@ def _check_args(nums, sparsities, masked_forms, seed) -> tuple[tuple[int, ...], 
 
 def unslice_state_dict(compressed: dict[str, torch.Tensor], full: dict[str, torch.Tensor], structure: KeptStructure,
                        head_size: int, demuxing_variant: str | None = None) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`prumux_compile.synthetic.slice_state_dict`: ``full`` (canonical names, full shapes) with
+    """Inverse of :func:`prumux_compile.demo.synthetic.slice_state_dict`: ``full`` (canonical names, full shapes) with
     the entries the structure keeps replaced by ``compressed``'s values; pruned entries keep ``full``'s values.
 
     ``slice_state_dict(unslice_state_dict(c, full, st, dh, v), st, dh, v) == c`` for every tensor of ``c``, so

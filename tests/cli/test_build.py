@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from prumux_compile.cli.main import cli
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
 BASE = dict(vocab=30522, max_pos=64, num_layers=2, hidden=32, heads=4, ffn=48)
 GRID = {

@@ -140,7 +140,7 @@ def test_cache_root_default(monkeypatch, tmp_path):
 
 
 def test_build_fills_the_cache_it_lists(tmp_path):
-    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
     write_checkpoint(tmp_path / "ck" / "a", SynthSpec(vocab=200, max_pos=32, num_layers=1, hidden=16, heads=2,
                                                       ffn=24, num_labels=2, family="bert"))

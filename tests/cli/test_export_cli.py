@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from prumux_compile import reference
 from prumux_compile.cli.main import cli
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
 SPEC = dict(family="prumux_compressed", num_instances=2, num_layers=2, hidden=32, heads=4, ffn=32, vocab=128,
             max_pos=64, heads_kept=[[0, 1, 2, 3], [2]])

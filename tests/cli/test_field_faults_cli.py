@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from prumux_compile.cli.main import cli
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
 BASE = dict(vocab=256, max_pos=140, num_layers=2, hidden=16, heads=2, ffn=24)
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from prumux_compile.cli.main import cli
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
 TINY = dict(family="bert", num_instances=1, vocab=128, max_pos=32, num_layers=1, hidden=16, heads=2, ffn=16)
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from prumux_compile.cli.main import cli
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 from prumux_compile.validation import CRITERIA, Criteria
 
 FAST = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1", "--no-cache",

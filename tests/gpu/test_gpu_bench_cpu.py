@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from prumux_compile.checkpoint import load
-from prumux_compile.synthetic import SynthSpec, cofi_sparsity, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, cofi_sparsity, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 

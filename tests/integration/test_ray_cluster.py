@@ -19,7 +19,7 @@ from prumux_compile.cli.main import cli  # noqa: E402
 from prumux_compile.driver import BuildOptions, build  # noqa: E402
 from prumux_compile.errors import CandidatesLostError, InputError  # noqa: E402
 from prumux_compile.executors import BENCH_RESOURCE, HARDWARE_LABEL, CrashInjection, RayExecutor  # noqa: E402
-from prumux_compile.synthetic import SynthSpec, write_checkpoint  # noqa: E402
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

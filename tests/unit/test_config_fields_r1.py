@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from prumux_compile.checkpoint import load
 from prumux_compile.cli.main import cli
 from prumux_compile.errors import CheckpointError
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
 TINY = dict(vocab=128, max_pos=32, num_layers=1, hidden=16, heads=2, ffn=16, num_labels=3)
 

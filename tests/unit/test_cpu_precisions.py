@@ -15,7 +15,7 @@ from prumux_compile.engines.base import Backend, EngineConfig
 from prumux_compile.engines.ort_int8 import INT8_FORMS, encoder_gemm_nodes
 from prumux_compile.errors import EngineBuildError, InputError
 from prumux_compile.export_job import export_into
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 from prumux_compile.validation import criteria_for, validate
 
 SEQ = 16

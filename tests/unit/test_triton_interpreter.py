@@ -70,7 +70,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_triton_kernels_under_the_interpreter(tmp_path):
-    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
     write_checkpoint(tmp_path / "ckpt", SynthSpec(family="prumux_compressed", num_instances=2, num_layers=2,
                                                   hidden=32, heads=4, ffn=32, vocab=256, max_pos=64, num_labels=3))

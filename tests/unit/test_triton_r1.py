@@ -46,7 +46,7 @@ def served(request, tmp_path_factory, one_torch_thread):
     from prumux_compile.export.spec import spec_for_ir
     from prumux_compile.kernels import build_module
     from prumux_compile.passes import compile_ir
-    from prumux_compile.synthetic import SynthSpec, write_checkpoint
+    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
     root = tmp_path_factory.mktemp(request.param)
     n = 2 if request.param == "prumux_compressed" else 1

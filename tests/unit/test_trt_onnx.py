@@ -15,7 +15,7 @@ from prumux_compile.export.onnx_export import export_onnx
 from prumux_compile.export.spec import spec_for_ir
 from prumux_compile.kernels import build_module
 from prumux_compile.passes import compile_ir
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 from prumux_compile.validation import criteria_for, require_passed, validate, validation_cases
 
 SEQ, V = 16, 1024

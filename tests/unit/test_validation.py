@@ -12,7 +12,7 @@ from prumux_compile import reference
 from prumux_compile.checkpoint import read_raw
 from prumux_compile.errors import InputError, ValidationError
 from prumux_compile.export.spec import make_spec
-from prumux_compile.synthetic import SynthSpec, write_checkpoint
+from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 from prumux_compile.validation import (CRITERIA, Criteria, compare, criteria_for, require_passed, validate,
                                        validation_document)
 
