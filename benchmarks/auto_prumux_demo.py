@@ -20,7 +20,10 @@ Printed (and written with ``--json``):
    teacher), each marked met or missed.
 
 Masked twins (``*_masked``) compile to the same model as their compressed twin; they are listed but left out of
-the fits so that no point counts twice.
+the fits so that no point counts twice. With several precisions per checkpoint (``build``'s default: fp32 and int8
+through ONNX Runtime, bf16 through OpenVINO) every candidate is in the table and in the selection; the meta-model
+and the held-out check are fitted on the fp32 surface (the build report's ``prediction`` has the per-precision
+factors), and the teacher is the N = 1, s = 0 fp32 candidate.
 
 Usage: ``python benchmarks/auto_prumux_demo.py OUT/report.json [--withhold ID] [--budgets 0.01,0.03,0.05,0.10]
 [--json PATH]``. Runs in a second (no timing here: the report's measurements are used).
@@ -46,7 +49,12 @@ def _candidates(report: dict) -> tuple[list[dict], list[Candidate]]:
 
 
 def _teacher(rows: list[dict]) -> dict:
-    return min(rows, key=lambda c: (c["num_instances"], c["sparsity"], c["id"]))
+    return min(rows, key=lambda c: (c["num_instances"], c["sparsity"], c["precision"] != "fp32", c["id"]))
+
+
+def _checkpoint(cid: str) -> str:
+    """The checkpoint folder name of a candidate id (``n2_s0.50@ort-cpu.int8`` -> ``n2_s0.50``)."""
+    return cid.split("@")[0]
 
 
 def _table(rows: list[dict], teacher: dict) -> list[dict]:
@@ -54,6 +62,7 @@ def _table(rows: list[dict], teacher: dict) -> list[dict]:
     for c in sorted(rows, key=lambda c: (c["num_instances"], c["sparsity"], c["id"])):
         out.append({
             "id": c["id"], "num_instances": c["num_instances"], "sparsity": c["sparsity"],
+            "precision": c["precision"], "backend": c["backend"],
             "accuracy": c["accuracy"], "throughput": c["throughput"], "eager_throughput": c.get("eager_throughput"),
             "speedup_vs_teacher": c["throughput"] / teacher["throughput"],
             "speedup_vs_eager": c.get("speedup_vs_eager"),
@@ -84,7 +93,8 @@ def analyse(report: dict, budgets: list[float], withhold: str) -> dict:
     if len(rows) < 3:
         raise SystemExit("error: the report has fewer than 3 candidates with an accuracy; run build with --eval-data")
     teacher = _teacher(rows)
-    fit = [c for c in cands if not c.id.endswith("_masked")]
+    fit = [c for c in cands if not _checkpoint(c.id).endswith("_masked") and c.precision == teacher["precision"]
+           and c.backend == teacher["backend"]]
     result: dict = {"teacher": teacher["id"], "table": _table(rows, teacher), "budgets": []}
     for b in budgets:
         sel = select(cands, max_accuracy_drop=b, baseline_id=teacher["id"])
@@ -95,10 +105,10 @@ def analyse(report: dict, budgets: list[float], withhold: str) -> dict:
                                   "qualifying": [c.id for c in sel.qualifying], "reason": sel.reason})
     full = predict(fit, threshold=teacher["accuracy"] - 0.05, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0.8))
     result["meta_model"] = {"accuracy": full.accuracy_model.to_dict(), "throughput": full.throughput_model.to_dict()}
-    held = next((c for c in fit if c.id == withhold), None)
+    held = next((c for c in fit if c.id == withhold or _checkpoint(c.id) == withhold), None)
     if held is None:
         raise SystemExit(f"error: --withhold {withhold}: no such candidate (have {', '.join(c.id for c in fit)})")
-    rest = [c for c in fit if c.id != withhold]
+    rest = [c for c in fit if c.id != held.id]
     p = _point_prediction(rest, held.num_instances, held.sparsity, teacher["accuracy"] - 0.05)
     nn_acc, nn_thr = _nearest(rest, held.num_instances, held.sparsity)
     result["withheld"] = {
@@ -111,7 +121,9 @@ def analyse(report: dict, budgets: list[float], withhold: str) -> dict:
         "nearest_neighbour_throughput_relative_error": abs(nn_thr - held.throughput) / held.throughput,
         "fitted_on": [c.id for c in rest],
     }
-    acc = {(c["num_instances"], round(c["sparsity"], 1)): c["accuracy"] for c in rows if not c["id"].endswith("_masked")}
+    acc = {(c["num_instances"], round(c["sparsity"], 1)): c["accuracy"] for c in rows
+           if not _checkpoint(c["id"]).endswith("_masked") and c["precision"] == teacher["precision"]
+           and c["backend"] == teacher["backend"]}
     t_acc = teacher["accuracy"]
     targets = [("teacher accuracy >= 0.80", t_acc, t_acc >= 0.80)]
     for n, pts in ((2, 0.03), (5, 0.08)):
@@ -134,11 +146,13 @@ def analyse(report: dict, budgets: list[float], withhold: str) -> dict:
 
 def _print(res: dict) -> None:
     print("candidates (accuracy on the Rotten Tomatoes test split through the engine; seq/s from build):")
-    print(f"{'id':<18}{'N':>3}{'s':>7}{'accuracy':>10}{'seq/s':>9}{'x teacher':>11}{'x eager':>9}{'x eager teacher':>17}")
+    print(f"{'id':<30}{'N':>3}{'s':>7}{'prec':>6}{'accuracy':>10}{'seq/s':>9}{'x teacher':>11}{'x eager':>9}"
+          f"{'x eager teacher':>17}")
     for r in res["table"]:
         se = r["speedup_vs_eager"]
         st = r["speedup_vs_eager_teacher"]
-        print(f"{r['id']:<18}{r['num_instances']:>3}{r['sparsity']:>7.3f}{r['accuracy']:>10.4f}{r['throughput']:>9.1f}"
+        print(f"{r['id']:<30}{r['num_instances']:>3}{r['sparsity']:>7.3f}{r['precision']:>6}{r['accuracy']:>10.4f}"
+              f"{r['throughput']:>9.1f}"
               f"{r['speedup_vs_teacher']:>10.2f}x{'' if se is None else f'{se:>8.2f}x'}"
               f"{'' if st is None else f'{st:>16.2f}x'}")
     print("\nAuto-PruMUX choice per accuracy-drop budget (baseline = the teacher):")
