@@ -8,8 +8,10 @@ a MiniLM-sized checkpoint of the demo grid, about 2 x 420 MB for BERT-base; spar
 and per option set, and nothing removes entries automatically.
 
 Layout: ``<root>/<key>/candidate.json ...`` for complete entries; ``<root>/.tmp-*`` folders are entries being
-written (or left by a killed build). Only those two kinds are ever removed by :func:`clean`: anything else in the
-folder (the root may be shared through ``$PRUMUX_CACHE_DIR``) is listed as foreign and left alone.
+written (or left by a killed build); ``<root>/demo-train/<job>-<key>/`` (``meta.json``, ``state.pt``) holds the
+trained weights of one ``demo-checkpoints`` training job (:mod:`prumux_compile.demo.train`, about 90 MB each).
+Only those kinds are ever removed by :func:`clean`: anything else in the folder (the root may be shared through
+``$PRUMUX_CACHE_DIR``) is listed as foreign and left alone.
 """
 from __future__ import annotations
 
@@ -27,6 +29,10 @@ __all__ = ["CacheEntry", "cache_root", "list_entries", "clean", "parse_age", "hu
 
 #: Prefix of the temporary folders an entry is written in before it is renamed into place.
 TEMP_PREFIX = ".tmp-"
+#: Sub-folder of the cache root with the demo's trained weights, one folder per training job.
+DEMO_DIR = "demo-train"
+#: The file whose presence makes a demo-train folder a complete training-job entry.
+DEMO_MARKER = "meta.json"
 #: A temporary folder younger than this (seconds) may belong to a running build: :func:`clean` keeps it.
 TEMP_GRACE_S = 3600.0
 #: The file whose presence makes a folder a complete cache entry.
@@ -51,13 +57,15 @@ class CacheEntry:
     Attributes:
         path: the folder.
         kind: ``"entry"`` (complete: named by a cache key, :data:`KEY_RE`, and holding ``candidate.json``),
+            ``"demo"`` (a demo training job's weights in ``demo-train/``, holding ``meta.json``),
             ``"temporary"`` (``.tmp-*``: being written or left by a killed build) or ``"foreign"`` (not written by
             prumux-compile; never removed).
         size_bytes: bytes of all regular files below it (symbolic links not followed).
         mtime: newest modification time (seconds since the epoch) of the folder and its files: when the entry was
             last written.
         info: for complete entries, ``id``, ``checkpoint``, ``backend``, ``num_instances`` and ``sparsity`` read
-            from its ``candidate.json`` (empty when unreadable).
+            from its ``candidate.json``; for demo entries ``job``, ``num_instances``, ``target_sparsity`` and
+            ``validation_accuracy`` from its ``meta.json`` (empty when unreadable).
     """
 
     path: Path
@@ -68,7 +76,8 @@ class CacheEntry:
 
     @property
     def key(self) -> str:
-        return self.path.name
+        in_demo = self.kind == "demo" or (self.kind == "foreign" and self.path.parent.name == DEMO_DIR)
+        return f"{DEMO_DIR}/{self.path.name}" if in_demo else self.path.name
 
     def to_dict(self, now: float | None = None) -> dict:
         """JSON-ready dict (``age_s`` relative to ``now``, default the current time)."""
@@ -91,15 +100,18 @@ def _scan(path: Path) -> tuple[int, float]:
     return size, newest
 
 
-def _info(path: Path) -> dict:
+def _info(path: Path, demo: bool = False) -> dict:
     import json
 
     try:
-        data = json.loads((path / MARKER).read_text())
+        data = json.loads((path / (DEMO_MARKER if demo else MARKER)).read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):
         return {}
+    if demo:
+        m = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+        return {k: m.get(k) for k in ("job", "num_instances", "target_sparsity", "validation_accuracy")}
     return {k: data.get(k) for k in ("id", "checkpoint", "backend", "num_instances", "sparsity")}
 
 
@@ -116,7 +128,11 @@ def list_entries(root: str | Path) -> list[CacheEntry]:
     if not root.is_dir():
         raise InputError(f"cache {root}: is a file, not a folder")
     entries = []
-    for child in sorted(root.iterdir()):
+    demo = root / DEMO_DIR
+    children = [(c, False) for c in sorted(root.iterdir()) if c != demo or demo.is_symlink()]
+    if demo.is_dir() and not demo.is_symlink():
+        children += [(c, True) for c in sorted(demo.iterdir())]
+    for child, in_demo in children:
         if child.is_symlink() or not child.is_dir():
             continue
         try:
@@ -125,19 +141,23 @@ def list_entries(root: str | Path) -> list[CacheEntry]:
             continue
         if child.name.startswith(TEMP_PREFIX):
             kind = "temporary"
+        elif in_demo:
+            kind = "demo" if (child / DEMO_MARKER).is_file() else "foreign"
         elif (child / MARKER).is_file() and KEY_RE.match(child.name):
             kind = "entry"
         else:
             kind = "foreign"
-        entries.append(CacheEntry(child, kind, size, mtime, _info(child) if kind == "entry" else {}))
+        info = _info(child, demo=kind == "demo") if kind in ("entry", "demo") else {}
+        entries.append(CacheEntry(child, kind, size, mtime, info))
     entries.sort(key=lambda e: (-e.mtime, e.key))
     return entries
 
 
 def clean(root: str | Path, *, older_than_s: float | None = None, dry_run: bool = False,
           now: float | None = None) -> list[CacheEntry]:
-    """Remove complete entries (all, or those last written more than ``older_than_s`` seconds ago) and temporary
-    folders older than ``max(older_than_s, TEMP_GRACE_S)``; foreign folders are never touched.
+    """Remove complete entries and demo training jobs (all, or those last written more than ``older_than_s``
+    seconds ago) and temporary folders older than ``max(older_than_s, TEMP_GRACE_S)``; foreign folders are never
+    touched.
 
     Each entry is first renamed to a ``.tmp-`` name, so a build never sees a half-removed entry as complete.
 
@@ -154,7 +174,7 @@ def clean(root: str | Path, *, older_than_s: float | None = None, dry_run: bool 
     chosen = []
     for e in list_entries(root):
         age = now - e.mtime
-        if e.kind == "entry" and (older_than_s is None or age > older_than_s):
+        if e.kind in ("entry", "demo") and (older_than_s is None or age > older_than_s):
             chosen.append(e)
         elif e.kind == "temporary" and age > max(older_than_s or 0.0, TEMP_GRACE_S):
             chosen.append(e)
@@ -162,8 +182,8 @@ def clean(root: str | Path, *, older_than_s: float | None = None, dry_run: bool 
         return chosen
     for e in chosen:
         victim = e.path
-        if e.kind == "entry":
-            victim = e.path.with_name(f"{TEMP_PREFIX}del-{e.key}-{os.getpid()}")
+        if e.kind in ("entry", "demo"):
+            victim = e.path.with_name(f"{TEMP_PREFIX}del-{e.path.name}-{os.getpid()}")
             os.rename(e.path, victim)
         shutil.rmtree(victim)
     return chosen

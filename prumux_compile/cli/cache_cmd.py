@@ -1,6 +1,7 @@
 """``prumux-compile cache``: see and clean the build cache (:mod:`prumux_compile.cache`).
 
-``cache`` / ``cache list`` print one line per entry (size, age, candidate id, N, backend, checkpoint) and the
+``cache`` / ``cache list`` print one line per entry (size, age, candidate id, N, backend, checkpoint; or the demo
+training job) and the
 total; ``cache clean`` removes every entry, or with ``--older-than 7d`` those last written before then;
 ``--dry-run`` only lists what would go. Errors: 2 (a cache folder that is a file, cannot be read or written).
 """
@@ -25,6 +26,12 @@ def _describe(e, now: float) -> str:
         i = e.info
         what = (f"{i.get('id') or '?'} (N={i.get('num_instances', '?')}, {i.get('backend') or '?'})  "
                 f"{i.get('checkpoint') or ''}")
+    elif e.kind == "demo":
+        i = e.info
+        acc = i.get("validation_accuracy")
+        what = (f"demo training job {i.get('job') or '?'} (N={i.get('num_instances', '?')}, target "
+                f"s={i.get('target_sparsity', '?')}" + (f", val acc {acc:.4f}" if isinstance(acc, float) else "")
+                + ")")
     elif e.kind == "temporary":
         what = "temporary (being written, or left by a stopped build)"
     else:
@@ -52,7 +59,10 @@ def _list(cache_dir: Path | None, as_json: bool) -> None:
         for e in entries:
             click.echo(_describe(e, now))
     n_entries = sum(e.kind == "entry" for e in entries)
-    click.echo(f"total: {n_entries} entr{'y' if n_entries == 1 else 'ies'}, {human_size(total)}"
+    n_demo = sum(e.kind == "demo" for e in entries)
+    click.echo(f"total: {n_entries} entr{'y' if n_entries == 1 else 'ies'}"
+               + (f" and {n_demo} demo training job{'s' if n_demo != 1 else ''}" if n_demo else "")
+               + f", {human_size(total)}"
                + (f" (temporary folders included: {sum(e.kind == 'temporary' for e in entries)})"
                   if any(e.kind == "temporary" for e in entries) else ""))
 

@@ -170,3 +170,30 @@ def test_a_build_output_is_not_a_cache(tmp_path):
     res = CliRunner().invoke(cli, ["cache", "--cache-dir", str(root), "clean"])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in root.iterdir()) == ["deadbeef", "n1_s0.00", "n2_s0.50"]
+
+
+def test_demo_training_jobs_are_listed_and_cleaned(tmp_path):
+    """The demo's trained weights (``demo-train/<job>-<key>/`` with ``meta.json``) are the cache's too: listed with
+    their job and size, counted in the total, removed by clean (by age as well); a folder in ``demo-train/``
+    without ``meta.json`` is foreign and stays."""
+    now = time.time()
+    root = tmp_path / "cache"
+    _entry(root, A, {"model.onnx": 1000}, 3 * DAY, "c1", now)
+    job = _entry(root / "demo-train", "mux2-0123456789abcdef0123", {"state.pt": 4000}, 1 * DAY, None, now)
+    (job / "meta.json").write_text(json.dumps({"key": "k", "metrics": {"job": "mux2", "num_instances": 2,
+                                                                       "target_sparsity": 0.0,
+                                                                       "validation_accuracy": 0.5953}}))
+    os.utime(job / "meta.json", (now - DAY, now - DAY))
+    stray = _entry(root / "demo-train", "notes", {"x.txt": 10}, 9 * DAY, None, now)
+    kinds = {e.key: (e.kind, e.size_bytes) for e in list_entries(root)}
+    assert kinds["demo-train/mux2-0123456789abcdef0123"][0] == "demo"
+    assert kinds["demo-train/mux2-0123456789abcdef0123"][1] == 4000 + len((job / "meta.json").read_bytes())
+    assert kinds["demo-train/notes"] == ("foreign", 10) and kinds[A][0] == "entry"
+    res = CliRunner().invoke(cli, ["cache", "list", "--cache-dir", str(root)])
+    assert res.exit_code == 0, res.output
+    assert "demo training job mux2 (N=2, target s=0.0, val acc 0.5953)" in res.output
+    assert "total: 1 entry and 1 demo training job" in res.output
+    assert [e.key for e in clean(root, older_than_s=2 * DAY)] == [A]  # the 1-day-old job is kept
+    assert job.is_dir()
+    assert [e.key for e in clean(root)] == ["demo-train/mux2-0123456789abcdef0123"]
+    assert not job.exists() and stray.is_dir()
