@@ -348,11 +348,23 @@ def _link_export(src_dir: Path, dst_dir: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- one candidate
 def _copy_files(src: Path, dst: Path) -> None:
-    """Copy every regular file directly inside ``src`` into ``dst`` (created)."""
+    """Give ``dst`` (created) every regular file directly inside ``src``: a hard link where the file system allows
+    (the build cache and OUT then share the graphs' disk space), a copy otherwise and for ONNX external-data files
+    (``*.data``: ONNX refuses external data with several hard links). Nothing writes these files in place after
+    they are measured, and the cache checks every artifact file's sha256 before reusing an entry."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
-        if f.is_file():
-            shutil.copy2(f, dst / f.name)
+        if not f.is_file():
+            continue
+        target = dst / f.name
+        if not f.name.endswith(".data"):
+            try:
+                target.unlink(missing_ok=True)
+                os.link(f, target)
+                continue
+            except OSError:  # another file system, or links not allowed: copy
+                pass
+        shutil.copy2(f, target)
 
 
 def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None,

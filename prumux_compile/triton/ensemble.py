@@ -97,10 +97,20 @@ def _python_config(name: str, max_batch_size: int, instance_count: int, pb2):
     return cfg
 
 
+def _lead(engine_cfg) -> list[int]:
+    """The explicit batch dimension of every tensor in the ensemble: none when the engine model batches
+    (``max_batch_size`` > 0, Triton adds it), ``[-1]`` when it does not (e.g. Triton's OpenVINO backend, whose
+    configs here have ``max_batch_size: 0`` and dims ``[-1, ...]``). The Python steps see ``[batch, ...]`` arrays
+    either way."""
+    return [] if engine_cfg.max_batch_size > 0 else [-1]
+
+
 def _engine_output(engine_cfg):
     out = next((o for o in engine_cfg.output if o.name == ENGINE_OUTPUT), None)
-    if out is None or len(out.dims) != 1:
-        raise TritonConfigError(f"engine model {engine_cfg.name!r} has no {ENGINE_OUTPUT!r} output of dims [C]")
+    want = 1 + len(_lead(engine_cfg))
+    if out is None or len(out.dims) != want:
+        shape = "[C]" if want == 1 else "[-1, C] (a model without batching)"
+        raise TritonConfigError(f"engine model {engine_cfg.name!r} has no {ENGINE_OUTPUT!r} output of dims {shape}")
     return out
 
 
@@ -110,12 +120,13 @@ def build_tokenizer_config(name: str, engine_cfg, *, max_length: int, truncate: 
     and dims) and ``TRUNCATED`` BOOL [1] out; parameters ``prumux.max_length`` (L) and ``prumux.truncate``."""
     pb2 = model_config_pb2()
     cfg = _python_config(name, engine_cfg.max_batch_size, instance_count, pb2)
-    _tensor(cfg.input.add(), TEXT, "TYPE_STRING", [-1], pb2)
+    lead = _lead(engine_cfg)
+    _tensor(cfg.input.add(), TEXT, "TYPE_STRING", lead + [-1], pb2)
     for t in engine_cfg.input:
         out = cfg.output.add()
         out.name, out.data_type = t.name, t.data_type
         out.dims.extend(t.dims)
-    _tensor(cfg.output.add(), TRUNCATED, "TYPE_BOOL", [1], pb2)
+    _tensor(cfg.output.add(), TRUNCATED, "TYPE_BOOL", lead + [1], pb2)
     cfg.parameters[PARAM_MAX_LENGTH].string_value = str(int(max_length))
     cfg.parameters[PARAM_TRUNCATE].string_value = "true" if truncate else "false"
     return cfg
@@ -128,7 +139,7 @@ def build_postprocess_config(name: str, engine_cfg, *, labels: Sequence[str], ta
     logits = _engine_output(engine_cfg)
     cfg = _python_config(name, engine_cfg.max_batch_size, instance_count, pb2)
     _tensor(cfg.input.add(), LOGITS, "TYPE_FP32", list(logits.dims), pb2)
-    _tensor(cfg.output.add(), LABEL, "TYPE_STRING", [1], pb2)
+    _tensor(cfg.output.add(), LABEL, "TYPE_STRING", _lead(engine_cfg) + [1], pb2)
     _tensor(cfg.output.add(), SCORES, "TYPE_FP32", list(logits.dims), pb2)
     cfg.parameters[PARAM_LABELS].string_value = json.dumps(list(map(str, labels)), ensure_ascii=False)
     cfg.parameters[PARAM_TASK].string_value = task
@@ -144,10 +155,11 @@ def build_ensemble_config(name: str, engine_cfg, tokenizer_cfg, postprocess_cfg)
     cfg.name = name
     cfg.platform = "ensemble"
     cfg.max_batch_size = engine_cfg.max_batch_size
-    _tensor(cfg.input.add(), TEXT, "TYPE_STRING", [-1], pb2)
-    _tensor(cfg.output.add(), LABEL, "TYPE_STRING", [1], pb2)
+    lead = _lead(engine_cfg)
+    _tensor(cfg.input.add(), TEXT, "TYPE_STRING", lead + [-1], pb2)
+    _tensor(cfg.output.add(), LABEL, "TYPE_STRING", lead + [1], pb2)
     _tensor(cfg.output.add(), SCORES, "TYPE_FP32", list(logits.dims), pb2)
-    _tensor(cfg.output.add(), TRUNCATED, "TYPE_BOOL", [1], pb2)
+    _tensor(cfg.output.add(), TRUNCATED, "TYPE_BOOL", lead + [1], pb2)
     tok = cfg.ensemble_scheduling.step.add()
     tok.model_name, tok.model_version = tokenizer_cfg.name, -1
     tok.input_map[TEXT] = TEXT
@@ -178,9 +190,9 @@ def label_engine_config(engine_cfg, labels: Sequence[str]):
     cfg = pb2.ModelConfig()
     cfg.CopyFrom(engine_cfg)
     out = _engine_output(cfg)
-    if int(out.dims[0]) != len(labels):
+    if int(out.dims[-1]) != len(labels):
         raise TritonConfigError(f"engine model {cfg.name!r}: {len(labels)} labels for a logits width of "
-                                f"{int(out.dims[0])}")
+                                f"{int(out.dims[-1])}")
     bad = [x for x in labels if "\n" in x or "\r" in x]
     if bad:
         raise TritonConfigError(f"label {bad[0]!r} holds a line break; Triton's label file has one label per line")

