@@ -30,8 +30,8 @@ from prumux_compile.errors import EngineBuildError, InputError, NoCandidateError
 
 #: The cache stores and restores every file of a candidate folder (whatever its backend produced).
 #: Bumped whenever candidate.json changes shape, so an older cache entry is never reused
-#: (4: ``artifact.files_sha256`` covers the external-data files too; candidates have a precision).
-_CACHE_LAYOUT = 4
+#: (4: candidates have a precision; 5: ``artifact.files_sha256`` covers an OpenVINO IR's weights file).
+_CACHE_LAYOUT = 5
 
 
 @dataclass
@@ -393,8 +393,10 @@ def _build_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions
                                                  cand_dir=cand_dir, where=where, prepared=prepared),
                               cand_dir=cand_dir, where=where)
     if opts.cache:
-        _store_cached(cid, ckpt, backend_name, opts, eval_hash, precision, strict, cand_dir=cand_dir,
-                      key=prepared.key)
+        problem = _store_cached(cid, ckpt, backend_name, opts, eval_hash, precision, strict, cand_dir=cand_dir,
+                                key=prepared.key)
+        if problem is not None:
+            info = {**info, "cache_warning": problem}
     return info
 
 
@@ -474,19 +476,27 @@ def _lookup_cached(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, 
 def _store_cached(cid: str, ckpt: Path, backend_name: str, opts: BuildOptions, eval_hash: str | None,
                   precision: str | None = None, strict: bool = True, *, cand_dir: Path, key: str | None) -> None:
     """Store the finished candidate folder ``cand_dir`` as cache entry ``key`` (written in a temporary folder,
-    then renamed); a cache that cannot be written only costs time (logged). A rejected candidate (no
-    ``candidate.json``) is not stored."""
+    then renamed); a cache that cannot be written only costs time: the partial folder is removed and the reason
+    returned (also logged), else None. A rejected candidate (no ``candidate.json``) is not stored."""
     if not opts.cache or key is None or not (Path(cand_dir) / "candidate.json").is_file():
-        return
+        return None
     cache_dir = _cache_root(opts) / key
+    tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_ensure(cache_dir.parent)))
         _copy_files(cand_dir, tmp)
         if cache_dir.exists():
             shutil.rmtree(cache_dir)
         tmp.rename(cache_dir)
-    except OSError as exc:  # a cache that cannot be written only costs time
-        _log(opts, f"{cid}: cache not written ({exc})")
+    except OSError as exc:  # a cache that cannot be written only costs time; its partial folder is removed
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        from prumux_compile.fsutil import describe_os_error
+
+        message = f"{cid}: not stored in the build cache ({describe_os_error(exc)}); a rerun builds it again"
+        _log(opts, message)
+        return message
+    return None
 
 
 @dataclass
@@ -669,7 +679,9 @@ def _measure_candidate(compiled: _CompiledCandidate, *, cand_dir: Path, where: d
                             "speedup_vs_eager": t["engine"].throughput / t["eager"].throughput})
         _log(opts, f"{cid}: predictions")
         es, feeds = _eval_inputs(opts, ckpt, compiled.label2id, vocab, spec.type_vocab_size)
-        logits = _predict(runner, feeds, max(batch_sizes[-1], n))
+        # rows g·N … g·N+N−1 of each engine call share a mux group: evaluate in calls of a multiple of N (the
+        # largest not above the benchmark batch), as `predict` and a client batching in multiples of N do
+        logits = _predict(runner, feeds, max(n, batch_sizes[-1] - batch_sizes[-1] % n))
     del eager
     labels = es.labels if es is not None and es.labels is not None else np.zeros(0, dtype=np.int64)
     np.savez(cand_dir / "predictions.npz", logits=logits, labels=labels)
@@ -1184,6 +1196,8 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
                              f"buildable): {o.info['rejected']['reason']}")
                 shutil.rmtree(tmp / "candidates" / o.id, ignore_errors=True)
             elif o.info is not None:
+                if "cache_warning" in o.info:
+                    notes.append(o.info.pop("cache_warning"))
                 infos.append(o.info)
         notes.extend(_lost_candidates(outcomes, opts))
         if not infos and rejected:
@@ -1342,7 +1356,7 @@ def write_candidate_repository(repo_dir: Path, info: dict, cand_dir: Path, *, na
     elif backend == "python":
         from prumux_compile.errors import TritonConfigError
 
-        raise TritonConfigError(f"the Python-backend variant serves ONNX artifacts only; {info['id']} is a "
+        raise TritonConfigError(f"the Python-backend variant serves ONNX artifacts only; {info['id']} is an "
                                 f"{dep.platform} artifact: use the native backend")
     if dep.plan is not None:  # JSON lists -> the writer's tensor specs and (min, opt, max) shape tuples
         from prumux_compile.triton import TensorSpec

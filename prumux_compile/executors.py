@@ -89,7 +89,8 @@ class Stages:
             ``state`` is picklable and small.
         measure: ``(state, cand_dir, where) -> info``: benchmark and predictions; ``cand_dir`` holds the
             compile stage's files (possibly copied to another node).
-        store: ``(*args, cand_dir, key) -> None``: the finished folder into the build cache, on the driver.
+        store: ``(*args, cand_dir, key) -> str | None``: the finished folder into the build cache, on the driver
+            (a message when it could not be stored).
     """
 
     run: Callable[..., dict]

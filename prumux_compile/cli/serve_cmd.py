@@ -35,14 +35,18 @@ def unservable_models(repo: Path) -> str | None:
             other.append((d, cfg.backend or cfg.platform or "unknown"))
     if not other:
         return None
-    d, backend = other[0]
-    fix = (f"prumux-compile triton {d / '1' / 'model.onnx'} -o {repo.parent / (repo.name + '-python')} "
-           f"--backend python --name {d.name}")
     names = ", ".join(f"{m.name} ({b})" for m, b in other)
-    return (f"{repo}: {names} need{'s' if len(other) == 1 else ''} Triton's {backend} backend, but the local "
-            f"tritonserver (from nvidia-pytriton) has only the Python backend, so it would start and then fail to "
-            f"load {'it' if len(other) == 1 else 'them'}. Write a servable repository with: {fix} (or serve this one "
-            f"with a full Triton: tritonserver --model-repository {repo})")
+    kinds = sorted({b for _, b in other})
+    head = (f"{repo}: {names} need{'s' if len(other) == 1 else ''} Triton's {' / '.join(kinds)} "
+            f"backend{'s' if len(kinds) > 1 else ''}, but the local tritonserver (from nvidia-pytriton) has only the "
+            f"Python backend, so it would start and then fail to load {'it' if len(other) == 1 else 'them'}.")
+    full = f"serve this one with a full Triton: tritonserver --model-repository {repo}"
+    onnx = next((d for d, _ in other if (d / "1" / "model.onnx").is_file()), None)
+    if onnx is None:  # an OpenVINO IR or a TensorRT plan: the Python-backend variant runs ONNX files only
+        return f"{head} The Python-backend variant serves ONNX models only: {full}"
+    fix = (f"prumux-compile triton {onnx / '1' / 'model.onnx'} -o {repo.parent / (repo.name + '-python')} "
+           f"--backend python --name {onnx.name}")
+    return f"{head} Write a servable repository with: {fix} (or {full})"
 
 
 @click.command("serve")

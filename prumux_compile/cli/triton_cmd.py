@@ -181,10 +181,11 @@ def triton_cmd(
                 skipped += 1
                 continue
             if target is None:
+                note = ((info.get("artifact") or {}).get("deployment") or {}).get("note")
+                why = f"backend {info.get('backend', 'unknown')} has no Triton platform" + (f" ({note})" if note else "")
                 if len(sources) == 1:
-                    raise InputError(f"candidate {info['id']} ({info.get('backend', 'unknown backend')}) has no "
-                                     "Triton platform")
-                click.echo(f"skipped {info['id']}: backend {info.get('backend')} has no Triton platform", err=True)
+                    raise InputError(f"candidate {info['id']}: {why}")
+                click.echo(f"skipped {info['id']}: {why}", err=True)
                 skipped += 1
                 continue
             click.echo(str(target))

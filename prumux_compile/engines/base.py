@@ -53,8 +53,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def artifact_file_hashes(path: str | Path, sha256: str | None = None) -> dict[str, str]:
-    """Hex sha256 of every file an artifact consists of: ``path`` itself and, for an ONNX graph, the external-data
-    files it refers to (``model.optimized.onnx.data`` of a model past the 2 GiB protobuf limit, field fault F26 in docs/field-faults.md).
+    """Hex sha256 of every file an artifact consists of: ``path`` itself, for an OpenVINO IR (``.xml``) its weights
+    (``.bin`` beside it), and for an ONNX graph the external-data files it refers to (``model.optimized.onnx.data`` of a model past the 2 GiB protobuf limit, field fault F26 in docs/field-faults.md).
 
     Args:
         path: the artifact file.
@@ -69,6 +69,8 @@ def artifact_file_hashes(path: str | Path, sha256: str | None = None) -> dict[st
     """
     path = Path(path)
     out = {path.name: sha256 or file_sha256(path)}
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():  # an OpenVINO IR: its weights file
+        out[path.with_suffix(".bin").name] = file_sha256(path.with_suffix(".bin"))
     if path.suffix == ".onnx":
         from prumux_compile.export.onnx_export import onnx_data_files  # needs onnx: ONNX artifacts only
 

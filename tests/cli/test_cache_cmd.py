@@ -197,3 +197,34 @@ def test_demo_training_jobs_are_listed_and_cleaned(tmp_path):
     assert job.is_dir()
     assert [e.key for e in clean(root)] == ["demo-train/mux2-0123456789abcdef0123"]
     assert not job.exists() and stray.is_dir()
+
+
+def test_a_cache_that_cannot_be_written_costs_time_only(tmp_path, monkeypatch):
+    """The disk fills while a finished candidate is stored: the build still succeeds, its report says the candidate
+    was not cached and why, and no partial (temporary) folder is left in the cache."""
+    import errno
+
+    import prumux_compile.driver as driver
+    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
+
+    write_checkpoint(tmp_path / "ck" / "a", SynthSpec(vocab=200, max_pos=32, num_layers=1, hidden=16, heads=2,
+                                                      ffn=24, num_labels=2, family="bert"))
+    real = driver._copy_files
+
+    def fill_the_disk(src, dst):
+        if Path(dst).name.startswith(".tmp-"):  # storing into the cache
+            (Path(dst) / "model.onnx").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(dst) / "model.onnx"))
+        return real(src, dst)
+
+    monkeypatch.setattr(driver, "_copy_files", fill_the_disk)
+    cache = tmp_path / "cache"
+    res = CliRunner().invoke(cli, ["build", str(tmp_path / "ck"), "-o", str(tmp_path / "out"), "--cache-dir",
+                                   str(cache), "--min-accuracy", "0", "--no-progress", "--seq-len", "16",
+                                   "--batch-sizes", "2", "--rounds", "1", "--warmup", "0", "--threads", "1",
+                                   "--precision", "fp32"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any(w.startswith("a: not stored in the build cache") and "No space left on device [ENOSPC]" in w
+               for w in report["warnings"]), report["warnings"]
+    assert list(cache.iterdir()) == []

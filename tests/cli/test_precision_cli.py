@@ -169,3 +169,36 @@ def test_an_openvino_choice_gets_a_text_ensemble_without_batching(tmp_path):
     post = read_config(repo / "prumux_ov_postprocess" / "config.pbtxt")
     assert {t.name: list(t.dims) for t in post.input} == {"LOGITS": [-1, 3]}
     assert (repo / "prumux_ov" / "labels.txt").read_text().split() == ["entailment", "neutral", "contradiction"]
+
+
+def test_openvino_weights_are_part_of_the_artifact_hashes(grid, tmp_path):
+    """An OpenVINO IR is model.xml + model.bin: both are hashed in candidate.json, a changed weights file is found
+    by the check `triton`, `predict` and the cache make, and a cache entry with changed weights is rebuilt."""
+    pytest.importorskip("openvino")
+    import hashlib
+
+    fast = [a for a in FAST if a not in ("--backend", "ort-cpu", "--no-cache")]
+    cache = tmp_path / "cache"
+    args = ["--backend", "openvino", "--precision", "fp32", "--cache-dir", str(cache)]
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["build", str(grid / "a"), "-o", str(out), *fast, *args])
+    assert res.exit_code == 0, res.output
+    (cand,) = json.loads((out / "report.json").read_text())["candidates"]
+    folder = out / "candidates" / cand["id"]
+    files = cand["artifact"]["files_sha256"]
+    assert files == {"model.xml": hashlib.sha256((folder / "model.xml").read_bytes()).hexdigest(),
+                     "model.bin": hashlib.sha256((folder / "model.bin").read_bytes()).hexdigest()}
+    entry = next(p for p in cache.iterdir() if (p / "model.bin").is_file())
+    weights = bytearray((entry / "model.bin").read_bytes())
+    weights[-4:] = b"\x00\x00\x80\x7f"  # the last float32 of the cache entry's weights becomes +inf
+    (entry / "model.bin").unlink()  # a new file: the build's own OUT keeps its (hard-linked) original
+    (entry / "model.bin").write_bytes(bytes(weights))
+    res = CliRunner().invoke(cli, ["build", str(grid / "a"), "-o", str(tmp_path / "again"), *fast, *args])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "again" / "report.json").read_text())["candidates"][0]["cached"] is False
+    from prumux_compile.engines.base import artifact_files_problem  # what triton, predict and the cache ask
+
+    assert artifact_files_problem(folder, cand["artifact"]) is None
+    (folder / "model.bin").unlink()
+    (folder / "model.bin").write_bytes(bytes(weights))
+    assert "model.bin: sha256" in artifact_files_problem(folder, cand["artifact"])

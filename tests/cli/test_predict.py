@@ -285,3 +285,23 @@ def test_triton_ensemble_command(built, tmp_path):
                    "--tokenizer", str(built / "runs" / "c1")])
     assert res.exit_code == 0, res.output
     assert validate_ensemble_repository(tmp_path / "r4", "prumux_c1_text") == []
+
+
+def test_a_benchmark_batch_not_a_multiple_of_n_keeps_predict_equal_to_the_build(tmp_path):
+    """`--batch-sizes 3` on an N = 2 model: the build evaluates in calls of 2 rows (the largest multiple of N not
+    above 3), the mux groups `predict` uses by default, so its scores equal the build's measured logits."""
+    ckpt = _ckpt(tmp_path / "m2", family="muxplm", num_instances=2, num_labels=2)
+    data = tmp_path / "eval.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{s}\t{g}\n" for s, g in zip(SENTENCES, GOLD)))
+    fast = [a if a != "4" else "3" for a in FAST]  # --batch-sizes 3
+    res = _invoke(["build", str(ckpt), "-o", str(tmp_path / "out"), "--eval-data", str(data), "--min-accuracy", "0",
+                   *fast])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["candidates"][0]["batch_size"] == 3
+    rows, _ = _predict_json([str(tmp_path / "out" / "report.json"), "--file", str(data)])
+    measured = np.load(tmp_path / "out" / "candidates" / "m2" / "predictions.npz")["logits"]
+    z = np.exp(measured - measured.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(np.array([[r["scores"]["negative"], r["scores"]["positive"]] for r in rows]),
+                               z / z.sum(axis=1, keepdims=True), atol=1e-6, rtol=0)
+    assert float(np.mean([r["label"] == g for r, g in zip(rows, GOLD)])) == report["candidates"][0]["accuracy"]
