@@ -2,10 +2,11 @@
 
 ``build`` stores every finished candidate (its ``model.onnx``, ``model.ort.onnx``, ``validation.json``,
 ``candidate.json``, ``predictions.npz``) in one folder per cache key (a hash of the checkpoint files' contents,
-the backend and the options that change the result), so a rerun with nothing changed copies it back instead of
-compiling and measuring again. Each entry costs about the size of the candidate's two ONNX graphs (107-174 MB for
-a MiniLM-sized checkpoint of the demo grid, about 2 x 420 MB for BERT-base; sparsity shrinks it), per checkpoint
-and per option set, and nothing removes entries automatically.
+the backend, the precision and the options that change the result), so a rerun with nothing changed restores it
+instead of compiling and measuring again. Entries are hard links to the files of the build's OUT where the file
+system allows (copies otherwise): an entry costs its candidate's size (the graphs: about 110-320 MB for a
+MiniLM-sized demo checkpoint, about 2 x 420 MB for BERT-base) only once OUT is gone, per checkpoint and per option
+set, and nothing removes entries automatically.
 
 Layout: ``<root>/<key>/candidate.json ...`` for complete entries; ``<root>/.tmp-*`` folders are entries being
 written (or left by a killed build); ``<root>/demo-train/<job>-<key>/`` (``meta.json``, ``state.pt``) holds the

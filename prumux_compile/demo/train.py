@@ -167,11 +167,11 @@ RECIPES = {"full": FULL, "quick": QUICK}
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$PRUMUX_CACHE_DIR``, else ``~/.cache/prumux-compile`` (the build's cache root)."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("PRUMUX_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "prumux-compile"
+    """``cache_dir``, else ``$PRUMUX_CACHE_DIR``, else ``~/.cache/prumux-compile``: the build's cache root
+    (:func:`prumux_compile.cache.cache_root`), whose ``demo-train/`` folder holds the trained jobs."""
+    from prumux_compile.cache import cache_root as build_cache_root
+
+    return build_cache_root(cache_dir)
 
 
 # ------------------------------------------------------------------------------------------------ jobs
