@@ -72,8 +72,8 @@ def _table(rows: list[dict], teacher: dict) -> list[dict]:
     return out
 
 
-def _point_prediction(cands: list[Candidate], n: int, s: float, threshold: float) -> dict:
-    pred = predict(cands, threshold=threshold, nums=(n,), sparsities=(s,))
+def _point_prediction(cands: list[Candidate], n: int, s: float, threshold: float, chance: float | None) -> dict:
+    pred = predict(cands, threshold=threshold, nums=(n,), sparsities=(s,), chance=chance)
     return {**pred.grid[0], "loo": {"accuracy": pred.accuracy_model.loo_mae,
                                     "accuracy_nearest_neighbour": pred.accuracy_model.loo_mae_nearest_neighbour,
                                     "throughput": pred.throughput_model.loo_mae,
@@ -103,13 +103,16 @@ def analyse(report: dict, budgets: list[float], withhold: str) -> dict:
                                   "chosen_accuracy": sel.chosen.accuracy if sel.chosen else None,
                                   "chosen_throughput": sel.chosen.throughput if sel.chosen else None,
                                   "qualifying": [c.id for c in sel.qualifying], "reason": sel.reason})
-    full = predict(fit, threshold=teacher["accuracy"] - 0.05, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0.8))
+    outputs = int(teacher.get("num_outputs") or 0)
+    chance = 1.0 / outputs if outputs >= 2 else None  # the accuracy floor of a model that learned nothing
+    full = predict(fit, threshold=teacher["accuracy"] - 0.05, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0.8),
+                   chance=chance)
     result["meta_model"] = {"accuracy": full.accuracy_model.to_dict(), "throughput": full.throughput_model.to_dict()}
     held = next((c for c in fit if c.id == withhold or _checkpoint(c.id) == withhold), None)
     if held is None:
         raise SystemExit(f"error: --withhold {withhold}: no such candidate (have {', '.join(c.id for c in fit)})")
     rest = [c for c in fit if c.id != held.id]
-    p = _point_prediction(rest, held.num_instances, held.sparsity, teacher["accuracy"] - 0.05)
+    p = _point_prediction(rest, held.num_instances, held.sparsity, teacher["accuracy"] - 0.05, chance)
     nn_acc, nn_thr = _nearest(rest, held.num_instances, held.sparsity)
     result["withheld"] = {
         "id": held.id, "num_instances": held.num_instances, "sparsity": held.sparsity,
@@ -164,6 +167,10 @@ def _print(res: dict) -> None:
         m = mm[name]
         print(f"  {name:<10} model {m['loo_mae']:.4f}{unit}  vs nearest neighbour {m['loo_mae_nearest_neighbour']:.4f}"
               f"{unit}  (terms {', '.join(m['params']['terms'])})")
+        choice = m["params"].get("family_choice")
+        if choice:
+            print(f"             family: {choice['chosen']} ("
+                  + "; ".join(f"LOO {c['loo_mae']:.4f}: {c['formula'][:40]}..." for c in choice["candidates"]) + ")")
     w = res["withheld"]
     print(f"\nwithheld {w['id']} (N={w['num_instances']}, s={w['sparsity']:.3f}), fitted on the other "
           f"{len(w['fitted_on'])}:")

@@ -1241,8 +1241,12 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
             s_max = min(0.95, max(c.sparsity for c in primary) + 0.15)
             base = next(c for c in cands if c.id == baseline)
             several = len({c.backend for c in primary}) > 1
+            # accuracy of a classifier that learned nothing (1/C): the floor the accuracy family may use
+            outputs = sorted({int(i.get("num_outputs") or 0) for i in infos})
+            chance = (1.0 / outputs[0] if len(outputs) == 1 and outputs[0] >= 2
+                      and all(i.get("metric", "accuracy") == "accuracy" for i in infos) else None)
             prediction = predict_with_precision(
-                primary, threshold=selection.threshold,
+                primary, threshold=selection.threshold, chance=chance,
                 reference=f"{base.backend}/{base.precision}" if several else base.precision,
                 nums=tuple(n for n in (1, 2, 3, 4, 5, 6, 8, 10) if n <= 2 * n_max),
                 sparsities=np.linspace(0.0, s_max, 16)).to_dict()

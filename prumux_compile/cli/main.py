@@ -84,7 +84,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="prumux-compile")
+    try:
+        cli(prog_name="prumux-compile")
+    except SystemExit as done:
+        if done.code in (130, 143):  # stopped by Ctrl-C / SIGTERM and cleaned up: a second signal must not cut
+            import signal  # the exit short (the process would end by the signal, not with our exit code)
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,11 @@ fitted by ordinary least squares (DESIGN.md, "Auto-PruMUX", *Prediction*):
 
       A(N, s) = a0 + a1*log N + a2*s + a3*s^2 + a4*s*log N
 
+  and, when the caller gives the chance level c of a classifier (1/C), the same terms on a logit scale above
+  chance, ``A = c + (1 - c) * sigmoid(z)``: a model that learned nothing (e.g. an under-trained multiplexed one)
+  sits at c, a floor the quadratic cannot follow. Whichever family has the lower leave-one-out error is used
+  (``params["family_choice"]``). This floored family is our addition, not the paper's.
+
 * throughput (sequences/s), fitted in log space (throughput is multiplicative in N and in 1/(1-s): a
   multiplexed model serves N sequences per pass; pruning removes a fraction s of the encoder's work)::
 
@@ -62,6 +67,15 @@ THROUGHPUT_EPS = 0.01
 _RANK_RTOL = 1e-9
 
 ACCURACY_FORMULA = "A(N,s) = a0 + a1*log N + a2*s + a3*s^2 + a4*s*log N (PruMUX §5 meta-model family)"
+#: The same terms on a logit scale above chance c = 1/C (C classes): a model that has learned nothing sits at c, so
+#: accuracy is bounded below by c and saturates there, which the plain quadratic cannot follow. Used instead of
+#: :data:`ACCURACY_FORMULA` when its leave-one-out error is lower (``params["family_choice"]`` says which won).
+ACCURACY_FLOOR_FORMULA = (
+    "A(N,s) = c + (1 - c) * sigmoid(z), z = a0 + a1*log N + a2*s + a3*s^2 + a4*s*log N, c = chance = 1/C; fitted on "
+    "z = logit(clip((A - c) / (1 - c), {eps}, 1 - {eps}))"
+)
+#: Clip of the fraction above chance before the logit (a measured accuracy at or below chance).
+FLOOR_EPS = 0.01
 THROUGHPUT_FORMULA = (
     f"log T(N,s) = b0 + b1*log N + b2*L + b3*L*log N, L = log(1 - s + {THROUGHPUT_EPS}) (PruMUX §5 meta-model family)"
 )
@@ -193,9 +207,11 @@ def _subset(feats: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndar
 
 
 def _loo_model(
-    feats: dict[str, np.ndarray], y: np.ndarray, order: Sequence[str], back: Callable[[np.ndarray], np.ndarray]
+    feats: dict[str, np.ndarray], y: np.ndarray, order: Sequence[str], back: Callable[[np.ndarray], np.ndarray],
+    values: np.ndarray,
 ) -> float:
-    """LOO MAE of the whole fitting procedure; errors measured after ``back`` (target -> reported units)."""
+    """LOO MAE of the whole fitting procedure; errors measured after ``back`` (target -> reported units) against
+    the measured ``values`` (not the back-transformed target, which a clipped transform would bias)."""
     n = len(y)
     if n < 2:
         return math.nan
@@ -204,7 +220,7 @@ def _loo_model(
         mask = np.arange(n) != i
         kept, coef = _fit(_subset(feats, mask), y[mask], order)
         pred = _evaluate(_subset(feats, ~mask), kept, coef)
-        errs.append(abs(float(back(pred)[0]) - float(back(y[i : i + 1])[0])))
+        errs.append(abs(float(back(pred)[0]) - float(values[i])))
     return float(np.mean(errs))
 
 
@@ -250,7 +266,7 @@ def _fit_report(
     }
     report = FitReport(
         name=name,
-        loo_mae=_loo_model(feats, y, order, back),
+        loo_mae=_loo_model(feats, y, order, back, values),
         loo_mae_nearest_neighbour=_loo_nearest(log_n, s, values),
         n_points=len(y),
         params=params,
@@ -267,6 +283,7 @@ def predict(
     threshold: float,
     nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10),
     sparsities: Sequence[float] | np.ndarray = tuple(np.linspace(0.0, 0.95, 20)),
+    chance: float | None = None,
 ) -> Prediction:
     """Fit the accuracy and throughput models (PruMUX §5) and recommend the (N, s) to train next.
 
@@ -282,6 +299,9 @@ def predict(
             range.
         nums: grid of multiplexing widths N (ints >= 1).
         sparsities: grid of sparsities, each in [0, 1).
+        chance: the accuracy of a model that learned nothing (1/C for C classes), or None. With it (and the
+            accuracy metric) the accuracy model is also fitted with a floor at chance
+            (:data:`ACCURACY_FLOOR_FORMULA`), and whichever family has the lower leave-one-out error is used.
 
     Returns:
         :class:`Prediction` with the grid (len(nums) * len(sparsities) points, N-major) and the recommendation.
@@ -328,6 +348,33 @@ def predict(
         "accuracy", ACCURACY_FORMULA, "accuracy", "accuracy fraction", ACCURACY_TERMS, _accuracy_features,
         ln_a, s_a, acc, acc, lambda v: v, {},
     )
+    acc_back: Callable[[np.ndarray], np.ndarray] = lambda v: v  # noqa: E731
+    if chance is not None:
+        if metrics[0] != "accuracy" or not _finite(chance) or not 0.0 < float(chance) < 1.0:
+            raise SelectInputError(f"chance must be an accuracy fraction in (0, 1) for the accuracy metric, got "
+                                   f"{chance!r} ({metrics[0]})")
+        c = float(chance)
+
+        def to_logit(a: np.ndarray) -> np.ndarray:
+            u = np.clip((a - c) / (1.0 - c), FLOOR_EPS, 1.0 - FLOOR_EPS)
+            return np.log(u / (1.0 - u))
+
+        def from_logit(z: np.ndarray) -> np.ndarray:
+            return c + (1.0 - c) / (1.0 + np.exp(-z))
+
+        floor_report, floor_terms, floor_coef = _fit_report(
+            "accuracy", ACCURACY_FLOOR_FORMULA.format(eps=FLOOR_EPS), "logit of accuracy above chance",
+            "accuracy fraction", ACCURACY_TERMS, _accuracy_features, ln_a, s_a, to_logit(acc), acc, from_logit,
+            {"chance": c},
+        )
+        plain = {"formula": ACCURACY_FORMULA, "loo_mae": _json_float(acc_report.loo_mae)}
+        floored = {"formula": floor_report.params["formula"], "loo_mae": _json_float(floor_report.loo_mae)}
+        if math.isfinite(floor_report.loo_mae) and (not math.isfinite(acc_report.loo_mae)
+                                                     or floor_report.loo_mae < acc_report.loo_mae):
+            floor_report.params["family_choice"] = {"chosen": "floor at chance", "candidates": [plain, floored]}
+            acc_report, acc_terms, acc_coef, acc_back = floor_report, floor_terms, floor_coef, from_logit
+        else:
+            acc_report.params["family_choice"] = {"chosen": "plain", "candidates": [plain, floored]}
     ln_t, s_t = arrays(items)
     thr = np.array([c.throughput for c in items], dtype=np.float64)
     thr_report, thr_terms, thr_coef = _fit_report(
@@ -349,7 +396,7 @@ def predict(
     grid_n = np.repeat(np.array(nums, dtype=np.float64), len(sparsities))
     grid_s = np.tile(np.array(sparsities, dtype=np.float64), len(nums))
     grid_ln = np.log(grid_n)
-    pred_acc = np.clip(_evaluate(_accuracy_features(grid_ln, grid_s), acc_terms, acc_coef), lo, hi)
+    pred_acc = np.clip(acc_back(_evaluate(_accuracy_features(grid_ln, grid_s), acc_terms, acc_coef)), lo, hi)
     pred_thr = np.exp(_evaluate(_throughput_features(grid_ln, grid_s), thr_terms, thr_coef))
     (nr_lo, nr_hi), (sr_lo, sr_hi) = measured_range["num_instances"], measured_range["sparsity"]
     grid = []
@@ -453,6 +500,7 @@ def predict_with_precision(
     nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10),
     sparsities: Sequence[float] | np.ndarray = tuple(np.linspace(0.0, 0.95, 20)),
     reference: str | None = None,
+    chance: float | None = None,
 ) -> PrecisionPrediction:
     """Auto-PruMUX over (N, s, precision): :func:`predict`'s family on the reference level, plus a precision factor.
 
@@ -469,7 +517,8 @@ def predict_with_precision(
 
     Args:
         candidates: as for :func:`predict`, but any number of backends and precisions.
-        threshold, nums, sparsities: as for :func:`predict`.
+        threshold, nums, sparsities, chance: as for :func:`predict` (``chance`` picks the accuracy family of the
+            reference level).
         reference: the reference level; default the level with "fp32" and the most points with known accuracy
             (else the level with the most such points; ties by name).
 
@@ -489,7 +538,7 @@ def predict_with_precision(
     if ref not in levels:
         raise SelectInputError(f"reference level {ref!r} is not among the candidates' levels {', '.join(levels)}")
     ref_items = [c for c in items if level(c) == ref]
-    base = predict(ref_items, threshold=threshold, nums=nums, sparsities=sparsities)
+    base = predict(ref_items, threshold=threshold, nums=nums, sparsities=sparsities, chance=chance)
     lo, hi = metric_range(items[0].metric)
 
     cache: dict[tuple[int, float], tuple[float, float]] = {}
@@ -498,7 +547,7 @@ def predict_with_precision(
         """(accuracy, throughput) of the reference model at (n, s)."""
         key = (int(n), float(s))
         if key not in cache:
-            g = predict(ref_items, threshold=threshold, nums=(int(n),), sparsities=(float(s),)).grid[0]
+            g = predict(ref_items, threshold=threshold, nums=(int(n),), sparsities=(float(s),), chance=chance).grid[0]
             cache[key] = (g["accuracy"], g["throughput"])
         return cache[key]
 

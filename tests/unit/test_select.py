@@ -474,3 +474,37 @@ def test_predict_bad_input(cands, kwargs, match):
     kwargs = {"threshold": 0.5, **kwargs}
     with pytest.raises(SelectInputError, match=match):
         predict(cands, **kwargs)
+
+
+def test_accuracy_family_with_a_floor_at_chance():
+    """A surface where every multiplexed model sits at chance (0.5, two classes): the plain quadratic overshoots
+    the floor, the logit-above-chance family follows it; predict keeps the family with the lower leave-one-out
+    error (computed here by hand for the plain one) and says so; chance is refused outside (0, 1)."""
+    from prumux_compile.select.meta_model import ACCURACY_FORMULA, _accuracy_features, _fit
+
+    pts = [(1, 0.0, 0.85), (1, 0.5, 0.77), (1, 0.8, 0.68), (2, 0.0, 0.50), (2, 0.5, 0.50), (2, 0.8, 0.49),
+           (5, 0.0, 0.51), (5, 0.5, 0.49), (5, 0.8, 0.49)]
+    cands = [cand(f"c{i}", n, s, 100.0 * n / (1 - s), a) for i, (n, s, a) in enumerate(pts)]
+    plain = predict(cands, threshold=0.5)
+    floored = predict(cands, threshold=0.5, chance=0.5)
+    # the plain family's LOO error, recomputed independently of _loo_model
+    ln = np.log([n for n, _, _ in pts]); sp = np.array([s for _, s, _ in pts]); acc = np.array([a for *_, a in pts])
+    errs = []
+    for i in range(len(pts)):
+        m = np.arange(len(pts)) != i
+        feats = _accuracy_features(ln[m], sp[m])
+        kept, coef = _fit(feats, acc[m], ("1", "log N", "s", "s^2", "s*log N"))
+        one = _accuracy_features(ln[~m], sp[~m])
+        errs.append(abs(sum(c * one[t][0] for t, c in zip(kept, coef)) - acc[i]))
+    assert plain.accuracy_model.loo_mae == pytest.approx(float(np.mean(errs)), abs=1e-12)
+    choice = floored.accuracy_model.params["family_choice"]
+    assert choice["chosen"] == "floor at chance"
+    assert [c["loo_mae"] for c in choice["candidates"]][0] == pytest.approx(plain.accuracy_model.loo_mae)
+    assert floored.accuracy_model.loo_mae < plain.accuracy_model.loo_mae
+    assert floored.accuracy_model.params["formula"] != ACCURACY_FORMULA and floored.accuracy_model.params["chance"] == 0.5
+    # on the floor the prediction stays at or above chance (the quadratic may dip below it)
+    at = {(g["num_instances"], round(g["sparsity"], 2)): g["accuracy"] for g in floored.grid}
+    assert all(v >= 0.5 - 1e-12 for v in at.values())
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(PrumuxError, match="chance must be"):
+            predict(cands, threshold=0.5, chance=bad)
