@@ -14,11 +14,11 @@ Safety: pickled files are read with ``torch.load(..., weights_only=True)``; ``l0
 unpickled (docs/checkpoint-formats.md Q16). Errors are :class:`~prumux_compile.errors.CheckpointError` with a one-line
 message naming the file and the fix.
 
-Field faults (docs/fault-classes.md): a file that is not a checkpoint is named for what it is (Git LFS pointer,
-empty, text, unknown bytes, plain pickle; F28, :func:`sniff_file`); sharded checkpoints are read through their HF
-index, every shard hashed (F25); a uniform wrapper prefix such as ``module.`` is removed and a bare encoder gets
-"no classifier head" (F21, :func:`strip_wrapper_prefix`); every ``config.json`` value that changes the forward
-pass is implemented or refused (F22, :data:`CONFIG_FIELDS`, :func:`check_config`), and :func:`from_raw` refuses
+Field faults (docs/field-faults.md): a file that is not a checkpoint is named for what it is (Git LFS pointer,
+empty, text, unknown bytes, plain pickle; F28 in docs/field-faults.md, :func:`sniff_file`); sharded checkpoints are read through their HF
+index, every shard hashed (F25 in docs/field-faults.md); a uniform wrapper prefix such as ``module.`` is removed and a bare encoder gets
+"no classifier head" (F21 in docs/field-faults.md, :func:`strip_wrapper_prefix`); every ``config.json`` value that changes the forward
+pass is implemented or refused (F22 in docs/field-faults.md, :data:`CONFIG_FIELDS`, :func:`check_config`), and :func:`from_raw` refuses
 tensors that nothing reads (:func:`_unread_on_purpose` lists the ones ignored by design).
 """
 from __future__ import annotations
@@ -262,7 +262,7 @@ def _safe_torch_load(path: Path):
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A ``.safetensors`` file as a dict of tensors (F28 checks first)."""
+    """A ``.safetensors`` file as a dict of tensors (F28 in docs/field-faults.md checks first)."""
     bad = _not_a_checkpoint(path, sniff_file(path), "a safetensors file")
     if bad is not None:
         raise bad
@@ -336,7 +336,7 @@ def _read_sharded(ckpt_dir: Path, index_name: str, files: dict[str, str]) -> dic
 
 def _read_state_dict(ckpt_dir: Path, files: dict[str, str]) -> dict[str, torch.Tensor]:
     """The state dict of a checkpoint directory: one weights file, or the shards of an HF index (fault class
-    F25). Files are looked for in the order of :data:`_WEIGHT_FILES`, then :data:`_INDEX_FILES`.
+    F25 in docs/field-faults.md). Files are looked for in the order of :data:`_WEIGHT_FILES`, then :data:`_INDEX_FILES`.
 
     Raises:
         CheckpointError: also when a single weights file lies next to a sharded index: two saves of possibly
@@ -712,7 +712,7 @@ def read_raw(path: str | Path) -> RawCheckpoint:
         raise CheckpointError(f"{cfg_path}: missing; a checkpoint directory needs its config.json")
     files: dict[str, str] = {"config.json": _sha256(cfg_path)}
     kind = sniff_file(cfg_path)
-    if kind in ("empty", "lfs-pointer"):  # F28: named for what it is, not "invalid JSON"
+    if kind in ("empty", "lfs-pointer"):  # F28 in docs/field-faults.md: named for what it is, not "invalid JSON"
         raise _not_a_checkpoint(cfg_path, kind, "a JSON configuration")
     try:
         config = json.loads(cfg_path.read_text())
@@ -922,7 +922,7 @@ def _build_ir(raw: RawCheckpoint, seq_len: int) -> "ModelIR":
             w = h * dh
             ids = list(range(H)) if h == H else [x for x in range(H) if x not in pruned_heads.get(i, [])]
             if len(ids) != h:
-                ids = list(range(h))  # pruned_heads is metadata only (Q13); never re-applied
+                ids = list(range(h))  # pruned_heads is metadata only (Q13 in docs/checkpoint-formats.md); never re-applied
             att = Attention(
                 head_ids=ids, head_size=dh,
                 wq=_get(raw, p + "attention.self.query.weight", (w, d)), bq=_get(raw, p + "attention.self.query.bias", (w,)),

@@ -331,7 +331,7 @@ def _tensors(obj) -> list[Tensor]:
 def check_invariants(ir: ModelIR, where: str = "IR") -> None:
     """Check shape and stage invariants; raise :class:`IRInvariantError` naming ``where`` on a violation.
 
-    Checked: every tensor width agrees with d' / h_i*dh / f_i; no sublayer of width 0 (F2); keep masks have the
+    Checked: every tensor width agrees with d' / h_i*dh / f_i; no sublayer of width 0 (F2 in docs/field-faults.md); keep masks have the
     sublayer's length; soft masks only before ``fold-masks``; mux/demux widths agree with d'; classifier input
     width agrees with the demux / pooler output; no NaN/Inf.
     """

@@ -381,7 +381,7 @@ def _build_attention(raw, i, d, dh, dtype, masks: _Masks | None, zh) -> _Attenti
         hz, hlz = masks.head_z[i], masks.head_layer_z[i]
         kept = hz * hlz != 0
         if not bool(kept.any()):
-            return None  # every head removed: static sublayer removal (F3, Q11/Q12)
+            return None  # every head removed: static sublayer removal (F3 in docs/field-faults.md, Q11/Q12 in docs/checkpoint-formats.md)
         hz_rows = torch.repeat_interleave(hz, dh)
         # update_params (§2.9): head_z into rows of Wv and bv; head_layer_z into Wo and bo;
         # hidden_z into input columns of Wq, Wk, Wv and into rows of Wo AND bo.
@@ -418,9 +418,9 @@ def _build_ffn(raw, i, d, dtype, masks: _Masks | None, zh) -> _Ffn | None:
         iz, mz = masks.intermediate_z[i], masks.mlp_z[i]
         kept = iz * mz != 0
         if not bool(kept.any()):
-            return None  # every FFN dim removed: static sublayer removal (F3, Q11/Q12)
+            return None  # every FFN dim removed: static sublayer removal (F3 in docs/field-faults.md, Q11/Q12 in docs/checkpoint-formats.md)
         # update_params (§2.9): intermediate_z into columns of W2; mlp_z into W2 and b2;
-        # hidden_z into input columns of W1 and rows of W2 but NOT into b2 (upstream asymmetry, Q9).
+        # hidden_z into input columns of W1 and rows of W2 but NOT into b2 (upstream asymmetry, Q9 in docs/checkpoint-formats.md).
         w1 = w1 * zh
         w2 = w2 * iz * mz * zh[:, None]
         b2 = b2 * mz
@@ -567,7 +567,7 @@ def _demux(raw: RawCheckpoint, x: torch.Tensor, t: _Trunk, n: int, dtype) -> tor
                     f"{path}: config.json num_hidden_demux_layers={kd!r}; the index_pos classifier demux needs an "
                     "integer >= 2 (it uses dense_1 .. dense_{Kd-1})"
                 )
-            y = _gelu(F.linear(u, w1, b1))  # dropout_1 where a LayerNorm was meant (Q5): identity
+            y = _gelu(F.linear(u, w1, b1))  # dropout_1 where a LayerNorm was meant (Q5 in docs/checkpoint-formats.md): identity
             for k in range(2, kd):
                 y = _gelu(F.linear(y, g_(f"demux_module.dense_{k}.weight"), g_(f"demux_module.dense_{k}.bias"))) + y
         z = F.layer_norm(_gelu(F.linear(y, pre_w, pre_b)), (pre_w.shape[0],), pln_w, pln_b, eps)
@@ -582,7 +582,7 @@ def _demux(raw: RawCheckpoint, x: torch.Tensor, t: _Trunk, n: int, dtype) -> tor
                     f"{path}: tensor demux_module.dense_{k}.weight has shape {list(w.shape)}, expected [D, {d}]"
                 )
             if zh is not None:
-                w = w * zh  # extension of update_params to the mlp demux (Q8)
+                w = w * zh  # extension of update_params to the mlp demux (Q8 in docs/checkpoint-formats.md)
             y = _gelu(F.linear(h, w, g_(f"demux_module.dense_{k}.bias")))
             outs.append(F.layer_norm(y, (w.shape[0],), g_(f"demux_module.layer_norm_{k}.weight"),
                                      g_(f"demux_module.layer_norm_{k}.bias"), eps))
@@ -598,7 +598,7 @@ def _demux(raw: RawCheckpoint, x: torch.Tensor, t: _Trunk, n: int, dtype) -> tor
                 f"{path}: tensor demultiplexer.dense.weight has shape {list(w.shape)}, expected [D, {2 * d}]"
             )
         if zh is not None:
-            w = w * torch.cat([zh, zh])  # extension of update_params to the index demux (Q8)
+            w = w * torch.cat([zh, zh])  # extension of update_params to the index demux (Q8 in docs/checkpoint-formats.md)
         p = x[:, :n, :]  # prefix states p_n = H[n]
         hn = x[:, n, :]  # the prefix [CLS] at position N
         u = torch.cat([p, hn[:, None, :].expand(g, n, d)], dim=-1).reshape(g * n, 2 * d)
@@ -627,7 +627,7 @@ def _forward_muxed(raw, t: _Trunk, ids: torch.Tensor, seq_len: int, padding: str
         prefix[:, n] = CLS_TOKEN_ID
         ids = torch.cat([prefix.repeat(g, 1), ids], dim=1)  # L' = seq_len + N + 1
     else:
-        ids[:, 0] = CLS_TOKEN_ID  # on our private copy (upstream writes the caller's tensor, Q18)
+        ids[:, 0] = CLS_TOKEN_ID  # on our private copy (upstream writes the caller's tensor, Q18 in docs/checkpoint-formats.md)
     length = ids.shape[1]
     vocab = t.word.shape[0]
     if int(ids.max()) >= vocab:
@@ -641,12 +641,12 @@ def _forward_muxed(raw, t: _Trunk, ids: torch.Tensor, seq_len: int, padding: str
         )
     pos = t.pos[:length]
     type0 = t.types[0]
-    # Pass 1 (§2.2): per instance row; type 0 everywhere (token_type_ids ignored, Q3).
+    # Pass 1 (§2.2): per instance row; type 0 everywhere (token_type_ids ignored, Q3 in docs/checkpoint-formats.md).
     e1 = _layer_norm(t.word[ids] + type0 + pos, t.emb_ln_w, t.emb_ln_b, t.eps, t.keep)
     m = _mux(raw, e1, t, n, dtype)
     # Pass 2 (§2.4): the SAME position/type tables and LayerNorm again.
     x = _layer_norm(m + type0 + pos, t.emb_ln_w, t.emb_ln_b, t.eps, t.keep)
-    x = _encoder(x, t, None)  # no attention mask: PAD tokens are attended (Q2)
+    x = _encoder(x, t, None)  # no attention mask: PAD tokens are attended (Q2 in docs/checkpoint-formats.md)
     z = _demux(raw, x, t, n, dtype)
     wc = _tensor(raw.state_dict, "classifier.weight", dtype, raw.path)
     if wc.shape[1] != z.shape[1]:
@@ -708,7 +708,7 @@ def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=N
     Args:
         raw: a checkpoint read by :func:`prumux_compile.checkpoint.read_raw`; any family of §1.1.
         input_ids: integer token ids ``[B, S]`` (torch tensor or numpy array; cast to int64). Never
-            modified: upstream's in-place write of [CLS] into column 0 (Q18) happens on a copy.
+            modified: upstream's in-place write of [CLS] into column 0 (Q18 in docs/checkpoint-formats.md) happens on a copy.
         attention_mask: ``[B, S]`` 0/1, or ``None`` (all ones). Used by the N = 1 families only.
         token_type_ids: ``[B, S]`` integers, or ``None`` (all zeros). Used by the N = 1 families only.
         seq_len: padded sequence length L of the multiplexed families (unused for N = 1).
@@ -725,8 +725,8 @@ def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=N
     Semantics:
         * Multiplexed families (``prumux_compressed``, ``prumux_masked``, ``muxplm``; N =
           ``raw.num_instances``): ``input_ids`` are right-padded with [PAD] (0) to exactly ``seq_len``;
-          the encoder sees no attention mask and attends PAD tokens (Q2), so the logits depend on
-          ``seq_len``; ``attention_mask`` and ``token_type_ids`` are ignored (Q3). index_pos / mlp demux
+          the encoder sees no attention mask and attends PAD tokens (Q2 in docs/checkpoint-formats.md), so the logits depend on
+          ``seq_len``; ``attention_mask`` and ``token_type_ids`` are ignored (Q3 in docs/checkpoint-formats.md). index_pos / mlp demux
           write [CLS] (101) into column 0; index demux prepends the ``N + 1`` token prefix (L' =
           seq_len + N + 1). Double embedding pass (§2.4), mux (§2.3), post-LN encoder (§2.5), demux
           (§2.6: index_pos with ``num_hidden_demux_layers`` (default 2) and ``legacy_demuxing``, mlp,

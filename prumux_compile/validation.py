@@ -7,7 +7,7 @@ Every validation in the project goes through this module: the ``export`` command
   looked up with :func:`criteria_for`. A criterion is an element-wise bound ``|out - ref| <= atol + rtol·|ref|``
   on the logits plus, optionally, a minimum argmax agreement with the reference over all validated rows.
 * :func:`validation_cases` — ONE list of input shapes for every backend: batch sizes ``{1, N-1, N, 2N+1}`` (0
-  dropped; fault classes F15, F18) times several sequence lengths: ``{compiled length, 16, 7}`` for multiplexed
+  dropped; fault classes F15 in docs/field-faults.md, F18) times several sequence lengths: ``{compiled length, 16, 7}`` for multiplexed
   models (the compiled length is the benchmarked and the served one); for N = 1 ``{7, 16, 33}`` plus the length
   the candidate is benchmarked at and the longest the model accepts (its position table, capped at
   :data:`LONGEST_CASE` tokens: the float64 reference costs ~10 s at 512 tokens for a MiniLM-sized model on one
@@ -15,8 +15,8 @@ Every validation in the project goes through this module: the ``export`` command
 * :func:`compare` (one output against the reference) and :func:`validate` (runners against
   :func:`prumux_compile.reference.forward` computed in float64 on the same inputs).
 
-A case passes when the output is float32 ``[B, num_labels]``, has no NaN/Inf (F8, F9), lies within the
-criterion's bound, a second identical call returns bit-identical logits (deterministic batch padding, F18) and
+A case passes when the output is float32 ``[B, num_labels]``, has no NaN/Inf (F8 in docs/field-faults.md, F9), lies within the
+criterion's bound, a second identical call returns bit-identical logits (deterministic batch padding, F18 in docs/field-faults.md) and
 the caller's input arrays are unchanged (F18; upstream writes [CLS] in place, docs/checkpoint-formats.md Q18).
 An artifact passes when every case passes and, where the criterion asks for it, the argmax agreement over all
 its rows reaches the minimum. :func:`require_passed` turns a failure into

@@ -166,7 +166,7 @@ def structure_for(sparsity: float, shape: Shape, seed: int = 0) -> KeptStructure
 
     The remaining heads and FFN dims are ``(1 - s) · prunable / full`` of the original ones, spread over the
     layers with weights falling linearly from 2 (layer 0) to 1 (last layer), so upper layers lose more and, at
-    high sparsity, whole attention sublayers disappear (F1). Head ids and FFN dims are seeded random subsets.
+    high sparsity, whole attention sublayers disappear (F1 in docs/field-faults.md). Head ids and FFN dims are seeded random subsets.
     """
     L, H, Fd, d, dh = shape.layers, shape.heads, shape.ffn, shape.hidden, shape.head_size
     if sparsity <= 0:

@@ -31,7 +31,7 @@ def inspect_cmd(checkpoint: str, as_json: bool, seq_len: int) -> None:
     after, reports = compile_ir(ir, stage="pruning")
     info = summary(stored, after)  # "before" = the unpruned geometry of config.json
     info["checkpoint"] = checkpoint
-    info["config_fields_unread"] = unread_config_fields(ir.config)  # read by no upstream code (F22)
+    info["config_fields_unread"] = unread_config_fields(ir.config)  # read by no upstream code (F22 in docs/field-faults.md)
     info["passes"] = [r.to_dict() for r in reports if r.changed]
     if as_json:
         click.echo(json.dumps(info, indent=2))

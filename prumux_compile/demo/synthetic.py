@@ -70,7 +70,7 @@ class SynthSpec:
         ffn_kept: per layer, original FFN dims kept (``[]`` = FFN removed).
         hidden_kept: original hidden dims kept (None = all).
         soft_masks: masked families only: kept z values drawn uniformly in [0.2, 0.99] instead of 1.
-        layer_z_only: masked families only, fault F3: e.g. ``[("head", 1)]`` writes
+        layer_z_only: masked families only, fault F3 in docs/field-faults.md: e.g. ``[("head", 1)]`` writes
             ``head_layer_z[1] = 1`` (soft if ``soft_masks``) with every ``head_z[1]`` = 0;
             ``("mlp", i)`` likewise ``mlp_z[i]`` != 0 with every ``intermediate_z[i]`` = 0.
         safetensors: write ``model.safetensors`` (shared tensors keep one name, as HF does) instead of
@@ -472,12 +472,12 @@ def slice_state_dict(full: dict[str, torch.Tensor], structure: KeptStructure, he
     """Slice a full-shape state dict (canonical names) to the compressed layout of docs/checkpoint-formats.md §1.4 (families A/D).
 
     Binary masks only: values are copied, never scaled. Quirks reproduced: a layer without heads has no
-    ``attention.self.*`` / ``attention.output.dense.*`` keys but keeps its [d] attention LayerNorm (Q14);
+    ``attention.self.*`` / ``attention.output.dense.*`` keys but keeps its [d] attention LayerNorm (Q14 in docs/checkpoint-formats.md);
     a layer without FFN dims has no ``intermediate.dense`` / ``output.dense`` keys while its output
     LayerNorm is still sliced to [d']; pooler and ``layer_transformation`` input columns are sliced;
-    hadamard ``instance_embedding`` [N, d'] (random_ortho: rows and columns K, the Q8 extension);
+    hadamard ``instance_embedding`` [N, d'] (random_ortho: rows and columns K, the Q8 in docs/checkpoint-formats.md extension);
     index_pos ``demux_instance_embedding`` [N, d'] and ``dense_1`` [d, 2d'] (both halves); mlp
-    ``demux_module.dense_n`` [d, d'] and index ``demultiplexer.dense`` [d, 2d'] (Q8 extension); the
+    ``demux_module.dense_n`` [d, d'] and index ``demultiplexer.dense`` [d, 2d'] (Q8 in docs/checkpoint-formats.md extension); the
     tied retrieval decoder stays a full [V, d] table with the pruned dims zeroed (what upstream's binary
     ``update_params`` leaves on the shared Parameter; the tie is broken by slicing).
 
@@ -618,7 +618,7 @@ def build_config(family: str, *, num_layers: int, hidden: int, heads: int, ffn: 
                  hidden_act: str = "gelu", layer_norm_eps: float = 1e-12, type_vocab_size: int = 2) -> dict:
     """``config.json`` as upstream writes it for ``family`` (docs/checkpoint-formats.md §1.3): ORIGINAL sizes, erf ``gelu``,
     ``layer_norm_eps`` 1e-12, id2label/label2id; mux fields for A/B/C; ``pruned_heads`` (JSON string keys,
-    bookkeeping only) for A/D, omitted for B/C/E/F (Q13); PruMUX training-only fields for A/B."""
+    bookkeeping only) for A/D, omitted for B/C/E/F (Q13 in docs/checkpoint-formats.md); PruMUX training-only fields for A/B."""
     id2label, label2id = _label_maps(num_labels)
     cfg = {
         "architectures": [_ARCHITECTURES[family]],
@@ -881,9 +881,9 @@ def compress_like_upstream(masked_dir: str | Path, out_dir: str | Path) -> Synth
     classifier are not scaled. The tied retrieval decoder (when stored) receives the scaled full word table,
     as the shared Parameter does upstream.
     Pruning: heads with head_z*head_layer_z == 0 (a layer left with none loses q/k/v/o but keeps its [d]
-    attention LayerNorm, Q14), hidden dims with hidden_z == 0 (sliced before the FFN, so the output
+    attention LayerNorm, Q14 in docs/checkpoint-formats.md), hidden dims with hidden_z == 0 (sliced before the FFN, so the output
     LayerNorm is always [d']), FFN dims with intermediate_z*mlp_z == 0. ``pruned_heads`` bookkeeping is
-    written for every layer. Fixes Q6/Q7 (uses the config's depth and width) and extends Q8 (hidden
+    written for every layer. Fixes Q6/Q7 in docs/checkpoint-formats.md (uses the config's depth and width) and extends Q8 (hidden
     pruning of mlp / index demux and random_ortho mux).
 
     Args:
@@ -983,14 +983,14 @@ def compress_like_upstream(masked_dir: str | Path, out_dir: str | Path) -> Synth
 
     # ---- hidden ----
     K = torch.nonzero(hz).flatten()
-    K2 = torch.cat([K, K + d])  # upstream hard-codes `index + 768` (Q7)
+    K2 = torch.cat([K, K + d])  # upstream hard-codes `index + 768` (Q7 in docs/checkpoint-formats.md)
     for key in (_WORD, "bert.embeddings.position_embeddings.weight", "bert.embeddings.token_type_embeddings.weight"):
         sd[key] = sd[key].index_select(1, K)
     for s in ("weight", "bias"):
         sd[f"bert.embeddings.LayerNorm.{s}"] = sd[f"bert.embeddings.LayerNorm.{s}"].index_select(0, K)
     if muxed:
         ie = sd["instance_embedding"].index_select(1, K)
-        sd["instance_embedding"] = ie if ie.dim() == 2 else ie.index_select(2, K)  # Q8 extension for ortho
+        sd["instance_embedding"] = ie if ie.dim() == 2 else ie.index_select(2, K)  # Q8 in docs/checkpoint-formats.md extension for ortho
         if demux == "index_pos":
             sd["demux_module.demux_instance_embedding"] = sd["demux_module.demux_instance_embedding"].index_select(1, K)
             sd["demux_module.dense_1.weight"] = sd["demux_module.dense_1.weight"].index_select(1, K2)
@@ -999,7 +999,7 @@ def compress_like_upstream(masked_dir: str | Path, out_dir: str | Path) -> Synth
         else:
             for n in range(raw.num_instances):
                 sd[f"demux_module.dense_{n}.weight"] = sd[f"demux_module.dense_{n}.weight"].index_select(1, K)
-    for i, p in enumerate(lay):  # every layer (Q6: upstream loops range(0, 12))
+    for i, p in enumerate(lay):  # every layer (Q6 in docs/checkpoint-formats.md: upstream loops range(0, 12))
         if p + "attention.self.query.weight" in sd:
             for m in ("query", "key", "value"):
                 sd[p + f"attention.self.{m}.weight"] = sd[p + f"attention.self.{m}.weight"].index_select(1, K)

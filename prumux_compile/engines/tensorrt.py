@@ -62,7 +62,7 @@ _PRECISIONS = ("fp32", "fp16")
 
 class TensorRTBuildError(EngineBuildError):
     """A failed TensorRT build (exit 4). ``profiles`` names the profile(s) concerned, ``log`` holds the builder
-    log lines (``"[SEVERITY] message"``) for the report (F10)."""
+    log lines (``"[SEVERITY] message"``) for the report (F10 in docs/field-faults.md)."""
 
     def __init__(self, message: str, *, profiles: list[str] | None = None, log: list[str] | None = None):
         super().__init__(message)
@@ -120,7 +120,7 @@ class TrtOptions:
             raise InputError(f"tensorrt: max_batch={self.max_batch}: must be >= 1")
         if self.max_batch is not None and self.batch_sizes and int(self.max_batch) < max(self.batch_sizes):
             raise InputError(f"tensorrt: max_batch={self.max_batch} is below batch size {max(self.batch_sizes)}; "
-                             "every profile shares one maximum (F14)")
+                             "every profile shares one maximum (F14 in docs/field-faults.md)")
         if self.seq_len is not None and int(self.seq_len) < 1:
             raise InputError(f"tensorrt: seq_len={self.seq_len}: must be >= 1")
         if int(self.min_seq) < 1 or (self.seq_len is not None and int(self.min_seq) > int(self.seq_len)):
@@ -159,7 +159,7 @@ class Profile:
 
 def compute_profiles(batch_sizes, num_instances: int, seq_len: int, *, max_batch: int | None = None,
                      min_seq: int = 1, input_names=INPUT_NAMES) -> list[Profile]:
-    """Optimization profiles for the given batch sizes (module docstring, F14).
+    """Optimization profiles for the given batch sizes (module docstring, F14 in docs/field-faults.md).
 
     Every profile has batch range ``1 .. M`` with one shared ``M`` and sequence range ``min_seq .. seq_len``;
     profile i is optimised for ``batch_sizes[i]`` (sorted, deduplicated) and ``seq_len``.
@@ -191,7 +191,7 @@ def compute_profiles(batch_sizes, num_instances: int, seq_len: int, *, max_batch
     top = int(max_batch) if max_batch is not None else -(-sizes[-1] // n) * n
     if top < sizes[-1]:
         raise InputError(f"tensorrt: max_batch={top} is below batch size {sizes[-1]}; every profile shares one "
-                         "maximum (F14)")
+                         "maximum (F14 in docs/field-faults.md)")
     s = int(seq_len)
     return [Profile(i, {name: ((1, int(min_seq)), (b, s), (top, s)) for name in input_names})
             for i, b in enumerate(sizes)]
@@ -304,7 +304,7 @@ def build_plan(onnx_path: str | Path, plan_path: str | Path, profiles: list[Prof
     Raises:
         TensorRTBuildError: the parser rejected the graph, a profile was refused, or the builder failed
             (names the profile(s); ``.log`` holds the builder log).
-        EngineBuildError: non-standard ops (F17) or TensorRT older than :data:`MIN_TRT_MAJOR`.
+        EngineBuildError: non-standard ops (F17 in docs/field-faults.md) or TensorRT older than :data:`MIN_TRT_MAJOR`.
         InputError: bad options.
     """
     from prumux_compile.engines.trt_onnx import check_standard_ops
@@ -529,7 +529,7 @@ class TensorRTBackend(Backend):
         """``model.onnx`` -> ``model.trt.onnx`` [-> fp16 form] -> ``model.plan`` (the artifact).
 
         Raises:
-            EngineBuildError / TensorRTBuildError: unavailable, unsupported precision, F17, or a failed build
+            EngineBuildError / TensorRTBuildError: unavailable, unsupported precision, F17 in docs/field-faults.md, or a failed build
                 (exit 4).
             InputError: bad options, or a sequence length beyond the model's limit.
         """

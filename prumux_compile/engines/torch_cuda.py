@@ -14,7 +14,7 @@ what a GPU runtime needs:
   (``attention="sdpa"``) or the explicit float32 form (``"math"``);
 * CUDA graphs captured lazily per (batch bucket, sequence bucket): a batch is padded with copies of its last
   row up to the smallest bucket (bucket sizes are multiples of N, so mux groups of the real rows are exactly
-  those of the unpadded batch: the same "repeat-last" policy as the compiled model, F18) and the graph
+  those of the unpadded batch: the same "repeat-last" policy as the compiled model, F18 in docs/field-faults.md) and the graph
   replays; batches beyond the largest bucket run in chunks of it. ``graph_mode="compile-cuda-graph"``
   wraps the model in ``torch.compile`` first (kernels then stay PyTorch so inductor can fuse them);
   ``"eager"`` disables graphs.

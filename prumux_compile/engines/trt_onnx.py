@@ -2,7 +2,7 @@
 
 ``model.trt.onnx`` is the exported ``model.onnx`` checked to hold standard-domain ONNX ops only: an
 ORT-optimised graph (``model.ort.onnx``, ``com.microsoft`` fused ops) is refused with a clear error (fault
-class F17; TensorRT#1515), so the two paths never share an artifact.
+class F17 in docs/field-faults.md; TensorRT#1515), so the two paths never share an artifact.
 
 TensorRT >= 10 builds *strongly typed* networks (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; always on
 in TensorRT 11): precision is a property of the graph, not of builder flags. The fp16 form is therefore
@@ -30,7 +30,7 @@ __all__ = ["TRT_FILENAME", "TRT_FP16_FILENAME", "FP32_OPS", "check_standard_ops"
 
 TRT_FILENAME = "model.trt.onnx"
 TRT_FP16_FILENAME = "model.trt.fp16.onnx"
-#: Ops kept in float32 by the fp16 conversion (F8; E10), added to the converter's own default block list.
+#: Ops kept in float32 by the fp16 conversion (F8 in docs/field-faults.md; E10), added to the converter's own default block list.
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
             "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Pow", "Sqrt", "Div",
             "Erf")
@@ -79,7 +79,7 @@ def check_standard_ops(path_or_model, *, what: str = "TensorRT") -> dict[str, in
         path_or_model, onnx.ModelProto) else "the model")
     if foreign or len(model.functions):
         listed = ", ".join(f"{k} x{v}" for k, v in sorted(foreign.items())) or f"{len(model.functions)} functions"
-        raise EngineBuildError(f"{name}: {what} accepts standard ONNX ops only, found {listed} (F17: an "
+        raise EngineBuildError(f"{name}: {what} accepts standard ONNX ops only, found {listed} (F17 in docs/field-faults.md: an "
                                f"ORT-optimised graph such as model.ort.onnx cannot feed {what}; use model.onnx)")
     return dict(sorted(Counter(n.op_type for n in nodes).items()))
 
@@ -95,7 +95,7 @@ def write_trt_onnx(onnx_path: str | Path, out_path: str | Path | None = None) ->
         ``{"path", "ops" (op -> count), "nodes"}``.
 
     Raises:
-        EngineBuildError: non-standard ops (F17), or ONNX shape inference / the checker fails.
+        EngineBuildError: non-standard ops (F17 in docs/field-faults.md), or ONNX shape inference / the checker fails.
         InputError: unreadable input, or ``out_path`` equals ``onnx_path``.
     """
     onnx_path = Path(onnx_path)
@@ -109,7 +109,7 @@ def write_trt_onnx(onnx_path: str | Path, out_path: str | Path | None = None) ->
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises InferenceError, ValidationError, ...
         raise EngineBuildError(f"{onnx_path.name}: ONNX check before TensorRT failed: {_first_line(exc)}") from None
-    save_onnx(model, out_path)  # external data beside it past the protobuf limit (F26)
+    save_onnx(model, out_path)  # external data beside it past the protobuf limit (F26 in docs/field-faults.md)
     return {"path": str(out_path), "ops": ops, "nodes": int(sum(ops.values()))}
 
 
@@ -163,7 +163,7 @@ def write_trt_onnx_fp16(trt_onnx_path: str | Path, out_path: str | Path | None =
     out_types = [o.type.tensor_type.elem_type for o in converted.graph.output]
     if out_types != [o.type.tensor_type.elem_type for o in model.graph.output]:
         raise EngineBuildError(f"{trt_onnx_path.name}: fp16 conversion changed the output types")
-    save_onnx(converted, out_path)  # external data beside it past the protobuf limit (F26)
+    save_onnx(converted, out_path)  # external data beside it past the protobuf limit (F26 in docs/field-faults.md)
     kinds = Counter(t.data_type for t in converted.graph.initializer)
     return {"path": str(out_path), "fp32_ops": list(fp32_ops), "ops": ops, "casts": ops.get("Cast", 0),
             "fp32_cast_nodes": len(cast_nodes), "fp16_initializers": kinds.get(onnx.TensorProto.FLOAT16, 0),

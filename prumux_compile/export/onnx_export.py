@@ -17,8 +17,8 @@ exported graph is held once in memory while its interface is set (about the size
 
 Checks after export (:func:`check_onnx`, raising :class:`~prumux_compile.errors.EngineBuildError`):
 ``onnx.checker`` full check (strict shape inference), opset >= 17, standard ONNX domain only, no model-local
-functions, no ``If`` / ``Loop`` node anywhere (F19), the declared interface with symbolic batch / sequence
-axes on every input and on the output (F13).
+functions, no ``If`` / ``Loop`` node anywhere (F19 in docs/field-faults.md), the declared interface with symbolic batch / sequence
+axes on every input and on the output (F13 in docs/field-faults.md).
 """
 from __future__ import annotations
 
@@ -248,7 +248,7 @@ def _apply_interface(model: onnx.ModelProto, spec: ExportSpec) -> None:
         value.doc_string = t.doc
         dims = value.type.tensor_type.shape.dim
         for i, axis in enumerate(t.axes):
-            # rename symbolic axes only: a specialised (static) axis stays static so check_onnx reports it (F13)
+            # rename symbolic axes only: a specialised (static) axis stays static so check_onnx reports it (F13 in docs/field-faults.md)
             if i < len(dims) and isinstance(axis, str) and not dims[i].HasField("dim_value"):
                 dims[i].dim_param = axis
     model.doc_string = (
@@ -297,7 +297,7 @@ def _interface_problems(model: onnx.ModelProto, spec: ExportSpec) -> list[str]:
             for i, (dim, axis) in enumerate(zip(dims, t.axes)):
                 if isinstance(axis, str) and (dim.HasField("dim_value") or dim.dim_param != axis):
                     got = dim.dim_value if dim.HasField("dim_value") else repr(dim.dim_param)
-                    problems.append(f"{what} {t.name} axis {i} is {got}, expected the dynamic axis {axis!r} (F13)")
+                    problems.append(f"{what} {t.name} axis {i} is {got}, expected the dynamic axis {axis!r} (F13 in docs/field-faults.md)")
                 elif isinstance(axis, int) and dim.HasField("dim_value") and dim.dim_value != axis:
                     problems.append(f"{what} {t.name} axis {i} is {dim.dim_value}, expected {axis}")
     return problems
@@ -334,7 +334,7 @@ def check_onnx(path: str | Path, spec: ExportSpec, *, standard_only: bool = True
     domains = sorted({n.domain or "ai.onnx" for n in nodes})
     forbidden = sorted({n.op_type for n in nodes if n.op_type in _FORBIDDEN_OPS and n.domain in _STANDARD_DOMAINS})
     if forbidden:
-        problems.append(f"graph holds {'/'.join(forbidden)} nodes (data-dependent control flow; F19)")
+        problems.append(f"graph holds {'/'.join(forbidden)} nodes (data-dependent control flow; F19 in docs/field-faults.md)")
     if standard_only:
         other = sorted({n.domain for n in nodes if n.domain not in _STANDARD_DOMAINS}
                        | {o.domain for o in model.opset_import if o.domain not in _STANDARD_DOMAINS})

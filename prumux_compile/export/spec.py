@@ -94,7 +94,7 @@ class ExportSpec:
             order (what ONNX Runtime's attention fusion must reproduce per layer; field fault F6 in docs/field-faults.md).
         head_size: per-head width dh.
         inputs / outputs: the graph interface (:class:`TensorSpec`).
-        example_batch / example_seq: example shapes for tracing (never 0 or 1, F15).
+        example_batch / example_seq: example shapes for tracing (never 0 or 1, F15 in docs/field-faults.md).
         type_vocab_size: rows of the token-type table (``token_type_ids`` must lie in ``[0, type_vocab_size)``
             where the family uses them; field fault F20 in docs/field-faults.md). Models exported before this field default to 2.
     """
@@ -193,7 +193,7 @@ class ExportSpec:
 
 
 def _example_length(limit: int) -> int:
-    """An example length on a dynamic sequence axis: never 0 or 1 (F15), below ``limit`` when possible."""
+    """An example length on a dynamic sequence axis: never 0 or 1 (F15 in docs/field-faults.md), below ``limit`` when possible."""
     return max(2, min(16, limit - 1))
 
 
@@ -203,7 +203,7 @@ def make_spec(*, family: str, num_instances: int, num_labels: int, id2label: dic
     """Build the :class:`ExportSpec` of one model from its sizes (the declarative part of the export).
 
     Raises:
-        InputError: unknown family (lists the supported ones; F11), ``N < 1``, a sequence limit < 2, or a
+        InputError: unknown family (lists the supported ones; F11 in docs/field-faults.md), ``N < 1``, a sequence limit < 2, or a
             multiplexed model without a compiled length.
     """
     if family not in SUPPORTED_FAMILIES:

@@ -38,7 +38,7 @@ class FeedForward(nn.Module):
 
 class EncoderLayer(nn.Module):
     """One layer; a removed sublayer (None, or nothing kept) is the identity — decided here, at build time
-    (fault classes F1, F2, F19: no data-dependent branch reaches the graph).
+    (fault classes F1 in docs/field-faults.md, F2, F19: no data-dependent branch reaches the graph).
 
     Forward: ``x [B, L, d']``, ``mask_add`` or None -> ``[B, L or out_rows, d']``.
     """

@@ -1,9 +1,9 @@
-"""The compiled model: a ``torch.nn.Module`` with static structure built from the IR alone (F7).
+"""The compiled model: a ``torch.nn.Module`` with static structure built from the IR alone (F7 in docs/field-faults.md).
 
 This package is the ONLY definition of the compact model: the ONNX export, the eager baseline and the CUDA
 engine (:mod:`prumux_compile.engines.torch_cuda`, a runtime around this module) all run it.
 
-Export-friendly: no data-dependent branches (F19), no RNG, no in-place writes to the caller's inputs; batch
+Export-friendly: no data-dependent branches (F19 in docs/field-faults.md), no RNG, no in-place writes to the caller's inputs; batch
 padding to a multiple of N and sequence padding to the compiled length happen inside the forward, so the
 exported graph accepts any batch B >= 1 and any length S <= ``seq_len``. Precision: ``compute_dtype`` (the
 policy of :mod:`.norm`: GEMMs in that dtype, LayerNorm / softmax / reductions / residual stream in float32).

@@ -1,7 +1,7 @@
 """``drop-empty-sublayers``: remove attention / FFN sublayers with nothing kept, and layers with neither.
 
 A removed sublayer is the identity on the residual stream: no bias, no LayerNorm (docs/checkpoint-formats.md §2.5; fault classes
-F1, F2). Decided from the IR, statically (F19).
+F1 in docs/field-faults.md, F2). Decided from the IR, statically (F19).
 """
 from __future__ import annotations
 

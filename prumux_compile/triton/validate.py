@@ -1,4 +1,4 @@
-"""Check a Triton ``ModelConfig`` against the model it serves (fault classes F12–F14).
+"""Check a Triton ``ModelConfig`` against the model it serves (fault classes F12–F14 in docs/field-faults.md).
 
 Two entry points share one set of tensor checks:
 
@@ -21,7 +21,7 @@ Rules (docs/field-faults.md F12–F14; Triton model-configuration docs, "Maximum
   batching model's batch and pads smaller ones, which would mix padding rows into mux groups; only its documented
   parameters are accepted;
 * TensorRT plans: every optimization profile starts at batch 1, all profiles share one max batch,
-  and ``max_batch_size`` equals it (F14, triton server#7056).
+  and ``max_batch_size`` equals it (F14 in docs/field-faults.md, triton server#7056).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Write a Triton model repository entry ``<repo_dir>/<name>/{config.pbtxt, 1/model.*}``.
 
-The config is validated against the model BEFORE anything is written (fault classes F12–F14); the
+The config is validated against the model BEFORE anything is written (fault classes F12–F14 in docs/field-faults.md); the
 entry is assembled in a temporary directory inside ``repo_dir`` and renamed into place, so a failure
 leaves no partial model directory behind.
 """

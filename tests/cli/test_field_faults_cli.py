@@ -1,5 +1,5 @@
 """Field faults at the command line: ``inspect`` on each kind of bad checkpoint exits 2 with one error line that
-names the problem (F21, F22, F25, F28; docs/fault-classes.md), and good instances of each kind are accepted."""
+names the problem (F21, F22, F25, F28; docs/field-faults.md), and good instances of each kind are accepted."""
 from __future__ import annotations
 
 import json
@@ -33,7 +33,7 @@ def _mlm_head(path):
     torch.save({**sd, "cls.predictions.bias": torch.zeros(256)}, path / "pytorch_model.bin")
 
 
-# (id, SynthSpec fields, edit after writing, text expected in the one error line)
+# (id, SynthSpec fields, edit after writing, text expected in the one error line); F-numbers: docs/field-faults.md
 BAD = [
     ("F28-lfs-pointer", dict(family="bert", broken_file="lfs-pointer"), None, "a Git LFS pointer"),
     ("F28-empty-zs", dict(family="cofi_masked", broken_file="empty", broken_target="zs"), None, "empty (0 bytes)"),
@@ -88,7 +88,7 @@ def test_good_instances_of_the_kinds_inspect(tmp_path, fields):
 def external_everything(monkeypatch):
     import prumux_compile.export.onnx_export as ox
 
-    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1)  # tiny models take the > 2 GiB path (F26)
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1)  # tiny models take the > 2 GiB path (F26 in docs/field-faults.md)
 
 
 def test_f26_export_command_carries_external_data(tmp_path, one_torch_thread, external_everything):

@@ -1,4 +1,4 @@
-"""Fault class F27: file-system errors (read-only location, no permission, full disk, unwritable cache) exit 2
+"""Fault class F27 in docs/field-faults.md: file-system errors (read-only location, no permission, full disk, unwritable cache) exit 2
 with the path and the OS reason, leave nothing half-written and never print a traceback — for build, export,
 triton and demo-checkpoints.
 

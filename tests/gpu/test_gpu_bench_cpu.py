@@ -54,7 +54,7 @@ def test_bert_base_structures_hit_target_sparsity(bench, target):
     assert heads == sorted(heads, reverse=True) and dims == sorted(dims, reverse=True)  # upper layers lose more
     assert all(h == sorted(set(h)) for h in st.heads_kept) and len(st.hidden_kept) == 768
     if target == 0.95:
-        assert 0 in heads  # whole attention sublayers removed (F1)
+        assert 0 in heads  # whole attention sublayers removed (F1 in docs/field-faults.md)
 
 
 def test_unpruned_structure(bench):

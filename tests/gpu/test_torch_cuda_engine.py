@@ -136,7 +136,7 @@ def test_options_rejected(options, match):
 @pytest.mark.parametrize("name,batch", [("mux-index-pos", 7), ("mux-index-pos", 13), ("index", 10), ("bert", 5)])
 def test_cpu_runner_buckets_and_chunks(name, batch, synth_ckpt):
     """Batches above the largest bucket run in chunks of it (multiples of N keep mux groups intact); the
-    result equals the compiled model on the whole batch (F18: repeat-last padding)."""
+    result equals the compiled model on the whole batch (F18 in docs/field-faults.md: repeat-last padding)."""
     path = synth_ckpt(name, **{**BASE, **FAMILIES[name]})
     ir, _ = compile_ir(load(path, seq_len=SEQ))
     n = ir.num_instances
@@ -223,7 +223,7 @@ def test_cuda_engine_fp32_and_fp16(name, synth_ckpt):
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_cuda_graph_equals_eager(precision, synth_ckpt):
-    """F18/F9: batch 7 with N=2 (odd batch, bucket padding), padded rows: graph replay == eager, all finite."""
+    """F18/F9 in docs/field-faults.md: batch 7 with N=2 (odd batch, bucket padding), padded rows: graph replay == eager, all finite."""
     path = synth_ckpt("g", **{**BASE, **dict(FAMILIES["mux-index-pos"], num_instances=2)})
     ir, _ = compile_for_cuda(load(path, seq_len=SEQ))
     model = engine_model(ir, precision, device="cuda")

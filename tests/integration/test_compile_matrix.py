@@ -16,7 +16,8 @@ SEQ = 16
 V = 1024  # index demux prefixes use ids up to 680
 BASE = dict(vocab=V, max_pos=64, num_layers=3, hidden=32, heads=4, ffn=48)
 
-# (id, SynthSpec fields). Heads/FFN ids are ORIGINAL ids kept per layer; [] removes the sublayer.
+# (id, SynthSpec fields). Heads/FFN ids are ORIGINAL ids kept per layer; [] removes the sublayer. F-numbers in ids
+# name the field faults of docs/field-faults.md.
 CASES = [
     ("bert", dict(family="bert")),
     ("cofi-compressed-F1", dict(family="cofi_compressed", heads_kept=[[0, 2], [], [1, 2, 3]],
@@ -92,12 +93,12 @@ def test_compiled_equals_reference(case_id, fields, synth_ckpt):
                 assert out.shape == (b, ir.num_labels)
                 diff = (out.double() - ref.double()).abs().max().item()
                 assert diff <= 1e-5, f"{case_id} stage={stage} B={b} S={length}: max |Δlogit| = {diff:.2e}"
-            for a, a0 in zip((ids, mask, tt), before):  # F18: the caller's arrays are unchanged
+            for a, a0 in zip((ids, mask, tt), before):  # F18 in docs/field-faults.md: the caller's arrays are unchanged
                 np.testing.assert_array_equal(a, a0)
 
 
 def test_structure_from_weights_not_config(synth_ckpt):
-    """F4/F7: widths come from the weights; dropped sublayers and layers show in the compiled IR (F1, F2)."""
+    """F4/F7 in docs/field-faults.md: widths come from the weights; dropped sublayers and layers show in the compiled IR (F1, F2)."""
     path = synth_ckpt("f", **_params(dict(family="cofi_compressed", heads_kept=[[0], [], [3]],
                                           ffn_kept=[list(range(5)), [], list(range(7))])))
     ir, reports = compile_ir(load(path), "all")
@@ -109,7 +110,7 @@ def test_structure_from_weights_not_config(synth_ckpt):
 
 
 def test_no_data_dependent_branches_F19(synth_ckpt):
-    """F19: tracing with a removed sublayer then a present one gives a graph with no control flow."""
+    """F19 in docs/field-faults.md: tracing with a removed sublayer then a present one gives a graph with no control flow."""
     path = synth_ckpt("t", **_params(dict(family="prumux_compressed", num_instances=2,
                                           heads_kept=[[], [1], [0, 2]], ffn_kept=[[0, 1], [], list(range(9))])))
     model = build_module(compile_ir(load(path, seq_len=SEQ), "all")[0])
@@ -122,7 +123,7 @@ def test_no_data_dependent_branches_F19(synth_ckpt):
 
 
 def test_batch_padding_deterministic_F18(synth_ckpt):
-    """F18: B=7 with N=2 and N=5 gives 7 rows, twice the same; the policy is repeat-last (not random)."""
+    """F18 in docs/field-faults.md: B=7 with N=2 and N=5 gives 7 rows, twice the same; the policy is repeat-last (not random)."""
     for n in (2, 5):
         path = synth_ckpt(f"p{n}", **_params(dict(family="muxplm", num_instances=n)))
         model = build_module(compile_ir(load(path, seq_len=SEQ), "all")[0])
@@ -140,7 +141,7 @@ def test_batch_padding_deterministic_F18(synth_ckpt):
 def test_onnx_artifacts_equal_reference(case_id, fields, synth_ckpt, tmp_path, one_torch_thread):
     """The same matrix through export: model.onnx (standard domain, no If, symbolic axes) and model.ort.onnx
     on ONNX Runtime CPU, validated against the reference at B in {1, N-1, N, 2N+1} and several lengths, 1e-4
-    (F6 per-layer fused heads, F9 finite padded rows, F11, F13, F15, F17, F18, F19)."""
+    (F6 in docs/field-faults.md per-layer fused heads, F9 finite padded rows, F11, F13, F15, F17, F18, F19)."""
     from prumux_compile.export_job import export_into
 
     path = synth_ckpt(case_id, **_params(fields))
@@ -156,4 +157,4 @@ def test_onnx_artifacts_equal_reference(case_id, fields, synth_ckpt, tmp_path, o
         assert max(c.max_abs_diff for c in res.cases) <= 1e-4
     fusion = result.artifact.report["fusion"]
     assert fusion["error"] is None
-    assert fusion["fused_attention"] == fusion["expected_attention"]  # F6: each layer's own head count
+    assert fusion["fused_attention"] == fusion["expected_attention"]  # F6 in docs/field-faults.md: each layer's own head count

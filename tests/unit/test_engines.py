@@ -21,7 +21,7 @@ from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 from tests.conftest import make_inputs
 
 SEQ = 16
-#: F6: heads kept per layer [4, 3, 0, 1] (the issue's [12, 7, 0, 3] at toy size).
+#: F6 in docs/field-faults.md: heads kept per layer [4, 3, 0, 1] (the issue's [12, 7, 0, 3] at toy size).
 HEADS = [[0, 1, 2, 3], [0, 2, 3], [], [1]]
 EXPECTED_ATTENTION = [[0, 4], [1, 3], [3, 1]]
 BASE = dict(num_layers=4, hidden=32, heads=4, ffn=32, vocab=128, max_pos=64, num_labels=3, heads_kept=HEADS)

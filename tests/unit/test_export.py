@@ -178,10 +178,10 @@ def test_runner_refuses_sequences_beyond_the_limit(name, too_long, exported):
 
 
 def test_partial_mux_group_is_deterministic_and_inputs_untouched(exported):
-    """F18: batch 7 with N = 3 gives 7 rows, twice the same, and the caller's arrays are not written."""
+    """F18 in docs/field-faults.md: batch 7 with N = 3 gives 7 rows, twice the same, and the caller's arrays are not written."""
     _, _, result = exported("mux3-index")
     ids, mask, tt = make_inputs(7, 16, 700, seed=9)
-    ids[:, 0] = 5  # upstream would overwrite column 0 in place (Q18); the index demux prepends instead
+    ids[:, 0] = 5  # upstream would overwrite column 0 in place (Q18 in docs/checkpoint-formats.md); the index demux prepends instead
     copies = [a.copy() for a in (ids, mask, tt)]
     with registry.get("ort-cpu").load(result.artifact) as runner:
         first = runner.run(_feeds(ids, mask, tt))["logits"]

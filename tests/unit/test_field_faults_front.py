@@ -1,4 +1,4 @@
-"""Field faults F20–F22, F25, F26, F28 (docs/fault-classes.md), front end: checkpoint reading, config fields,
+"""Field faults F20–F22, F25, F26, F28 (docs/field-faults.md), front end: checkpoint reading, config fields,
 reference and kernels, example inputs, feeds, external-data export. Each kind is a table of several instances."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _write(tmp_path, name="ckpt", **fields):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# F28: a weights file that is not a checkpoint is named for what it is
+# F28 in docs/field-faults.md: a weights file that is not a checkpoint is named for what it is
 # ------------------------------------------------------------------------------------------------------------------
 F28_CASES = [
     # (id, SynthSpec fields, text the error must contain)
@@ -86,7 +86,7 @@ def test_f28_lfs_pointer_is_130_bytes_like_git_writes(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# F25: sharded checkpoints (safetensors and .bin, with their index files); hashes cover every shard
+# F25 in docs/field-faults.md: sharded checkpoints (safetensors and .bin, with their index files); hashes cover every shard
 # ------------------------------------------------------------------------------------------------------------------
 F25_CASES = [
     # (id, SynthSpec fields, index file, number of shards)
@@ -171,7 +171,7 @@ def test_f25_bad_shards(tmp_path, corrupt, expected):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# F21: uniform wrapper prefixes are removed; a bare encoder gets "no classifier head"; errors list the first keys
+# F21 in docs/field-faults.md: uniform wrapper prefixes are removed; a bare encoder gets "no classifier head"; errors list the first keys
 # ------------------------------------------------------------------------------------------------------------------
 F21_PREFIXES = [
     ("bert-module", dict(family="bert"), "module."),
@@ -243,7 +243,7 @@ def test_f21_bad_keys(tmp_path, edit, expected):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# F22: every config field that changes the forward pass is implemented on both sides or refused; nothing unread
+# F22 in docs/field-faults.md: every config field that changes the forward pass is implemented on both sides or refused; nothing unread
 # ------------------------------------------------------------------------------------------------------------------
 import math  # noqa: E402
 
@@ -569,7 +569,7 @@ def test_f22_every_activation_exports_to_standard_onnx_and_validates(tmp_path, o
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# F20: example and validation inputs stay inside every embedding table; runners refuse out-of-range segment ids
+# F20 in docs/field-faults.md: example and validation inputs stay inside every embedding table; runners refuse out-of-range segment ids
 # ------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("type_vocab", [1, 2, 3])
 @pytest.mark.parametrize("batch,seq,vocab", [(7, 16, 1024), (2, 5, 110), (12, 64, 30522)])
@@ -588,7 +588,7 @@ def test_f20_realistic_inputs_stay_inside_the_tables(batch, seq, vocab, type_voc
 
 
 F20_TABLES = [
-    # (id, SynthSpec fields): N = 1 families use the token types; one muxed family ignores them (upstream Q3)
+    # (id, SynthSpec fields): N = 1 families use the token types; one muxed family ignores them (upstream Q3 in docs/checkpoint-formats.md)
     ("bert-1-type", dict(family="bert", type_vocab_size=1)),
     ("cofi-compressed-1-type", dict(family="cofi_compressed", type_vocab_size=1, heads_kept=[[0], [1]])),
     ("cofi-masked-3-types", dict(family="cofi_masked", type_vocab_size=3)),
@@ -653,7 +653,7 @@ def test_f20_muxed_models_ignore_segment_ids_as_upstream(tmp_path, one_torch_thr
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# F26: models past the 2 GiB protobuf limit are saved with external data, and every later step carries it along.
+# F26 in docs/field-faults.md: models past the 2 GiB protobuf limit are saved with external data, and every later step carries it along.
 # The threshold is lowered so that tiny models take that path.
 # ------------------------------------------------------------------------------------------------------------------
 @pytest.fixture

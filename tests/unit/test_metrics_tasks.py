@@ -1,4 +1,4 @@
-"""Metrics of fault classes F23/F24: Pearson/Spearman of one-output regression heads (hand-computed values and
+"""Metrics of field faults F23/F24 (docs/field-faults.md): Pearson/Spearman of one-output regression heads (hand-computed values and
 scipy as an independent oracle), below-chance detection and the relabelling that explains it, and selection in
 the task's metric with a clamped floor."""
 from __future__ import annotations

@@ -254,7 +254,7 @@ def _compress(sd, zs, *, d, heads, dh, layers, demux=None, mux=None):
             out[p + "attention.output.dense.bias"] = (sd[p + "attention.output.dense.bias"] * hlz[i] * zh)[K]
             for t in ("weight", "bias"):
                 out[p + f"attention.output.LayerNorm.{t}"] = sd[p + f"attention.output.LayerNorm.{t}"][K]
-        else:  # upstream keeps the unused [d] attention LayerNorm of a removed attention (Q14)
+        else:  # upstream keeps the unused [d] attention LayerNorm of a removed attention (Q14 in docs/checkpoint-formats.md)
             for t in ("weight", "bias"):
                 out[p + f"attention.output.LayerNorm.{t}"] = sd[p + f"attention.output.LayerNorm.{t}"].clone()
         fk = torch.nonzero(iz[i] * mz[i]).reshape(-1)
@@ -289,8 +289,8 @@ def _compress(sd, zs, *, d, heads, dh, layers, demux=None, mux=None):
 
 
 def _masks(g, *, d, heads, ffn, soft):
-    """4 layers: L0 partial heads + partial FFN; L1 head_z all 0 with head_layer_z 1 (Q12) and mlp_z 0
-    (whole layer removed, F2); L2 head_layer_z 0 (attention removed), full FFN; L3 all heads, FFN dims
+    """4 layers: L0 partial heads + partial FFN; L1 head_z all 0 with head_layer_z 1 (Q12 in docs/checkpoint-formats.md) and mlp_z 0
+    (whole layer removed, F2 in docs/field-faults.md); L2 head_layer_z 0 (attention removed), full FFN; L3 all heads, FFN dims
     all 0 with mlp_z 1 (FFN removed)."""
     layers = 4
     hidden = torch.ones(d)
@@ -390,7 +390,7 @@ def test_muxed_ignores_mask_and_types_and_pads_to_seq_len(tmp_path):
     # right-padding with [PAD] = 0 to seq_len is what the reference does itself
     padded = torch.cat([ids, torch.zeros(4, 3, dtype=torch.int64)], dim=1)
     torch.testing.assert_close(forward(raw, padded, seq_len=8), base, atol=1e-6, rtol=0)
-    # PAD tokens are attended (no encoder mask, Q2): the padded length changes the logits
+    # PAD tokens are attended (no encoder mask, Q2 in docs/checkpoint-formats.md): the padded length changes the logits
     assert not torch.allclose(forward(raw, ids, seq_len=10), base, atol=1e-4)
 
 
@@ -460,7 +460,7 @@ def test_masked_equals_sliced(tmp_path, n, mux, demux, soft):
 
 
 def test_hidden_pruned_dims_and_removed_sublayers_are_static(tmp_path):
-    """A masked checkpoint whose removed sublayers hold huge weights gives the same logits (F1/F2/F3)."""
+    """A masked checkpoint whose removed sublayers hold huge weights gives the same logits (F1/F2/F3 in docs/field-faults.md)."""
     g = torch.Generator().manual_seed(6)
     sd, cfg = _family_ckpt(g, 2, "gaussian_hadamard", "index_pos")
     zs = _masks(g, d=16, heads=4, ffn=12, soft=True)
@@ -475,7 +475,7 @@ def test_hidden_pruned_dims_and_removed_sublayers_are_static(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Batch padding (§2.1 step 1, Q1, F18)
+# Batch padding (§2.1 step 1, Q1 in docs/checkpoint-formats.md, F18 in docs/field-faults.md)
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture
 def mux_raw(tmp_path):
@@ -498,7 +498,7 @@ def test_batch_padding_repeat_last(mux_raw, n):
     assert out.shape == (7, 3) and torch.isfinite(out).all()
     torch.testing.assert_close(forward(raw, as_numpy, seq_len=8), out, atol=0, rtol=0)  # numpy input, same call
     torch.testing.assert_close(forward(raw, ids, seq_len=8), out, atol=0, rtol=0)  # deterministic
-    assert torch.equal(ids, before_t) and np.array_equal(as_numpy, before_np)  # caller arrays untouched (Q18)
+    assert torch.equal(ids, before_t) and np.array_equal(as_numpy, before_np)  # caller arrays untouched (Q18 in docs/checkpoint-formats.md)
     full = (7 // n) * n
     # complete groups are unaffected by the padding; the last group is completed with copies of row 6
     torch.testing.assert_close(out[:full], forward(raw, ids[:full], seq_len=8), atol=1e-6, rtol=0)

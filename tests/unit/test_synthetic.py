@@ -16,7 +16,7 @@ from prumux_compile.errors import CheckpointError, InputError
 from prumux_compile.demo.synthetic import SynthSpec, compress_like_upstream, write_checkpoint
 
 # A pruned structure for the default sizes (L=2, d=32, H=4 -> dh=8, F=64): layer 1 loses its attention
-# and its FFN (fault F1 / F2 shapes), 17 of 32 hidden dims stay.
+# and its FFN (fault F1 in docs/field-faults.md / F2 shapes), 17 of 32 hidden dims stay.
 HEADS = [[0, 2], []]
 FFN = [list(range(0, 64, 2)), []]
 HIDDEN = sorted(list(range(0, 32, 2)) + [1])  # 17 dims
@@ -95,7 +95,7 @@ def test_compressed_shapes_follow_spec(tmp_path):
         "bert.encoder.layer.0.intermediate.dense.weight": (32, 17),
         "bert.encoder.layer.0.output.dense.weight": (17, 32),
         "bert.encoder.layer.0.output.LayerNorm.bias": (17,),
-        "bert.encoder.layer.1.attention.output.LayerNorm.weight": (32,),  # Q14: attention removed, [d] kept
+        "bert.encoder.layer.1.attention.output.LayerNorm.weight": (32,),  # Q14 in docs/checkpoint-formats.md: attention removed, [d] kept
         "bert.encoder.layer.1.output.LayerNorm.weight": (17,),  # always sliced
         "bert.pooler.dense.weight": (32, 17),
         "layer_transformation.weight": (32, 17),

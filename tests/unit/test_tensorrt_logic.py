@@ -1,4 +1,4 @@
-"""TensorRT builder logic without TensorRT: profiles (F14), option checks, error mapping (F10), F17, with a fake
+"""TensorRT builder logic without TensorRT: profiles (F14 in docs/field-faults.md), option checks, error mapping (F10), F17, with a fake
 ``tensorrt`` module standing in for the library."""
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ NAMES = ("input_ids", "attention_mask", "token_type_ids")
 @pytest.mark.parametrize("sizes,n,seq,max_batch,expected", [
     # (opt batch, shared max) per profile; every min batch is 1
     ([16], 1, 128, None, [(16, 16)]),
-    ([8, 32], 1, 128, None, [(8, 32), (32, 32)]),          # F14: not 1..8 and 9..32, both 1..32
+    ([8, 32], 1, 128, None, [(8, 32), (32, 32)]),          # F14 in docs/field-faults.md: not 1..8 and 9..32, both 1..32
     ([32, 8, 8], 1, 128, None, [(8, 32), (32, 32)]),       # sorted, deduplicated
     ([7], 2, 16, None, [(7, 8)]),                          # shared max rounded up to a multiple of N
     ([], 5, 128, None, [(40, 40)]),                        # default 8·N
     ([16, 128], 2, 128, 256, [(16, 256), (128, 256)]),     # explicit shared max
-    ([16], 1, 128, 64, [(16, 64)]),                        # F10 example: min 1x.., opt 16x128, max 64x128
+    ([16], 1, 128, 64, [(16, 64)]),                        # F10 in docs/field-faults.md example: min 1x.., opt 16x128, max 64x128
 ])
 def test_compute_profiles(sizes, n, seq, max_batch, expected):
     profiles = compute_profiles(sizes, n, seq, max_batch=max_batch, input_names=NAMES)

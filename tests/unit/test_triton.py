@@ -366,7 +366,7 @@ def test_unparsable_config_is_one_problem(tmp_path, toy):
 @pytest.mark.parametrize(
     "model_kwargs, expected",
     [
-        ({"batch": 4}, "batch axis is fixed to 4"),  # F13: graph batch axis not dynamic
+        ({"batch": 4}, "batch axis is fixed to 4"),  # F13 in docs/field-faults.md: graph batch axis not dynamic
         ({"input_dtype": TensorProto.INT32}, "needs int64 (TYPE_INT64)"),
         ({"output_name": "scores"}, "model has no 'logits' output"),
         ({"input_names": ("input_ids", "attention_mask", "segment_ids")}, "'segment_ids' is not one of"),

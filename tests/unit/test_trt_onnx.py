@@ -1,4 +1,4 @@
-"""``model.trt.onnx`` and its fp16 form: standard ops only (F17), fp32 islands (F8), run with ONNX Runtime CPU
+"""``model.trt.onnx`` and its fp16 form: standard ops only (F17 in docs/field-faults.md), fp32 islands (F8), run with ONNX Runtime CPU
 and judged by the one comparator with TensorRT's criteria."""
 from __future__ import annotations
 

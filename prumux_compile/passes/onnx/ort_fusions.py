@@ -91,7 +91,7 @@ def _match_layers(nodes: list[tuple[str, int]], expected: list[tuple[int, int]])
             layers = ", ".join(f"layer {layer}: {h}" for layer, h in expected[start:]) or "none left"
             raise EngineBuildError(
                 f"ORT attention fusion produced node {name!r} with num_heads={heads}, but no remaining attention "
-                f"layer has that head count ({layers}); the fused graph would compute wrong attention (F6)"
+                f"layer has that head count ({layers}); the fused graph would compute wrong attention (F6 in docs/field-faults.md)"
             )
         unfused += [layer for layer, _ in expected[start:pos]]
         fused.append([expected[pos][0], heads])
@@ -126,7 +126,7 @@ def ort_fuse(src: str | Path, dst: str | Path, *, layer_heads: list[tuple[int, i
 
         model = ir.load(str(src))
         model, counts = optimize_for_ort(model)
-        # weights in src's external-data file go to dst's own (F26): dst never depends on src's files
+        # weights in src's external-data file go to dst's own (F26 in docs/field-faults.md): dst never depends on src's files
         ir.save(model, str(dst), external_data=dst.name + ".data" if onnx_data_files(src) else None)
         report.rewrites = {k: int(v) for k, v in sorted(counts.items()) if v}
     except Exception as exc:  # never fatal: fall back to the unfused graph and report why
