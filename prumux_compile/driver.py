@@ -1275,17 +1275,16 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
         pareto_plot(infos, chosen["id"], tmp / "pareto.png", accuracy_label=kind.split(" (")[0],
                     threshold=selection.threshold)
         _log(opts, "writing outputs (pareto.png, model_repository, report.json)")
-        platform = ((chosen.get("artifact") or {}).get("deployment") or {}).get("platform")
-        not_onnx = opts.triton_backend == "python" and platform not in (None, "onnxruntime_onnx")
-        if not_onnx:  # the Python-backend variant runs ONNX files only: the chosen artifact stays unserved in it
+        refusal = variant_refusal(chosen, opts.triton_backend)
+        if refusal is not None:  # measured and selected: the build stands, only this variant cannot serve it
             repo = None
             notes.append(f"{chosen['id']}: no model repository written (--triton-backend python serves ONNX "
-                         f"artifacts only, this one is {platform}); `prumux-compile triton OUT/report.json -o REPO` "
-                         "writes its native variant")
+                         f"artifacts only: {refusal}); `prumux-compile triton OUT/report.json -o REPO` writes its "
+                         "native variant")
         else:
             repo = write_candidate_repository(tmp / "model_repository", chosen, tmp / "candidates" / chosen["id"],
                                               backend=opts.triton_backend)
-        if repo is None and not not_onnx:
+        if repo is None and refusal is None:
             why = ((chosen.get("artifact") or {}).get("deployment") or {}).get("note")
             notes.append(f"{chosen['id']}: backend {chosen['backend']} has no Triton platform"
                          + (f" ({why})" if why else "") + "; no model repository written")
@@ -1305,10 +1304,24 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:  # this build's shared exports are done with (the folder is renamed or removed)
+        done = str((tmp / "candidates").resolve())
+        for key in [k for k in _SHARED_EXPORTS if k[0] == done]:
+            del _SHARED_EXPORTS[key]
 
 
 def _model_name(info: dict) -> str:
     return "prumux_" + "".join(ch if ch.isalnum() else "_" for ch in info["id"]).strip("_")
+
+
+def variant_refusal(info: dict, backend: str) -> str | None:
+    """Why the Triton ``backend`` variant cannot serve candidate ``info`` (the Python-backend variant runs ONNX
+    artifacts only), or None."""
+    platform = ((info.get("artifact") or {}).get("deployment") or {}).get("platform")
+    if backend == "python" and platform not in (None, "onnxruntime_onnx"):
+        return (f"the Python-backend variant serves ONNX artifacts only; {info['id']} is an {platform} artifact: "
+                "use the native backend")
+    return None
 
 
 def write_candidate_repository(repo_dir: Path, info: dict, cand_dir: Path, *, name: str | None = None,
@@ -1357,11 +1370,11 @@ def write_candidate_repository(repo_dir: Path, info: dict, cand_dir: Path, *, na
                   graph_optimization_level=dep.graph_optimization_level, gpu_accelerators=dep.accelerators)
     if dep.platform == "onnxruntime_onnx":
         kwargs["backend"] = backend
-    elif backend == "python":
+    refusal = variant_refusal(info, backend)
+    if refusal is not None:
         from prumux_compile.errors import TritonConfigError
 
-        raise TritonConfigError(f"the Python-backend variant serves ONNX artifacts only; {info['id']} is an "
-                                f"{dep.platform} artifact: use the native backend")
+        raise TritonConfigError(refusal)
     if dep.plan is not None:  # JSON lists -> the writer's tensor specs and (min, opt, max) shape tuples
         from prumux_compile.triton import TensorSpec
 

