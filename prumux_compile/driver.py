@@ -455,7 +455,7 @@ def _restore_cached(cid: str, ckpt: Path, opts: BuildOptions, key: str, cand_dir
             _copy_files(cache_dir, cand_dir)
             info = json.loads((cand_dir / "candidate.json").read_text())
             # the cache is keyed by content: the same weights may come back under another folder name
-            info.update(id=cid, checkpoint=str(ckpt), cached=True)
+            info.update(id=cid, checkpoint=str(Path(ckpt).absolute()), cached=True)
             return info
         _log(opts, f"{cid}: cache entry {cache_dir} not reused ({problem}); rebuilding")
     return None
@@ -597,14 +597,14 @@ def _compile_candidate(cid: str, ckpt: Path, backend_name: str, opts: BuildOptio
             if f.is_file():
                 f.unlink()
         _log(opts, f"{cid}: rejected: {exc}")
-        rejected = {"id": cid, "checkpoint": str(ckpt), "backend": backend_name, "precision": precision,
+        rejected = {"id": cid, "checkpoint": str(Path(ckpt).absolute()), "backend": backend_name, "precision": precision,
                     "reason": str(exc), "exit_code": exc.exit_code}
         return _CompiledCandidate(cid, ckpt, opts, cand_dir, batch_sizes, None, {"id": cid}, vocab, label2id,
                                   rejected=rejected)
 
     info = {
         "id": cid,
-        "checkpoint": str(ckpt),
+        "checkpoint": str(Path(ckpt).absolute()),  # absolute: the report is read from other folders
         "checkpoint_files": raw.files,
         "family": final.family,
         "num_instances": n,
@@ -1255,7 +1255,7 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
             "environment": environment(threads=opts.threads),
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()
                         if k not in ("out", "cache_dir") and not callable(v)} | {"executor": executor.spec},
-            "inputs": [{"id": cid, "path": str(p)} for cid, p in ckpts],
+            "inputs": [{"id": cid, "path": str(Path(p).absolute())} for cid, p in ckpts],
             "backends": {name: {"available": ok, "detail": why} for name, (ok, why) in avail.items()},
             "accuracy_kind": kind,
             "task": "regression" if infos[0].get("metric") == "pearson" else "classification",

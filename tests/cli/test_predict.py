@@ -298,3 +298,16 @@ def test_a_benchmark_batch_not_a_multiple_of_n_keeps_predict_equal_to_the_build(
                                z / z.sum(axis=1, keepdims=True), atol=1e-6, rtol=0)
     assert float(np.mean([r["label"] == g for r, g in zip(rows, GOLD)])) == report["candidates"][0]["accuracy"]
 
+
+def test_a_report_built_from_relative_paths_is_read_from_anywhere(tmp_path, monkeypatch):
+    """`build demo/... -o out` from one folder, `predict out/report.json` from another: the report records the
+    checkpoint's absolute path, so the tokenizer beside it is found."""
+    _ckpt(tmp_path / "work" / "grid" / "c1", family="bert", num_labels=2)
+    monkeypatch.chdir(tmp_path / "work")
+    res = _invoke(["build", "grid/c1", "-o", "out", "--min-accuracy", "0", *FAST])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "work" / "out" / "report.json").read_text())
+    assert report["candidates"][0]["checkpoint"] == str(tmp_path / "work" / "grid" / "c1")
+    monkeypatch.chdir(tmp_path)
+    rows, _ = _predict_json(["work/out/report.json", "good movie"])
+    assert len(rows) == 1 and rows[0]["label"] in ("negative", "positive")
