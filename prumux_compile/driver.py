@@ -285,7 +285,7 @@ def _eval_inputs(opts: BuildOptions, ckpt: Path, label2id: dict | None, vocab: i
     if opts.eval_data is not None:
         tok = find_tokenizer_dir(ckpt)
         es = load_eval_data(opts.eval_data, tokenizer_dir=tok, seq_len=opts.seq_len, label2id=label2id,
-                            limit=opts.eval_limit)
+                            limit=opts.eval_limit, read_labels=not opts.eval_unlabelled)
         return es, {"input_ids": es.input_ids, "attention_mask": es.attention_mask,
                     "token_type_ids": es.token_type_ids}
     try:
@@ -936,7 +936,8 @@ def _check_eval_data(opts: BuildOptions, ckpt: Path, task: str,
     cfg = json.loads((ckpt / "config.json").read_text()) if (ckpt / "config.json").is_file() else {}
     label2id = {str(v): int(k) for k, v in (cfg.get("id2label") or {}).items()} or None
     es = load_eval_data(opts.eval_data, tokenizer_dir=find_tokenizer_dir(ckpt), seq_len=opts.seq_len,
-                        label2id=label2id, limit=8, task=task)
+                        label2id=label2id, limit=8, task=task,
+                        read_labels=not opts.eval_unlabelled)
     if int(es.token_type_ids.max()) >= 1:
         _check_segment_ids(opts, es, ckpts or [(ckpt.name, ckpt)])
     if opts.eval_unlabelled:
@@ -1204,6 +1205,11 @@ def build(checkpoints: list[str | Path], opts: BuildOptions) -> dict:
             raise ValidationError("no candidate passed validation: " + "; ".join(r["reason"] for r in rejected))
         _log(opts, "accuracy and selection")
         baseline = _baseline_id(infos)
+        base_info = next(i for i in infos if i["id"] == baseline)
+        if base_info.get("precision", "fp32") != "fp32":
+            notes.append(f"baseline: no fp32 candidate of the unpruned, unmultiplexed model was built, so {baseline} "
+                         f"({base_info['precision']}) is the baseline: accuracy drops and speedups are measured "
+                         "against a reduced-precision model; add fp32 to --precision to measure them against fp32")
         kind = _accuracies(infos, tmp, opts, baseline)
         notes.extend(_accuracy_notes(infos, opts, kind))
         for i in infos:

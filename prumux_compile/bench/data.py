@@ -339,7 +339,7 @@ def _load_tokenizer(tokenizer_dir: str | Path):
 
 def load_eval_data(path: str | Path, *, tokenizer_dir: str | Path, seq_len: int = 128,
                    label2id: dict[str, int] | None = None, limit: int | None = None,
-                   task: str | None = None) -> EvalSet:
+                   task: str | None = None, read_labels: bool = True) -> EvalSet:
     """Read and tokenize a labelled (or unlabelled) evaluation file.
 
     Args:
@@ -359,6 +359,8 @@ def load_eval_data(path: str | Path, *, tokenizer_dir: str | Path, seq_len: int 
         task: ``"classification"`` (labels as above) or ``"regression"`` (a one-output head: every label is a
             finite real number, read as float64; empty cells and JSON null mean "no label"); None picks
             :func:`task_for_labels` of ``label2id`` (one entry: regression).
+        read_labels: False reads the texts only (``build --eval-unlabelled``): a label column, if any, is not
+            parsed, so labels the checkpoint does not know are no error; ``labels`` is None.
 
     Returns:
         :class:`EvalSet` with int64 ``input_ids``/``attention_mask``/``token_type_ids`` [n, seq_len] and
@@ -392,6 +394,8 @@ def load_eval_data(path: str | Path, *, tokenizer_dir: str | Path, seq_len: int 
     else:
         header, rows = _iter_delimited(p, "\t" if fmt == "tsv" else ",")
     text_col, pair_col, label_col = _pick_columns(header, p)
+    if not read_labels:
+        label_col = None
     mapper = _LabelMapper(label2id, p) if task == "classification" else _TargetMapper(p)
 
     texts: list[str] = []
@@ -455,12 +459,14 @@ class TextRows:
         pairs: the second sentence of every row for sentence-pair files, else None.
         text_columns: header names of the text column(s) used (empty for a plain-text file).
         lines: the file line of every row (1-based).
+        blank: blank lines skipped (plain text only).
     """
 
     texts: list[str]
     pairs: list[str] | None
     text_columns: tuple[str, ...]
     lines: list[int]
+    blank: int = 0
 
 
 def read_texts(path: str | Path) -> TextRows:
@@ -473,8 +479,10 @@ def read_texts(path: str | Path) -> TextRows:
             single sentences in a plain-text file.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"{p}: no such file")
+    if not p.is_file():
+        raise InputError(f"{p}: not a regular file (a folder?); give a file of texts")
     fmt = _FORMATS.get(p.suffix.lower())
     if fmt is None:
         return split_pairs(_read_text(p).splitlines(), str(p))
@@ -506,9 +514,11 @@ def split_pairs(lines: list[str], source: str) -> TextRows:
     texts: list[str] = []
     pairs: list[str] = []
     numbers: list[int] = []
+    blank = 0
     for lineno, line in enumerate(lines, start=1):
         line = line.rstrip("\r\n")
         if not line.strip():
+            blank += 1
             continue
         parts = line.split("\t")
         if len(parts) > 2:
@@ -523,7 +533,7 @@ def split_pairs(lines: list[str], source: str) -> TextRows:
     if pairs and len(pairs) != len(texts):
         raise InputError(f"{source}: {len(pairs)} of {len(texts)} inputs are sentence pairs (tab-separated); give "
                          "either only pairs or only single sentences")
-    return TextRows(texts, pairs or None, (), numbers)
+    return TextRows(texts, pairs or None, (), numbers, blank)
 
 
 def load_tokenizer(tokenizer_dir: str | Path):

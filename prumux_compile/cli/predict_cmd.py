@@ -60,7 +60,8 @@ def predict_cmd(source: Path, texts: tuple[str, ...], candidate: str | None, fil
     separates the two sentences of a pair.
 
     Prints, per input, the label name (id2label), its probability and the text (a regression head: its value);
-    --json prints one object per line. The number of truncated inputs goes to stderr.
+    --json prints one object per line, with ``line``: the input's line in the file or stdin (its position among
+    the TEXT arguments). Blank lines are skipped; their count and the number of truncated inputs go to stderr.
     """
     from prumux_compile.predict import predict
     from prumux_compile.sources import open_source
@@ -70,6 +71,8 @@ def predict_cmd(source: Path, texts: tuple[str, ...], candidate: str | None, fil
     result = predict(measured, rows.texts, rows.pairs, tokenizer=tokenizer, batch_size=batch_size,
                      truncate=not no_truncate)
     for i, row in enumerate(result.rows(rows.texts, rows.pairs)):
+        if rows.lines:
+            row["line"] = rows.lines[i]
         if as_json:
             click.echo(json.dumps(row, ensure_ascii=False))
             continue
@@ -82,4 +85,6 @@ def predict_cmd(source: Path, texts: tuple[str, ...], candidate: str | None, fil
     n_trunc = int(result.truncated.sum())
     click.echo(f"{len(rows.texts)} input(s) through {measured.id} ({art.backend}, {Path(art.path).name}, "
                f"N={measured.num_instances}, {result.seq_len} tokens, batches of {result.batch_size}); "
-               + (f"{n_trunc} truncated to {result.seq_len} tokens" if n_trunc else "none truncated"), err=True)
+               + (f"{n_trunc} truncated to {result.seq_len} tokens" if n_trunc else "none truncated")
+               + (f"; {rows.blank} blank line(s) skipped (--json gives each output its input line)"
+                  if rows.blank else ""), err=True)

@@ -44,6 +44,7 @@ from prumux_compile.demo.synthetic import (
     binary_zs,
     build_config,
     cofi_sparsity,
+    binary_hadamard_vectors,
     gaussian_hadamard_vectors,
     pruned_heads_bookkeeping,
     slice_state_dict,
@@ -242,6 +243,87 @@ def full_model(cfg: dict, trunk: dict[str, torch.Tensor], n: int, seed: int) -> 
     return sd
 
 
+def tower_trunk(cfg: dict, teacher: dict[str, torch.Tensor], n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The trunk and instance vectors a multiplexed student of width N starts from: N copies of the teacher,
+    each narrowed to one N-th of it, side by side in the full-width model ("towers").
+
+    With binary_hadamard instance vectors (upstream ``binary_encoding``, epsilon 0: instance t owns the hidden dims
+    ``[t*c, (t+1)*c)``, c = d div N, the last chunk extends to d; docs/checkpoint-formats.md §2.3), the mux writes
+    instance t's embedding into its own chunk only. Here every chunk holds the same narrowed teacher: its c most
+    important hidden dims (:func:`importance`), and per layer its H div N most important heads and F div N most
+    important FFN dims, placed in head slots / FFN slots of their own, with zero weights between towers. The
+    embedding tables and LayerNorms repeat the kept dims in every chunk, so the first embedding pass gives every
+    instance the narrowed teacher's embedding in every chunk and the mux keeps instance t's copy in chunk t. Until
+    training changes them, instance t's tokens reach only chunk t: what couples the towers is the LayerNorms (mean
+    and variance over all d dims) and the shared attention-free second embedding pass (docs/checkpoint-formats.md
+    §2.4). Unused slots (H or F not a multiple of N) and the extra dims of the last chunk are zero.
+
+    Args:
+        cfg: MiniLM's config (L, d, H, F).
+        teacher: the trained N = 1 model (canonical names, full width).
+        n: N >= 2.
+
+    Returns:
+        (trunk: ``bert.embeddings.*`` and ``bert.encoder.*`` at full width, instance vectors float32 [N, d]).
+
+    Raises:
+        InputError: N < 2 or N > H (a tower needs one head).
+    """
+    L, d, H = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    F = int(cfg["intermediate_size"])
+    dh = d // H
+    if not 2 <= n <= H:
+        raise InputError(f"towers: N must lie in [2, {H}] (one head per tower at least), got {n}")
+    imp = importance(cfg, teacher)
+    c, h, f = d // n, H // n, F // n
+    keep = torch.sort(torch.argsort(imp.hidden, descending=True, stable=True)[:c]).values
+    chunks = [torch.arange(t * c, (t + 1) * c) for t in range(n)]
+
+    def rows(src: torch.Tensor, dst_rows: list[torch.Tensor], src_rows: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(src)
+        for r in dst_rows:
+            out[r] = src[src_rows]
+        return out
+
+    def block(src: torch.Tensor, out_slots: list[torch.Tensor], out_src: torch.Tensor, in_slots: list[torch.Tensor],
+              in_src: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(src)
+        for o, i in zip(out_slots, in_slots):
+            out[o[:, None], i[None, :]] = src[out_src[:, None], in_src[None, :]]
+        return out
+
+    emb = "bert.embeddings."
+    trunk: dict[str, torch.Tensor] = {}
+    for name in ("word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight"):
+        trunk[emb + name] = rows(teacher[emb + name].t(), chunks, keep).t().contiguous()
+    for sfx in ("weight", "bias"):
+        trunk[emb + "LayerNorm." + sfx] = rows(teacher[emb + "LayerNorm." + sfx], chunks, keep)
+    for i in range(L):
+        p = f"bert.encoder.layer.{i}."
+        heads = torch.sort(torch.argsort(imp.heads[i], descending=True, stable=True)[:h]).values
+        hcols = torch.cat([torch.arange(x * dh, (x + 1) * dh) for x in heads.tolist()])
+        ffn = torch.sort(torch.argsort(imp.ffn[i], descending=True, stable=True)[:f]).values
+        hslots = [torch.arange(t * h * dh, (t + 1) * h * dh) for t in range(n)]
+        fslots = [torch.arange(t * f, (t + 1) * f) for t in range(n)]
+        for m in ("query", "key", "value"):
+            w = p + f"attention.self.{m}."
+            trunk[w + "weight"] = block(teacher[w + "weight"], hslots, hcols, chunks, keep)
+            trunk[w + "bias"] = rows(teacher[w + "bias"], hslots, hcols)
+        w = p + "attention.output.dense."
+        trunk[w + "weight"] = block(teacher[w + "weight"], chunks, keep, hslots, hcols)
+        trunk[w + "bias"] = rows(teacher[w + "bias"], chunks, keep)
+        w = p + "intermediate.dense."
+        trunk[w + "weight"] = block(teacher[w + "weight"], fslots, ffn, chunks, keep)
+        trunk[w + "bias"] = rows(teacher[w + "bias"], fslots, ffn)
+        w = p + "output.dense."
+        trunk[w + "weight"] = block(teacher[w + "weight"], chunks, keep, fslots, ffn)
+        trunk[w + "bias"] = rows(teacher[w + "bias"], chunks, keep)
+        for ln in ("attention.output.LayerNorm.", "output.LayerNorm."):
+            for sfx in ("weight", "bias"):
+                trunk[p + ln + sfx] = rows(teacher[p + ln + sfx], chunks, keep)
+    return trunk, binary_hadamard_vectors(n, d)
+
+
 # ------------------------------------------------------------------------------------------------
 # Grid
 
@@ -273,6 +355,9 @@ def _check_args(nums, sparsities, masked_forms, seed) -> tuple[tuple[int, ...], 
         raise InputError(f"nums {list(nums)}: need at least one N, every N >= 1")
     if not sp_t or any(not (0.0 <= s < 1.0) or math.isnan(s) for s in sp_t):
         raise InputError(f"sparsities {list(sparsities)}: need at least one, each in [0, 1)")
+    if any(f"{s:.2f}" == "1.00" for s in sp_t):
+        raise InputError(f"sparsities {list(sparsities)}: at most 0.99 (folders are named with 2 decimals, and a "
+                         "sparsity that rounds to 1.00 would keep nearly nothing)")
     if len(set(nums_t)) != len(nums_t) or len({f"{s:.2f}" for s in sp_t}) != len(sp_t):
         raise InputError("nums and sparsities must not repeat (sparsities are named with 2 decimals)")
     if int(seed) < 0:
@@ -412,8 +497,20 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
     require_writable_dir(out.parent, what=f"output folder {out}")
     src = minilm_dir()
     splits = data.load_splits()
+    sentences = len(splits["train"][: recipe.train_limit] if recipe.train_limit else splits["train"])
+    for n in nums_t:  # before minutes of training: every stage needs one batch of N-sentence mux groups
+        spec = recipe.mux_spec(n) if n > 1 else None
+        stages = [recipe.teacher, recipe.prune] if spec is None else \
+            [st for st in (spec.warmup, spec.task, recipe.prune) if st is not None]
+        need = max(st.batch_for(n) for st in stages)
+        if need > sentences:
+            raise InputError(f"nums: N={n} needs batches of {need} sentences, but the {recipe.name} recipe trains on "
+                             f"{sentences}; use a smaller N")
     cfg, _ = load_minilm(src)
     L, d, H = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    if max(nums_t) > H:  # every instance's tower needs one head at least (tower_trunk)
+        raise InputError(f"nums: N={max(nums_t)} exceeds {H}, the heads per layer of MiniLM; every instance gets its "
+                         f"own heads in the demo's multiplexed students, so N <= {H}")
     F, V, P = int(cfg["intermediate_size"]), int(cfg["vocab_size"]), int(cfg["max_position_embeddings"])
     dh = d // H
     t_train = time.perf_counter()
@@ -456,7 +553,7 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
                         sd = with_aliases(sd, "all")
                     config = build_config(
                         family, num_layers=L, hidden=d, heads=H, ffn=F, vocab=V, max_pos=P, num_labels=NUM_LABELS,
-                        num_instances=n, muxing_variant="gaussian_hadamard", demuxing_variant="index_pos",
+                        num_instances=n, muxing_variant="binary_hadamard", demuxing_variant="index_pos",
                         num_hidden_demux_layers=3, legacy_demuxing=False,
                         pruned_heads=pruned_heads_bookkeeping(st, H))
                     path = write_state_dir(tmp / name, config, sd, zs)
@@ -472,7 +569,7 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
                         "masked": masked,
                         "twin": (f"n{n}_s{s:.2f}" if masked else
                                  (f"n{n}_s{s:.2f}_masked" if pruned and n in masked_ns else None)),
-                        "muxing_variant": "gaussian_hadamard" if n > 1 else None,
+                        "muxing_variant": "binary_hadamard" if n > 1 else None,
                         "demuxing_variant": "index_pos" if n > 1 else None,
                         "num_labels": NUM_LABELS,
                         **st.to_json(),

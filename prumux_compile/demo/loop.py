@@ -320,3 +320,101 @@ def logits_and_features(model, data: Encoded, batch: int = 128) -> tuple[torch.T
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose argmax equals the label."""
     return float((logits.argmax(dim=1) == labels).double().mean()) if len(labels) else math.nan
+
+
+#: Offset that keeps the probe-initialised demultiplexer's units in the near-linear range of gelu (gelu(z) ~ z for
+#: z > 2.5), and the gate that switches another instance's units off (gelu(z - 10) ~ 0).
+PROBE_OFFSET = 3.0
+PROBE_GATE = 10.0
+
+
+def probe_demux(model, data: Encoded, *, rows: int = 2048, lambdas=(1.0, 10.0, 100.0, 1e3, 1e4),
+                scales=(0.5, 1.0, 2.0, 4.0, 8.0)) -> dict:
+    """Initialise the index_pos demultiplexer and the classifier of a multiplexed model whose instances own
+    disjoint hidden dims (binary_hadamard towers, :func:`prumux_compile.demo.grid.tower_trunk`) with a linear probe
+    (ridge regression) of the label on each instance's chunk of the encoder state at position 0 — the classifier
+    position — so that training starts from a demultiplexer that reads instance n from chunk n.
+
+    Construction (docs/checkpoint-formats.md §2.6: ``y = gelu(dense_1([e_n ; h_0]))``, ``y += gelu(dense_2(y))``,
+    ``z = LN(gelu(pre_decoder(y))) + y``, logits = classifier(z)): ``e_n`` = one-hot(n); ``dense_1`` maps chunk
+    t of h_0 standardised (mean and standard deviation over ``rows`` training sentences, deviations floored at their
+    median) into units of chunk t, plus :data:`PROBE_OFFSET`, and subtracts :data:`PROBE_GATE` from the units of
+    every other chunk (so only instance n's units are on); ``dense_2`` is off (zero weights, bias −gate) and the
+    pre-decoder LayerNorm's scale and shift are 0, so z = y; the classifier holds the probe's weights in every
+    chunk and removes the offset in its bias. The probe is one ridge fit over all instances (the towers are
+    copies), its λ the best of ``lambdas`` on the last 20 % of the rows; the logit scale the best of ``scales``
+    by log-loss there. Training sentences only; the model is changed in place.
+
+    Returns:
+        ``{"probe_accuracy": held-out accuracy of the probe, "lambda": λ, "scale": logit scale, "rows": rows used}``.
+
+    Raises:
+        InputError: N = 1, a model whose instance vectors are not disjoint 0/1 chunks, or fewer than 2N rows.
+    """
+    n = model.n
+    v = model._p("instance_embedding").detach()
+    if n == 1 or v.dim() != 2 or not bool(((v == 0) | (v == 1)).all()) or not bool((v.sum(0) == 1).all()):
+        raise InputError("probe_demux: needs a multiplexed model whose instance vectors are disjoint 0/1 chunks "
+                         "(binary_hadamard)")
+    chunks = [torch.nonzero(v[t]).flatten() for t in range(n)]
+    width = min(len(c) for c in chunks)
+    chunks = [c[:width] for c in chunks]  # the towers use the first c dims of every chunk (the rest is zero)
+    groups = min(len(data), rows) // n
+    if groups < 2:
+        raise InputError(f"probe_demux: {len(data)} sentences, fewer than 2 mux groups of N={n}")
+    model.eval()
+    states = []
+    with torch.inference_mode():
+        step = max(1, 64 // n) * n
+        for start in range(0, groups * n, step):
+            ids, _, _ = collate(data, torch.arange(start, min(start + step, groups * n)))
+            states.append(model.muxed_encoder(ids)[:, 0].double())
+    h = torch.cat(states)  # [groups, d]
+    x = torch.cat([h[:, c] for c in chunks])  # instance t of every group, t-major
+    y = data.labels[: groups * n].view(groups, n).t().reshape(-1).double() * 2 - 1
+    mu = x.mean(0)
+    sd = x.std(0)
+    sd = sd.clamp(min=float(sd.median()) if float(sd.median()) > 0 else 1.0)
+    xs = torch.cat([(x - mu) / sd, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    cut = max(1, int(0.8 * len(xs)))
+    fit, held = slice(0, cut), slice(cut, None) if cut < len(xs) else slice(0, cut)
+
+    def ridge(lam: float, part: slice) -> torch.Tensor:
+        a = xs[part]
+        return torch.linalg.solve(a.T @ a + lam * torch.eye(a.shape[1], dtype=torch.float64), a.T @ y[part])
+
+    scores = {lam: float(((xs[held] @ ridge(lam, fit) > 0).double() * 2 - 1 == y[held]).double().mean())
+              for lam in lambdas}
+    lam = max(lambdas, key=lambda k: (scores[k], -lambdas.index(k)))
+    w = ridge(lam, slice(0, len(xs)))
+    z = xs[held] @ w
+    scale = min(scales, key=lambda a: float(F.binary_cross_entropy_with_logits(a * z, (y[held] + 1) / 2)))
+    d = h.shape[1]
+    e = torch.zeros(n, d)
+    w1 = torch.zeros(d, 2 * d)
+    b1 = torch.full((d,), -PROBE_GATE)
+    wc = torch.zeros(model._p("classifier.weight").shape)
+    if wc.shape[0] != 2:
+        raise InputError(f"probe_demux: a 2-label classifier is needed, got {wc.shape[0]} labels")
+    for t, c in enumerate(chunks):
+        e[t, t] = 1.0
+        w1[c, :n] = -PROBE_GATE
+        w1[c, t] = 0.0
+        w1[c, d + c] = (1.0 / sd).float()
+        b1[c] = (-mu / sd + PROBE_OFFSET).float()
+        wc[1, c] = (scale * w[:-1] / 2).float()
+        wc[0, c] = (-scale * w[:-1] / 2).float()
+    half = float(scale * (w[-1] - PROBE_OFFSET * w[:-1].sum()) / 2)
+    new = {"demux_module.demux_instance_embedding": e, "demux_module.dense_1.weight": w1,
+           "demux_module.dense_1.bias": b1, "demux_module.dense_2.weight": torch.zeros(d, d),
+           "demux_module.dense_2.bias": torch.full((d,), -PROBE_GATE),
+           "demultiplexer.pre_decoder_layer_norm.weight": torch.zeros(d),
+           "demultiplexer.pre_decoder_layer_norm.bias": torch.zeros(d),
+           "classifier.weight": wc, "classifier.bias": torch.tensor([-half, half])}
+    with torch.no_grad():
+        for key, val in new.items():
+            p = model._p(key)
+            if p.shape != val.shape:
+                raise InputError(f"probe_demux: {key} has shape {list(p.shape)}, expected {list(val.shape)}")
+            p.copy_(val.to(p.dtype))
+    return {"probe_accuracy": scores[lam], "lambda": lam, "scale": scale, "rows": groups * n}

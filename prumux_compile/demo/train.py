@@ -69,6 +69,8 @@ class StageSpec:
         steps: fixed number of optimizer steps (overrides ``epochs``).
         seq_len: sequence length of this stage (None: the recipe's); only a retrieval warm-up may differ, since it
             does not train the classifier path's output.
+        heads_only: train only the demultiplexer and classifier (:data:`HEAD_PREFIXES`); the encoder stays as it
+            is.
     """
 
     epochs: float = 1.0
@@ -82,6 +84,7 @@ class StageSpec:
     retrieval_weight: float = 0.0
     steps: int | None = None
     seq_len: int | None = None
+    heads_only: bool = False
 
     def steps_for(self, sentences: int, n: int) -> int:
         if self.steps is not None:
@@ -136,30 +139,24 @@ class Recipe:
         return d
 
 
-#: DataMUX's retrieval warm-up (retrieval loss only, at a short length): it trains the demultiplexer and the encoder
-#: to keep the instances apart (measured on this data: about 90 % token retrieval at N = 2 after 250 steps).
-_WARMUP = StageSpec(steps=80, batch=32, lr=2e-4, head_lr=1e-3, task_weight=0.0, retrieval_weight=1.0, seq_len=32)
-#: Task stage: label cross-entropy + logit distillation, retrieval kept as an auxiliary loss (DataMUX). Its length
-#: is set by the README's 20-minute budget for the whole first command on 2 cores, not by convergence. Measured
-#: here (validation accuracy of N = 2): 0.48 with this recipe, 0.50 with 200 warm-up steps + 0.75 epoch (the
-#: first command then takes 22 minutes), 0.60 with 250 + 1 epoch (17 minutes of N = 2 training on a busy host):
-#: none is near the teacher, so the budget goes to the rest of the grid.
-_TASK = StageSpec(epochs=0.35, batch=32, lr=1e-4, head_lr=1e-4, kd_weight=0.5, retrieval_weight=0.3)
+#: Multiplexed students: the tower trunk (:func:`prumux_compile.demo.grid.tower_trunk`) and the probe-initialised
+#: demultiplexer (:func:`prumux_compile.demo.loop.probe_demux`), then the demultiplexer and classifier fine-tuned
+#: with distillation, the encoder kept. Measured on the validation split (N = 2, this data): probe 0.677, after this
+#: stage 0.680; fine-tuning the encoder too (lr 2e-5 / 5e-5 / 1e-4, half an epoch) ended at 0.66 / 0.67 / 0.56,
+#: and the gaussian_hadamard students of the previous recipe (DataMUX retrieval warm-up + distillation) at 0.48–0.60.
+_MUX_TASK = StageSpec(epochs=0.5, batch=32, lr=1e-4, head_lr=1e-4, kd_weight=0.5, heads_only=True)
 FULL = Recipe(
     name="full", seq_len=64, seed=0,
     teacher=StageSpec(epochs=1.0, batch=32, lr=1e-4),
-    mux=((2, MuxSpec(_WARMUP, _TASK)),
-         (5, MuxSpec(replace(_WARMUP, batch=30), replace(_TASK, batch=30)))),
-    mux_default=MuxSpec(replace(_WARMUP, batch=30), replace(_TASK, batch=30)),
+    mux=((2, MuxSpec(None, _MUX_TASK)), (5, MuxSpec(None, replace(_MUX_TASK, batch=30)))),
+    mux_default=MuxSpec(None, replace(_MUX_TASK, batch=30)),
     prune=StageSpec(epochs=0.5, batch=32, lr=5e-5, kd_weight=0.5),
 )
 QUICK = Recipe(
     name="quick", seq_len=32, seed=0,
     teacher=StageSpec(epochs=1.0, batch=8, lr=1e-4),
-    mux=(), mux_default=MuxSpec(StageSpec(steps=1, batch=8, lr=1e-4, head_lr=5e-4, task_weight=0.0,
-                                          retrieval_weight=1.0, seq_len=16),
-                                StageSpec(epochs=1.0, batch=8, lr=1e-4, head_lr=5e-4, kd_weight=0.5,
-                                          feature_weight=1.0)),
+    mux=(), mux_default=MuxSpec(None, StageSpec(epochs=1.0, batch=8, lr=1e-4, head_lr=1e-4, kd_weight=0.5,
+                                                heads_only=True)),
     prune=StageSpec(epochs=1.0, batch=8, lr=5e-5, kd_weight=0.5, feature_weight=1.0),
     train_limit=16, validation_limit=16,
 )
@@ -328,9 +325,10 @@ def run_job(job: Job, recipe: Recipe, root: Path, parent_dir: Path | None, teach
         parent_state = _load_state(parent_dir)
         teacher_logits = torch.load(teacher_dir / "teacher_logits.pt", map_location="cpu", weights_only=True)
         teacher_features = torch.load(teacher_dir / "teacher_features.pt", map_location="cpu", weights_only=True)
-        if job.sparsity == 0.0:  # multiplexed student on the teacher's embeddings and encoder
-            trunk = {k: v for k, v in parent_state.items() if k.startswith("bert.")}
+        if job.sparsity == 0.0:  # multiplexed student: N narrowed copies of the teacher, one per instance
+            trunk, vectors = grid.tower_trunk(cfg, parent_state, job.n)
             state = grid.full_model(cfg, trunk, job.n, recipe.seed)
+            state["instance_embedding"] = vectors
         else:  # pruned student: structure by importance on the trained parent, sliced
             imp = grid.importance(cfg, parent_state)
             hidden = grid.HIDDEN_DIMS_PRUNED if job.sparsity >= grid.HIDDEN_PRUNE_FROM else 0
@@ -340,6 +338,9 @@ def run_job(job: Job, recipe: Recipe, root: Path, parent_dir: Path | None, teach
                                                               "hidden": imp.hidden.tolist()}}
     retrieval = any(st.retrieval_weight > 0 for st in job.stages)
     model = _model(state, job.n, recipe, dh, retrieval)
+    probe = None
+    if job.n > 1 and job.sparsity == 0.0:
+        probe = loop.probe_demux(model, ctx.train)
     total = job.total_steps(len(ctx.train))
     done = [0]
 
@@ -358,7 +359,7 @@ def run_job(job: Job, recipe: Recipe, root: Path, parent_dir: Path | None, teach
             steps=stage.steps_for(len(data), job.n), batch=stage.batch_for(job.n), lr=stage.lr,
             head_lr=stage.head_lr, kd_weight=stage.kd_weight, temperature=stage.temperature,
             bucket=50 if job.n == 1 else 0, task_weight=stage.task_weight, retrieval_weight=stage.retrieval_weight,
-            feature_weight=stage.feature_weight)
+            feature_weight=stage.feature_weight, heads_only=stage.heads_only)
         model.seq_len = seq_len
         try:
             result = loop.train_stage(model, data, cfg_stage, seed=seed + 100 * k, teacher_logits=teacher_logits,
@@ -376,6 +377,8 @@ def run_job(job: Job, recipe: Recipe, root: Path, parent_dir: Path | None, teach
                "validation_accuracy": loop.accuracy(val_logits, ctx.validation.labels),
                "validation_size": len(ctx.validation), "steps": done[0], "stages": stage_metrics,
                "train_seconds": sum(m["seconds"] for m in stage_metrics), "threads": job.threads}
+    if probe is not None:
+        metrics["probe"] = probe
     out = job_dir(root, job)
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -429,8 +432,10 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 def _model(state: dict, n: int, recipe: Recipe, dh: int, retrieval: bool = False):
     from prumux_compile.demo.model import DemoModel
 
-    return DemoModel(state, num_instances=n, head_size=dh, seq_len=recipe.seq_len, dropout=recipe.dropout,
-                     retrieval=retrieval)
+    # multiplexed students train without dropout: their probe-initialised demultiplexer feeds the classifier
+    # offset units (loop.PROBE_OFFSET), which dropout would turn into logit noise
+    return DemoModel(state, num_instances=n, head_size=dh, seq_len=recipe.seq_len,
+                     dropout=recipe.dropout if n == 1 else 0.0, retrieval=retrieval)
 
 
 # ------------------------------------------------------------------------------------------------ the grid

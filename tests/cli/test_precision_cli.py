@@ -52,6 +52,7 @@ def test_every_precision_is_a_candidate(grid, tmp_path):
     assert pred["reference_level"] == "fp32" and set(pred["precision_factors"]) == {"fp32", "int8"}
     assert {g["precision"] for g in pred["grid"]} == {"fp32", "int8"}
     assert report["selection"]["baseline"] == "a@fp32"
+    assert not [w for w in report["warnings"] if w.startswith("baseline:")]
 
 
 def test_an_int8_candidate_is_served_as_measured(grid, tmp_path):
@@ -65,9 +66,13 @@ def test_an_int8_candidate_is_served_as_measured(grid, tmp_path):
     from prumux_compile.export.inputs import realistic_inputs
 
     out = tmp_path / "out"
-    _build([str(grid / "b"), "-o", str(out), "--precision", "int8"])
-    (cand,) = json.loads((out / "report.json").read_text())["candidates"]
+    res = _build([str(grid / "b"), "-o", str(out), "--precision", "int8"])
+    report = json.loads((out / "report.json").read_text())
+    (cand,) = report["candidates"]
     assert cand["id"] == "b" and cand["precision"] == "int8"
+    # no fp32 candidate: the quantized baseline is said, in the report and on the terminal
+    (note,) = [w for w in report["warnings"] if w.startswith("baseline:")]
+    assert "so b (int8) is the baseline" in note and note in " ".join(res.output.split())
     repo = write_candidate_repository(tmp_path / "repo", cand, out / "candidates" / "b")
     served = repo / "1" / "model.onnx"
     assert file_sha256(served) == cand["artifact"]["sha256"]

@@ -111,14 +111,20 @@ def test_sources_and_inputs_agree(built, tmp_path):
     out = built / "out"
     chosen = json.loads((out / "report.json").read_text())["selection"]["chosen"]
     texts = SENTENCES[:5]
-    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n\n")
+    (tmp_path / "t.txt").write_text("\n".join(texts[:2]) + "\n\n" + "\n".join(texts[2:]) + "\n\n")
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
     runs = [([str(out / "report.json"), *texts], None),
             ([str(out / "candidates" / chosen), "--file", str(tmp_path / "t.txt")], None),
             ([str(out / "candidates" / chosen / "candidate.json"), "--file", str(tmp_path / "t.jsonl")], None),
             ([str(out / "candidates" / chosen)], "\n".join(texts) + "\n"),
             ([str(out / "candidates" / chosen), "--file", "-", "--batch-size", "2"], "\n".join(texts))]
-    results = [_predict_json(args, input=stdin)[0] for args, stdin in runs]
+    results = [_predict_json(args, input=stdin) for args, stdin in runs]
+    # blank lines are skipped, said on stderr, and every output names its input line
+    assert "2 blank line(s) skipped" in results[1][1] and "blank" not in results[0][1]
+    assert [r["line"] for r in results[1][0]] == [1, 2, 4, 5, 6]
+    assert [r["line"] for r in results[0][0]] == [1, 2, 3, 4, 5]
+    assert [r["line"] for r in results[2][0]] == [1, 2, 3, 4, 5]
+    results = [rows for rows, _ in results]
     for rows in results[1:]:
         assert [r["text"] for r in rows] == texts
         assert [r["label"] for r in rows] == [r["label"] for r in results[0]]
@@ -196,12 +202,13 @@ def _bad_cases(built: Path, tmp: Path) -> dict[str, tuple[list[str], str | None,
         "not-a-source": ([str(built / "eval.tsv"), "good"], None, "not a build's report.json"),
         "artifact-changed": ([str(changed), "good"], None, "sha256 differs"),
         "missing-file": ([report, "--file", str(tmp / "nope.tsv")], None, "no such file"),
+        "folder-as-file": ([report, "--file", str(tmp)], None, "not a regular file"),
     }
 
 
 @pytest.mark.parametrize("case", ["no-truncate", "batch-not-multiple-of-n", "unknown-candidate",
                                   "candidate-without-report", "mixed-pairs", "args-and-file", "empty-stdin",
-                                  "not-a-source", "artifact-changed", "missing-file"])
+                                  "not-a-source", "artifact-changed", "missing-file", "folder-as-file"])
 def test_bad_input_is_one_line_and_exit_2(built, tmp_path, case):
     args, stdin, message = _bad_cases(built, tmp_path)[case]
     res = _invoke(["predict", *args], input=stdin)

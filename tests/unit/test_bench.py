@@ -249,6 +249,21 @@ def test_eval_data_errors(tmp_path, minilm_dir, name, text, label2id, pattern):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name, text", [
+    ("u.tsv", "sentence\tlabel\nok\tpositive\nbad\tmaybe\n"),  # a label the checkpoint does not know
+    ("p.csv", "text,label\na,1\nb,\n"),  # some rows unlabelled
+])
+def test_eval_data_texts_only_ignores_the_label_column(tmp_path, minilm_dir, name, text):
+    """build --eval-unlabelled reads texts only: label cells that would be refused are not parsed."""
+    path = _write(tmp_path / name, text)
+    es = load_eval_data(path, tokenizer_dir=minilm_dir, label2id=SST2, seq_len=8, read_labels=False)
+    assert es.labels is None and es.label_column is None and es.n == 2
+    ref = load_eval_data(_write(tmp_path / ("t" + name), text.split("\n", 1)[0].split("\t")[0].split(",")[0] + "\n"
+                                + "\n".join(r.split("\t")[0].split(",")[0] for r in text.splitlines()[1:]) + "\n"),
+                         tokenizer_dir=minilm_dir, seq_len=8)
+    assert (es.input_ids == ref.input_ids).all()
+
+
 def test_missing_file(tmp_path, minilm_dir):
     with pytest.raises(InputError, match="no such file"):
         load_eval_data(tmp_path / "absent.tsv", tokenizer_dir=minilm_dir)

@@ -273,6 +273,8 @@ def test_refuses_existing_out(quick_grid):
     (["--nums", "1,x"], "--nums"),
     (["--sparsities", "0.5,1.2"], "sparsities"),
     (["--nums", "0"], "N >= 1"),
+    (["--sparsities", "0,0.999"], "at most 0.99"),  # would be named s1.00
+    (["--quick", "--nums", "1,40"], "N=40 needs batches of 40 sentences"),  # refused before the teacher trains
 ])
 def test_demo_cli_errors(tmp_path, args, match):
     from prumux_compile.cli.main import cli
