@@ -323,9 +323,9 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 #: Offset that keeps the probe-initialised demultiplexer's units in the near-linear range of gelu (gelu(z) ~ z for
-#: z > 2.5), and the gate that switches another instance's units off (gelu(z - 10) ~ 0).
+#: z > 2.5), and the gate that switches another instance's units off (gelu(z - 30) = 0).
 PROBE_OFFSET = 3.0
-PROBE_GATE = 10.0
+PROBE_GATE = 30.0
 
 
 def probe_demux(model, data: Encoded, *, rows: int = 2048, lambdas=(1.0, 10.0, 100.0, 1e3, 1e4),

@@ -258,6 +258,87 @@ def test_high_sparsity_structure_follows_importance():
     assert min(head[k] for k in kept) > max(head[k] for k in set(head) - kept)
 
 
+# ------------------------------------------------------------------------------------------------ towers
+
+
+@pytest.fixture(scope="module")
+def towers():
+    """MiniLM as the teacher (its pooler, a fresh classifier) and the N = 2 tower trunk built from it."""
+    from prumux_compile.demo.grid import full_model, load_minilm, tower_trunk
+
+    cfg, minilm = load_minilm()
+    teacher = full_model(cfg, minilm, 1, 0)
+    trunk, vectors = tower_trunk(cfg, teacher, 2)
+    state = full_model(cfg, trunk, 2, 0)
+    state["instance_embedding"] = vectors
+    return cfg, teacher, state
+
+
+def test_tower_trunk_gives_every_instance_its_own_chunk(towers):
+    """docs/checkpoint-formats.md §2.3 binary_encoding: instance n owns dims [n*d/N, (n+1)*d/N). Every chunk holds
+    the same narrowed teacher: the d/N hidden dims of largest |γ_emb| + Σ|γ_layers| (grid.Importance), the H/N heads
+    of largest ||Wo_h||·||Wv_h|| and the F/N FFN dims of largest ||W1_j||·||W2_j|| per layer; nothing crosses
+    between chunks, head slots or FFN slots."""
+    cfg, teacher, state = towers
+    c, hs, fs = D_MINI // 2, (H_MINI // 2) * DH_MINI, F_MINI // 2
+    v = state["instance_embedding"]
+    assert torch.equal(v, torch.cat([torch.cat([torch.ones(1, c), torch.zeros(1, c)], 1),
+                                     torch.cat([torch.zeros(1, c), torch.ones(1, c)], 1)]))
+    gam = teacher["bert.embeddings.LayerNorm.weight"].double().abs()
+    for i in range(L_MINI):
+        for ln in ("attention.output.LayerNorm.weight", "output.LayerNorm.weight"):
+            gam = gam + teacher[f"bert.encoder.layer.{i}.{ln}"].double().abs()
+    keep = torch.sort(torch.topk(gam, c).indices).values
+    emb = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(state[emb][:, :c], teacher[emb][:, keep]) and torch.equal(state[emb][:, c:], teacher[emb][:, keep])
+    p = "bert.encoder.layer.3."
+    wv, wo = teacher[p + "attention.self.value.weight"], teacher[p + "attention.output.dense.weight"]
+    score = torch.stack([wo[:, h * DH_MINI:(h + 1) * DH_MINI].norm() * wv[h * DH_MINI:(h + 1) * DH_MINI].norm()
+                         for h in range(H_MINI)])
+    heads = torch.sort(torch.topk(score, H_MINI // 2).indices).values
+    rows = torch.cat([torch.arange(h * DH_MINI, (h + 1) * DH_MINI) for h in heads.tolist()])
+    for m in ("query", "key", "value"):
+        w = state[p + f"attention.self.{m}.weight"]
+        src = teacher[p + f"attention.self.{m}.weight"][rows][:, keep]
+        assert torch.equal(w[:hs, :c], src) and torch.equal(w[hs:, c:], src)
+        assert not w[:hs, c:].any() and not w[hs:, :c].any()
+    w1, w2 = state[p + "intermediate.dense.weight"], state[p + "output.dense.weight"]
+    assert not w1[:fs, c:].any() and not w1[fs:, :c].any() and not w2[:c, fs:].any() and not w2[c:, :fs].any()
+    assert torch.equal(w1[:fs, :c], w1[fs:, c:]) and torch.equal(w2[:c, :fs], w2[c:, fs:])
+
+
+def test_probe_demux_reads_instance_n_from_chunk_n(towers):
+    """After probe_demux, instance n's logits depend on chunk n of the position-0 state only (the other chunk is
+    gated off): giving chunk 1 another group's values leaves instance 0's logits as they were, and the other way
+    round."""
+    from prumux_compile.demo import data, loop
+    from prumux_compile.demo.grid import minilm_dir
+    from prumux_compile.demo.model import DemoModel
+    from transformers import AutoTokenizer
+
+    cfg, _, state = towers
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
+    rows = data.load_splits()["train"][:96]
+    enc = loop.encode(tok, [e.text for e in rows], [e.label for e in rows], 16)
+    model = DemoModel(state, num_instances=2, head_size=DH_MINI, seq_len=16, dropout=0.0)
+    info = loop.probe_demux(model, enc)
+    assert info["rows"] == 96 and 0.0 <= info["probe_accuracy"] <= 1.0 and info["scale"] > 0
+    c = D_MINI // 2
+    with torch.no_grad():
+        ids, _, _ = loop.collate(enc, torch.arange(0, 16))
+        h = model.muxed_encoder(ids)
+        base = model.classify(model.demux(h)).view(-1, 2, 2)
+        for chunk, moved in ((slice(c, None), 1), (slice(0, c), 0)):
+            h2 = h.clone()
+            h2[:, 0, chunk] = h[torch.arange(h.shape[0]).roll(1), 0, chunk]  # another group's chunk
+            out = model.classify(model.demux(h2)).view(-1, 2, 2)
+            assert torch.allclose(out[:, 1 - moved], base[:, 1 - moved], atol=1e-5)
+            assert (out[:, moved] - base[:, moved]).abs().max() > 1e-2
+    with pytest.raises(InputError, match="disjoint 0/1 chunks"):
+        bad = dict(state, instance_embedding=torch.full((2, D_MINI), 0.5))
+        loop.probe_demux(DemoModel(bad, num_instances=2, head_size=DH_MINI, seq_len=16), enc)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
