@@ -17,7 +17,12 @@ Printed (and written with ``--json``):
    is fitted on the rest and predicts it, and the prediction is compared with its measurement;
 5. the demo's accuracy targets (teacher >= 0.80; N = 2 within 3 points of the teacher, N = 5 within 8; s = 0.5
    within 2 points of the same N unpruned; the budget-0.05 choice multiplexed or pruned and faster than the
-   teacher), each marked met or missed.
+   teacher), each marked met or missed;
+6. whether the multiplexed candidates demultiplex (from ``OUT/candidates/ID/predictions.npz``, the engine's logits
+   on the evaluation file, rows g·N .. g·N+N-1 sharing one encoder pass): accuracy on the mux groups whose
+   sentences all have one label and on the groups with mixed labels, and the share of groups given one label for
+   all their sentences. A model that only read the group's overall polarity would be right on the first kind and
+   at chance on the second.
 
 Masked twins (``*_masked``) compile to the same model as their compressed twin; they are listed but left out of
 the fits so that no point counts twice. With several precisions per checkpoint (``build``'s default: fp32 and int8
@@ -87,8 +92,34 @@ def _nearest(cands: list[Candidate], n: int, s: float) -> tuple[float, float]:
     return (sum(c.accuracy for c in near) / len(near), sum(c.throughput for c in near) / len(near))
 
 
-def analyse(report: dict, budgets: list[float], withhold: str) -> dict:
-    """Everything the module docstring lists, as a JSON-ready dict."""
+def demultiplexing(rows: list[dict], out_dir: Path) -> list[dict]:
+    """Item 6 of the module docstring for every candidate with N > 1 whose ``predictions.npz`` is in ``out_dir``."""
+    import numpy as np
+
+    found = []
+    for c in sorted(rows, key=lambda c: (c["num_instances"], c["sparsity"], c["id"])):
+        n = int(c["num_instances"])
+        path = out_dir / "candidates" / c["id"] / "predictions.npz"
+        if n < 2 or not path.is_file():
+            continue
+        with np.load(path) as z:
+            if "labels" not in z.files:
+                continue
+            pred, labels = z["logits"].argmax(axis=1), z["labels"]
+        g = len(labels) // n
+        pred, labels = pred[: g * n].reshape(g, n), labels[: g * n].reshape(g, n)
+        same = (labels == labels[:, :1]).all(axis=1)
+        right = pred == labels
+        found.append({"id": c["id"], "num_instances": n, "groups": int(g), "same_label_groups": int(same.sum()),
+                      "accuracy_same_label_groups": float(right[same].mean()) if same.any() else None,
+                      "accuracy_mixed_label_groups": float(right[~same].mean()) if (~same).any() else None,
+                      "groups_given_one_label": float((pred == pred[:, :1]).all(axis=1).mean())})
+    return found
+
+
+def analyse(report: dict, budgets: list[float], withhold: str, out_dir: Path | None = None) -> dict:
+    """Everything the module docstring lists, as a JSON-ready dict (item 6 only with ``out_dir``, the build's
+    output folder)."""
     rows, cands = _candidates(report)
     if len(rows) < 3:
         raise SystemExit("error: the report has fewer than 3 candidates with an accuracy; run build with --eval-data")
@@ -144,6 +175,7 @@ def analyse(report: dict, budgets: list[float], withhold: str) -> dict:
         targets.append(("budget 0.05 picks a multiplexed or pruned candidate faster than the teacher",
                         b05["chosen"], ok))
     result["targets"] = [{"target": t, "value": v, "met": bool(m)} for t, v, m in targets]
+    result["demultiplexing"] = demultiplexing(rows, out_dir) if out_dir is not None else []
     return result
 
 
@@ -184,6 +216,14 @@ def _print(res: dict) -> None:
         v = t["value"]
         shown = f"{v:+.4f}" if isinstance(v, float) else str(v)
         print(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {shown}")
+    if res.get("demultiplexing"):
+        print("\ndemultiplexing (accuracy on mux groups whose sentences share one label / have mixed labels):")
+        print(f"{'id':<30}{'N':>3}{'groups':>8}{'one label':>11}{'mixed':>8}{'given one label':>17}")
+        for d in res["demultiplexing"]:
+            one, mixed = d["accuracy_same_label_groups"], d["accuracy_mixed_label_groups"]
+            print(f"{d['id']:<30}{d['num_instances']:>3}{d['groups']:>8}"
+                  f"{'-' if one is None else f'{one:.4f}':>11}{'-' if mixed is None else f'{mixed:.4f}':>8}"
+                  f"{d['groups_given_one_label']:>17.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     report = json.loads(args.report.read_text())
-    res = analyse(report, [float(b) for b in args.budgets.split(",") if b.strip()], args.withhold)
+    res = analyse(report, [float(b) for b in args.budgets.split(",") if b.strip()], args.withhold,
+                  args.report.resolve().parent)
     _print(res)
     if args.json is not None:
         args.json.write_text(json.dumps(res, indent=1) + "\n")

@@ -120,8 +120,6 @@ class StageConfig:
         retrieval_positions: positions per mux group the retrieval loss is computed on.
         heads_only: train only the parameters of ``head_prefixes`` (the encoder is frozen: no gradient is
             computed through it), e.g. to fit a fresh demultiplexer and classifier before end-to-end training.
-        bow_weight: weight of the bag-of-words retrieval at the classifier position (N > 1,
-            :meth:`~prumux_compile.demo.model.DemoModel.bag_of_words_loss`).
         feature_weight: weight of the feature distillation loss: mean squared error between the classifier
             input (demultiplexed features; pooler output for N = 1) and the teacher's pooler output of the same
             sentence (CoFi / PruMUX distil hidden representations too; here only the classifier input).
@@ -141,8 +139,6 @@ class StageConfig:
     retrieval_weight: float = 0.0
     retrieval_positions: int = 16
     feature_weight: float = 0.0
-    bow_weight: float = 0.0
-    linear_retrieval_weight: float = 0.0
     heads_only: bool = False
 
 
@@ -238,7 +234,6 @@ def _train(model, data, cfg, seed, gen, teacher_logits, teacher_features, head_p
             states, feats = None, model.features(ids, mask)
         logits = model.classify(feats) if cfg.task_weight > 0 else None
         loss = torch.zeros(())
-        parts: dict = {}
         if cfg.feature_weight > 0:
             loss = loss + cfg.feature_weight * F.mse_loss(feats, teacher_features[idx], reduction="sum") / len(idx)
         if logits is not None:
@@ -249,14 +244,6 @@ def _train(model, data, cfg, seed, gen, teacher_logits, teacher_features, head_p
                 kl = F.kl_div(F.log_softmax(logits / t, dim=-1), target, log_target=True, reduction="batchmean")
                 task = task + cfg.kd_weight * t * t * kl
             loss = loss + cfg.task_weight * task
-        if cfg.bow_weight > 0 and states is not None:
-            b_loss = model.bag_of_words_loss(ids, states)
-            loss = loss + cfg.bow_weight * b_loss
-            parts["bow"] = float(b_loss.detach())
-        if cfg.linear_retrieval_weight > 0 and states is not None:
-            l_loss, l_acc = model.linear_retrieval_loss(ids, states, cfg.retrieval_positions, gen, model.readout)
-            loss = loss + cfg.linear_retrieval_weight * l_loss
-            parts["linear_retrieval_accuracy"] = l_acc
         if cfg.retrieval_weight > 0 and states is not None:
             r_loss, r_acc = model.retrieval_loss(ids, states, cfg.retrieval_positions, gen)
             loss = loss + cfg.retrieval_weight * r_loss
@@ -269,7 +256,7 @@ def _train(model, data, cfg, seed, gen, teacher_logits, teacher_features, head_p
         opt.step()
         losses.append(float(loss.detach()))
         if on_step is not None:
-            on_step(step, {"loss": losses[-1], "retrieval_accuracy": r_accs[-1] if r_accs else None, **parts})
+            on_step(step, {"loss": losses[-1], "retrieval_accuracy": r_accs[-1] if r_accs else None})
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
     r_tail = [a for a in r_accs[-max(1, len(r_accs) // 10):] if a == a]

