@@ -9,8 +9,8 @@ sentences of :mod:`prumux_compile.demo.data`) and writes, for every (N, target s
   fine-tuned and a trained 2-label classifier;
 * N > 1: PruMUX compressed (family A), binary_hadamard mux (instance n owns one N-th of the hidden dims; the
   trunk starts as N narrowed copies of the teacher, :func:`tower_trunk`), index_pos demux with 3 demux layers
-  (trained); the retrieval head, the unused pooler and ``dense_3`` keep their upstream initial values (MUX-PLM / PruMUX ``multiplexing_pretraining_bert*.py``: ``random_encoding`` unit-norm rows,
-  ``torch.randn`` demux instance embeddings, HF BERT init N(0, 0.02) / zero biases / unit LayerNorms,
+  (trained); the retrieval head, the unused pooler and ``dense_3`` keep their upstream initial values (MUX-PLM /
+  PruMUX ``multiplexing_pretraining_bert*.py``: HF BERT init N(0, 0.02) / zero biases / unit LayerNorms,
   ``layer_transformation`` = identity as CoFi's ``initialize_layer_transformation``) from a seeded generator;
 * the full-weights + binary ``zs.pt`` twin (family B / E) of pruned checkpoints (``masked_forms``), which must
   compile to the same model as its compressed twin: its kept entries are the trained values, its pruned entries
