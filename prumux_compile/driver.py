@@ -325,7 +325,7 @@ def _calibration_inputs(opts: BuildOptions, ckpt: Path, label2id: dict | None, v
     tokenizer."""
     source = opts.calibration_data or opts.eval_data
     sub = BuildOptions(out=opts.out, seq_len=opts.seq_len, eval_data=source, eval_limit=CALIBRATION_ROWS,
-                       agreement_samples=CALIBRATION_ROWS)
+                       agreement_samples=CALIBRATION_ROWS, eval_unlabelled=True)  # texts only: labels are not read
     _, feeds = _eval_inputs(sub, ckpt, label2id, vocab, type_vocab)
     return {k: np.asarray(v)[:CALIBRATION_ROWS] for k, v in feeds.items()}
 

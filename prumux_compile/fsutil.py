@@ -46,6 +46,20 @@ def describe_os_error(exc: OSError) -> str:
     return f"{head}; {hint}" if hint else head
 
 
+def disk_full_error(where: str | Path, need_bytes: int, exc: BaseException) -> OSError | None:
+    """An ``OSError(ENOSPC)`` naming ``where`` when ``exc`` (raised by a library that does not say why, e.g. ONNX
+    Runtime's "Protobuf serialization failed") was most likely a full disk: its message says so, or the file
+    system holding ``where`` has less than ``need_bytes`` free; None otherwise."""
+    text = str(exc)
+    try:
+        free = __import__("shutil").disk_usage(nearest_existing(where)).free
+    except OSError:
+        free = None
+    if "No space left" in text or (free is not None and free < need_bytes):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+    return None
+
+
 def nearest_existing(path: str | Path) -> Path:
     """``path`` itself when it exists, else its nearest existing ancestor (``.`` for a relative path)."""
     p = Path(path)

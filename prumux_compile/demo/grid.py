@@ -503,9 +503,11 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
         stages = [recipe.teacher, recipe.prune] if spec is None else \
             [st for st in (spec.warmup, spec.task, recipe.prune) if st is not None]
         need = max(st.batch_for(n) for st in stages)
+        if n > 1:
+            need = max(need, 2 * n)  # the demultiplexer's probe fits on two mux groups at least (loop.probe_demux)
         if need > sentences:
-            raise InputError(f"nums: N={n} needs batches of {need} sentences, but the {recipe.name} recipe trains on "
-                             f"{sentences}; use a smaller N")
+            raise InputError(f"nums: N={n} needs {need} training sentences (its batches and the demultiplexer's "
+                             f"probe), but the {recipe.name} recipe trains on {sentences}; use a smaller N")
     cfg, _ = load_minilm(src)
     L, d, H = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
     if max(nums_t) > H:  # every instance's tower needs one head at least (tower_trunk)

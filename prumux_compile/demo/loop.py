@@ -329,8 +329,10 @@ def probe_demux(model, data: Encoded, *, rows: int = 2048, lambdas=(1.0, 10.0, 1
     every other chunk (so only instance n's units are on); ``dense_2`` is off (zero weights, bias −gate) and the
     pre-decoder LayerNorm's scale and shift are 0, so z = y; the classifier holds the probe's weights in every
     chunk and removes the offset in its bias. The probe is one ridge fit over all instances (the towers are
-    copies), its λ the best of ``lambdas`` on the last 20 % of the rows; the logit scale the best of ``scales``
-    by log-loss there. Training sentences only; the model is changed in place.
+    copies), its λ the best of ``lambdas`` on the last 20 % of the rows (rows are instance-major: instance 0 of
+    every group, then instance 1, ...; held out are sentences the fit did not see); the logit scale the best of
+    ``scales`` by log-loss there. The offset keeps gelu near-linear for standardised values above about −0.5, so
+    below that the demultiplexer approximates the probe. Training sentences only; the model is changed in place.
 
     Returns:
         ``{"probe_accuracy": held-out accuracy of the probe, "lambda": λ, "scale": logit scale, "rows": rows used}``.

@@ -98,6 +98,7 @@ def _session(path: Path, *, threads: int | None, providers, provider_options: di
     Raises:
         EngineBuildError: ONNX Runtime cannot load the file, or did not activate the first requested provider
             (e.g. a CUDA session that fell back to the CPU).
+        InputError: saving the optimised graph to ``save_to`` failed for lack of disk space (ENOSPC, the path).
     """
     ort = _ort()
     opts = ort.SessionOptions()
@@ -120,6 +121,13 @@ def _session(path: Path, *, threads: int | None, providers, provider_options: di
         session = ort.InferenceSession(str(path), sess_options=opts, providers=requested,
                                        disabled_optimizers=list(disabled) or None)
     except Exception as exc:  # onnxruntime raises its own exception types
+        if save_to is not None:  # saving the optimised graph fails with a bare protobuf error on a full disk
+            from prumux_compile.errors import InputError
+            from prumux_compile.fsutil import describe_os_error, disk_full_error
+
+            full = disk_full_error(save_to, 2 * Path(path).stat().st_size + (1 << 20), exc)
+            if full is not None:
+                raise InputError(f"cannot write the optimised graph: {describe_os_error(full)}") from None
         raise EngineBuildError(f"onnxruntime cannot load {Path(path).name}: {_first_line(exc)}") from None
     active = list(session.get_providers())
     if providers and providers[0] not in active:

@@ -231,6 +231,24 @@ def test_eval_data_without_label_column_is_refused_unless_unlabelled(grids, tmp_
 
 
 @needs_tokenizer
+def test_texts_only_files_are_never_parsed_for_labels(grids, tmp_path):
+    """--eval-unlabelled, and --calibration-data (int8 calibration reads texts only): labels the checkpoint does not
+    know, empty cells and -1 are no error, with or without int8 candidates."""
+    data = tmp_path / "unk.tsv"
+    data.write_text("sentence\tlabel\nfine\tmaybe\nbad\t\nok\t7\nno\t-1.5\n")
+    ckpt = str(grids / "cls" / "c1")
+    for i, extra in enumerate((["--eval-data", str(data), "--eval-unlabelled", "--precision", "fp32,int8"],
+                               ["--calibration-data", str(data), "--precision", "fp32,int8"])):
+        out = tmp_path / f"out{i}"
+        res = CliRunner().invoke(cli, ["build", ckpt, "-o", str(out), "--min-accuracy", "0", "--no-progress",
+                                       *FAST[:-2], *extra])  # FAST without its --precision fp32
+        assert res.exit_code == 0, res.output
+        report = json.loads((out / "report.json").read_text())
+        built = [c["id"] for c in report["candidates"]] + [r["id"] for r in report.get("rejected", [])]
+        assert sorted(built) == ["c1@fp32", "c1@int8"]
+
+
+@needs_tokenizer
 def test_eval_data_with_an_empty_label_column_is_refused(grids, tmp_path):
     data = tmp_path / "test.tsv"
     data.write_text("sentence\tlabel\nfine\t\nbad\t-1\n")

@@ -274,37 +274,60 @@ def towers():
     return cfg, teacher, state
 
 
-def test_tower_trunk_gives_every_instance_its_own_chunk(towers):
-    """docs/checkpoint-formats.md §2.3 binary_encoding: instance n owns dims [n*d/N, (n+1)*d/N). Every chunk holds
-    the same narrowed teacher: the d/N hidden dims of largest |γ_emb| + Σ|γ_layers| (grid.Importance), the H/N heads
-    of largest ||Wo_h||·||Wv_h|| and the F/N FFN dims of largest ||W1_j||·||W2_j|| per layer; nothing crosses
-    between chunks, head slots or FFN slots."""
-    cfg, teacher, state = towers
-    c, hs, fs = D_MINI // 2, (H_MINI // 2) * DH_MINI, F_MINI // 2
-    v = state["instance_embedding"]
-    assert torch.equal(v, torch.cat([torch.cat([torch.ones(1, c), torch.zeros(1, c)], 1),
-                                     torch.cat([torch.zeros(1, c), torch.ones(1, c)], 1)]))
+def _outside(block: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``block`` with columns lo .. hi-1 zeroed."""
+    out = block.clone()
+    out[:, lo:hi] = 0
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 5])  # 5 divides neither d = 384 nor H = 12
+def test_tower_trunk_gives_every_instance_its_own_chunk(towers, n):
+    """docs/checkpoint-formats.md §2.3 binary_encoding: instance t owns dims [t*c, (t+1)*c), c = d div N, the last
+    chunk extending to d. Every chunk holds the same narrowed teacher in its first c dims: the c hidden dims of
+    largest |γ_emb| + Σ|γ_layers| (grid.Importance), the H div N heads of largest ||Wo_h||·||Wv_h|| and the F div N
+    FFN dims of largest ||W1_j||·||W2_j|| per layer; nothing crosses between chunks, head slots or FFN slots, and
+    what is left over (dims past N*c, heads past N*(H div N), FFN dims past N*(F div N)) is zero."""
+    from prumux_compile.demo.grid import tower_trunk
+
+    cfg, teacher, _ = towers
+    state, v = tower_trunk(cfg, teacher, n)
+    c, h, f = D_MINI // n, H_MINI // n, F_MINI // n
+    expected = torch.zeros(n, D_MINI)
+    for t in range(n):
+        expected[t, t * c:(t + 1) * c if t < n - 1 else D_MINI] = 1.0
+    assert torch.equal(v, expected)
     gam = teacher["bert.embeddings.LayerNorm.weight"].double().abs()
     for i in range(L_MINI):
         for ln in ("attention.output.LayerNorm.weight", "output.LayerNorm.weight"):
             gam = gam + teacher[f"bert.encoder.layer.{i}.{ln}"].double().abs()
     keep = torch.sort(torch.topk(gam, c).indices).values
     emb = "bert.embeddings.word_embeddings.weight"
-    assert torch.equal(state[emb][:, :c], teacher[emb][:, keep]) and torch.equal(state[emb][:, c:], teacher[emb][:, keep])
+    for t in range(n):
+        assert torch.equal(state[emb][:, t * c:(t + 1) * c], teacher[emb][:, keep])
+    assert not state[emb][:, n * c:].any()
     p = "bert.encoder.layer.3."
     wv, wo = teacher[p + "attention.self.value.weight"], teacher[p + "attention.output.dense.weight"]
-    score = torch.stack([wo[:, h * DH_MINI:(h + 1) * DH_MINI].norm() * wv[h * DH_MINI:(h + 1) * DH_MINI].norm()
-                         for h in range(H_MINI)])
-    heads = torch.sort(torch.topk(score, H_MINI // 2).indices).values
-    rows = torch.cat([torch.arange(h * DH_MINI, (h + 1) * DH_MINI) for h in heads.tolist()])
+    score = torch.stack([wo[:, k * DH_MINI:(k + 1) * DH_MINI].norm() * wv[k * DH_MINI:(k + 1) * DH_MINI].norm()
+                         for k in range(H_MINI)])
+    heads = torch.sort(torch.topk(score, h).indices).values
+    rows = torch.cat([torch.arange(k * DH_MINI, (k + 1) * DH_MINI) for k in heads.tolist()])
+    hs = h * DH_MINI
     for m in ("query", "key", "value"):
         w = state[p + f"attention.self.{m}.weight"]
         src = teacher[p + f"attention.self.{m}.weight"][rows][:, keep]
-        assert torch.equal(w[:hs, :c], src) and torch.equal(w[hs:, c:], src)
-        assert not w[:hs, c:].any() and not w[hs:, :c].any()
+        for t in range(n):
+            block = w[t * hs:(t + 1) * hs]
+            assert torch.equal(block[:, t * c:(t + 1) * c], src)
+            assert not _outside(block, t * c, (t + 1) * c).any()  # nothing outside its own chunk
+        assert not w[n * hs:].any()
     w1, w2 = state[p + "intermediate.dense.weight"], state[p + "output.dense.weight"]
-    assert not w1[:fs, c:].any() and not w1[fs:, :c].any() and not w2[:c, fs:].any() and not w2[c:, :fs].any()
-    assert torch.equal(w1[:fs, :c], w1[fs:, c:]) and torch.equal(w2[:c, :fs], w2[c:, fs:])
+    for t in range(n):
+        b1 = w1[t * f:(t + 1) * f]
+        assert torch.equal(b1[:, t * c:(t + 1) * c], w1[:f, :c]) and not _outside(b1, t * c, (t + 1) * c).any()
+        b2 = w2[t * c:(t + 1) * c]
+        assert torch.equal(b2[:, t * f:(t + 1) * f], w2[:c, :f]) and not _outside(b2, t * f, (t + 1) * f).any()
+    assert not w1[n * f:].any() and not w2[:, n * f:].any() and not w2[n * c:].any()
 
 
 def test_probe_demux_reads_instance_n_from_chunk_n(towers):
@@ -355,7 +378,8 @@ def test_refuses_existing_out(quick_grid):
     (["--sparsities", "0.5,1.2"], "sparsities"),
     (["--nums", "0"], "N >= 1"),
     (["--sparsities", "0,0.999"], "at most 0.99"),  # would be named s1.00
-    (["--quick", "--nums", "1,40"], "N=40 needs batches of 40 sentences"),  # refused before the teacher trains
+    (["--quick", "--nums", "1,40"], "N=40 needs 80 training sentences"),  # refused before the teacher trains
+    (["--quick", "--nums", "1,12"], "N=12 needs 24 training sentences"),  # the probe's two mux groups
 ])
 def test_demo_cli_errors(tmp_path, args, match):
     from prumux_compile.cli.main import cli

@@ -266,6 +266,33 @@ def test_cuda_session_that_falls_back_to_the_cpu_is_refused(plain, monkeypatch):
     assert set(backend.variants()) == {"plain", "fused"}  # only variants a Triton config can reproduce
 
 
+@pytest.mark.parametrize("free, error", [(0, InputError), (1 << 40, EngineBuildError)])
+def test_saving_the_optimised_graph_on_a_full_disk_names_the_path(plain, tmp_path, monkeypatch, free, error):
+    """ONNX Runtime reports a full disk while saving the optimised graph as a bare protobuf error (field fault F27,
+    docs/field-faults.md): with too little space where the graph goes it is an ENOSPC input error naming the path
+    (exit 2); with space enough, the engine error it was."""
+    import collections
+    import shutil
+
+    import onnxruntime
+
+    from prumux_compile.engines.onnxruntime import _session
+
+    def _fail(*a, **k):
+        raise RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Protobuf serialization failed.")
+
+    _, onnx_path = plain("mux2")  # exported before the stand-ins
+    monkeypatch.setattr(onnxruntime, "InferenceSession", _fail)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: collections.namedtuple("U", "total used free")(1, 1, free))
+    with pytest.raises(error) as info:
+        _session(onnx_path, threads=1, providers=["CPUExecutionProvider"], provider_options=None,
+                 save_to=tmp_path / "model.optimized.onnx")
+    if error is InputError:
+        assert f"{tmp_path / 'model.optimized.onnx'}: No space left on device [ENOSPC]" in str(info.value)
+    else:
+        assert "Protobuf serialization failed" in str(info.value)
+
+
 def test_fusion_tool_failure_is_reported_not_fatal(plain, tmp_path, monkeypatch):
     import onnxscript.rewriter.ort_fusions as fusions
 
