@@ -23,7 +23,7 @@ Files written::
 """
 from __future__ import annotations
 
-from prumux_compile.fsutil import output_tempdir, refuse_inputs_inside
+from prumux_compile.fsutil import nearest_existing, output_tempdir, refuse_inputs_inside
 
 import json
 import os
@@ -227,6 +227,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, force: bool = 
     if ckpt == out or _inside(ckpt, out):
         raise InputError(f"the checkpoint {ckpt} lies inside the output {out}; choose another output directory")
     refuse_inputs_inside(out, {"the checkpoint": ckpt})  # also through symbolic links and '..'
+    where = nearest_existing(out.parent)
+    if not where.is_dir():
+        raise InputError(f"{out}: its parent {where} is a file, not a folder; give a folder path for the outputs")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_tempdir(f".{out.name}.", out.parent, suffix=".tmp")
     try:

@@ -482,7 +482,7 @@ def read_texts(path: str | Path) -> TextRows:
     if not p.exists():
         raise InputError(f"{p}: no such file")
     if not p.is_file():
-        raise InputError(f"{p}: not a regular file (a folder?); give a file of texts")
+        raise InputError(f"{p}: {'a folder' if p.is_dir() else 'not a regular file'}; give a file of texts")
     fmt = _FORMATS.get(p.suffix.lower())
     if fmt is None:
         return split_pairs(_read_text(p).splitlines(), str(p))

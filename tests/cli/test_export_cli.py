@@ -59,6 +59,14 @@ def test_existing_output_is_refused_and_untouched(ckpt, tmp_path):
     assert _leftovers(tmp_path, "out") == []
 
 
+def test_output_below_a_file_is_refused(ckpt, tmp_path):
+    (tmp_path / "somefile").write_text("mine")
+    result = _invoke(ckpt, "-o", tmp_path / "somefile" / "sub")
+    assert result.exit_code == 2
+    assert f"its parent {tmp_path / 'somefile'} is a file, not a folder" in result.stderr
+    assert (tmp_path / "somefile").read_text() == "mine"
+
+
 @pytest.mark.parametrize("make_bad, message", [
     (lambda p: p, "no such checkpoint directory"),
     (lambda p: (p.mkdir(), p)[1], "config.json"),

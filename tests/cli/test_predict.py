@@ -202,7 +202,7 @@ def _bad_cases(built: Path, tmp: Path) -> dict[str, tuple[list[str], str | None,
         "not-a-source": ([str(built / "eval.tsv"), "good"], None, "not a build's report.json"),
         "artifact-changed": ([str(changed), "good"], None, "sha256 differs"),
         "missing-file": ([report, "--file", str(tmp / "nope.tsv")], None, "no such file"),
-        "folder-as-file": ([report, "--file", str(tmp)], None, "not a regular file"),
+        "folder-as-file": ([report, "--file", str(tmp)], None, f"{tmp}: a folder; give a file of texts"),
     }
 
 
