@@ -223,7 +223,10 @@ def test_signals_leave_no_partial_output(signame, code, grid, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "prumux_compile.cli.main", "build", str(grid / "ckpts"), "-o", str(out),
            "--no-cache", "--no-progress", "--min-accuracy", "0", *FAST]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell without job control starts background jobs with SIGINT ignored, and a child inherits that: give the
+    # build Python's default Ctrl-C handling whatever the test runner was started from
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".out.tmp-*/candidates/*")):
         time.sleep(0.1)

@@ -198,7 +198,13 @@ def test_serve_stops_cleanly_with_exit_0_on_a_stop_signal(tmp_path, monkeypatch,
 
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     monkeypatch.setattr(server, "TritonServer", FakeServer)
-    res = CliRunner().invoke(cli, ["serve", str(repo)])
+    # Ctrl-C as an interactive Python has it, even when the test runner was started with SIGINT ignored (a
+    # background job of a shell without job control)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        res = CliRunner().invoke(cli, ["serve", str(repo)])
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert res.exit_code == 0, res.output
     assert events == ["start", "stop"]
     assert {s: signal.getsignal(s) for s in before} == before  # the handlers are put back
