@@ -212,7 +212,9 @@ def test_a_changed_tokenizer_is_a_cache_miss(tmp_path):
     got = np.load(tmp_path / "o2" / "candidates" / "a" / "predictions.npz")["logits"]
     want = np.load(tmp_path / "o3" / "candidates" / "a" / "predictions.npz")["logits"]
     old = np.load(tmp_path / "o1" / "candidates" / "a" / "predictions.npz")["logits"]
-    np.testing.assert_array_equal(got, want)  # the predictions of the tokenizer now in the folder
+    # the predictions of the tokenizer now in the folder (to float rounding: each build picks ORT's graph variant,
+    # plain or fused, by timing, and the two differ in the last bits)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert np.abs(got - old).max() > 1e-3  # ... which differ from the first tokenizer's
 
 
