@@ -11,7 +11,7 @@ Printed (and written with ``--json``):
    eager PyTorch of the same checkpoint, and over eager PyTorch of the teacher;
 2. the choice of :func:`prumux_compile.select.select` for each accuracy-drop budget (default 0.01, 0.03, 0.05,
    0.10) and its reason;
-3. the meta-model (:func:`prumux_compile.select.predict`, PruMUX §5) fitted on the measured grid: its
+3. the meta-model (:func:`prumux_compile.select.predict`, PruMUX section 5) fitted on the measured grid: its
    leave-one-out mean absolute errors next to the nearest-neighbour baseline's;
 4. a held-out check: one trained configuration (``--withhold``, default ``n2_s0.50``) is removed, the meta-model
    is fitted on the rest and predicts it, and the prediction is compared with its measurement;

@@ -19,8 +19,9 @@ length 128 — every variant is its own column, nothing is a best-of taken after
 
 Checkpoints: BERT-base-shaped random-weight checkpoints written with ``prumux_compile.demo.synthetic`` into a
 temporary directory (12 layers, hidden 768, 12 heads of 64, FFN 3072): N = 1 (``bert`` at s = 0,
-``cofi_compressed`` otherwise) and ``prumux_compressed`` for N > 1, at CoFi sparsity targets s (docs/checkpoint-
-formats.md §6 count; kept heads per layer round(12·(1-s)) >= 1, the FFN width solving the count, uniform over
+``cofi_compressed`` otherwise) and ``prumux_compressed`` for N > 1, at CoFi sparsity targets s
+(docs/checkpoint-formats.md §6 count; kept heads per layer round(12·(1-s)) >= 1, the FFN width solving the count,
+uniform over
 layers). Grids: ``--grid full`` N ∈ {1, 2, 5, 10} × s ∈ {0, 0.6, 0.8, 0.9, 0.95} (20 cells), ``--grid quick``
 (N=1 s=0, N=2 s=0.6, N=10 s=0.95).
 

@@ -7,8 +7,8 @@ Two levels:
   tied word embeddings recovered) and the ``zs.pt`` masks — and detects the family from the state
   dict (``docs/checkpoint-formats.md`` §1.1). The reference (:mod:`prumux_compile.reference`) works on
   this level only.
-* :func:`load` turns a ``RawCheckpoint`` into the IR, taking every width from weight shapes (§1.4),
-  never from ``config.json`` (field faults F4 in docs/field-faults.md, F5, F7).
+* :func:`load` turns a ``RawCheckpoint`` into the IR, taking every width from weight shapes
+  (docs/checkpoint-formats.md §1.4), never from ``config.json`` (field faults F4 in docs/field-faults.md, F5, F7).
 
 Safety: pickled files are read with ``torch.load(..., weights_only=True)``; ``l0_module.pt`` is never
 unpickled (docs/checkpoint-formats.md Q16). Errors are :class:`~prumux_compile.errors.CheckpointError` with a one-line
@@ -68,7 +68,7 @@ class RawCheckpoint:
             ``gamma``/``beta``); demux-module tensors under ``demux_module.*`` whichever alias the file
             used; ``bert.embeddings.word_embeddings.weight`` present even when only the tied
             ``retrieval_head.decoder.weight`` was saved.
-        zs: the masks of ``zs.pt`` (keys of §1.5, float32) or ``None``.
+        zs: the masks of ``zs.pt`` (keys of docs/checkpoint-formats.md §1.5, float32) or ``None``.
         family: one of :data:`FAMILIES`.
         files: file name -> sha256 hex of each file read (provenance).
         key_prefix: the uniform wrapper prefix removed from every key (``"module."`` ...), ``""`` if none.
@@ -833,7 +833,7 @@ def _unread_on_purpose(raw: RawCheckpoint, key: str, layers) -> bool:
     * training-only modules: ``retrieval_head.*`` (MLM retrieval head, with its tied decoder),
       ``layer_transformation.*``, ``mha_layer_transformation.*``, ``emb_transformation.*`` (distillation);
     * the integer ``position_ids`` / ``token_type_ids`` buffers of the embeddings;
-    * ``bert.pooler.*`` of the multiplexed families (randomly initialised and unused, §2.5);
+    * ``bert.pooler.*`` of the multiplexed families (randomly initialised and unused, docs/checkpoint-formats.md §2.5);
     * the parts of the shared index_pos demux module that only the retrieval head uses: ``layer_norm_k`` (k <= Kd;
       ``layer_norm_1`` is read in legacy mode) and ``dense_k`` beyond the classifier's ``Kd - 1`` (k <= Kd);
     * the LayerNorm of a removed sublayer (a compressed checkpoint keeps it, docs/checkpoint-formats.md Q14).

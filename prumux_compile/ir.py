@@ -1,8 +1,8 @@
 """The intermediate representation (IR) of a (multiplexed, pruned) BERT classifier.
 
 The IR is backend-free: float32 torch tensors plus small specs. Every width is the width of the tensors it
-holds (DESIGN.md: "widths are taken from weight shapes, never from config.json"). An IR is executable at
-every stage of the pass pipeline by :func:`prumux_compile.kernels.build_module`, which is what lets every pass
+holds (widths are taken from weight shapes, never from config.json: docs/checkpoint-formats.md §1.3, §1.4).
+An IR is executable at every stage of the pass pipeline by :func:`prumux_compile.kernels.build_module`, which is what lets every pass
 be tested by running the model before and after it.
 
 Stages an IR goes through (``ModelIR.history`` records the passes applied):

@@ -2,16 +2,17 @@
 
 This module is the project's ORACLE. It computes, in plain PyTorch and directly on the tensors of a
 :class:`~prumux_compile.checkpoint.RawCheckpoint`, the logits that the upstream research code computes
-at inference time for every checkpoint family of ``docs/checkpoint-formats.md`` (§1.1, forward
-semantics §2.1–§2.9). The compiled model (``kernels/`` + ``passes/``) is validated against it, so it
-deliberately shares no code with them and takes a different route wherever the compiler optimises:
+at inference time for every checkpoint family of ``docs/checkpoint-formats.md`` (§1.1; forward semantics:
+docs/checkpoint-formats.md §2.1–§2.9). The compiled model (``kernels/`` + ``passes/``) is validated against it,
+so it deliberately shares no code with them and takes a different route wherever the compiler optimises:
 
 * masks are applied by MULTIPLICATION into full-width weights, the way upstream ``update_params``
-  does (§2.9), never by slicing;
+  does (docs/checkpoint-formats.md §2.9), never by slicing;
 * hidden-dim pruning is computed at full width ``d`` with a masked LayerNorm whose statistics run over
-  the kept dims only (CoFiLayerNorm, §2.5) and whose output is held at exactly 0 on pruned dims;
+  the kept dims only (CoFiLayerNorm, docs/checkpoint-formats.md §2.5) and whose output is held at exactly 0 on
+  pruned dims;
 * the double embedding pass, the unmasked encoder of multiplexed models, the demux layer choice and
-  the other quirks of §5 are reproduced as upstream has them (no algebraic folding of §3).
+  the other quirks of docs/checkpoint-formats.md §5 are reproduced as upstream has them (no algebraic folding of §3).
 
 Semantic choices (documented here because they are decisions, not facts of the checkpoint):
 
@@ -61,7 +62,8 @@ PADDING_POLICIES = ("repeat-last", "upstream")
 PAD_TOKEN_ID = 0
 #: [CLS] of bert-base-uncased; written into column 0 for index_pos / mlp demux (docs/checkpoint-formats.md §2.1 step 2).
 CLS_TOKEN_ID = 101
-#: Base token of the index-demux prefix: instance n gets ``680 - (n + 2)`` on the diagonal (§2.1 step 3).
+#: Base token of the index-demux prefix: instance n gets ``680 - (n + 2)`` on the diagonal
+#: (docs/checkpoint-formats.md §2.1 step 3).
 _INDEX_PREFIX_FILL = 680
 
 _MUXED_FAMILIES = ("prumux_compressed", "prumux_masked", "muxplm")
@@ -211,7 +213,7 @@ def _read_masks(raw: RawCheckpoint, d: int, heads: int, ffn: int, layers: int,
     ``mlp_z`` are all ones too unless ``head_z`` / ``intermediate_z`` are given (upstream evaluation folds a layer
     mask only inside the loop over its finer mask; docs/checkpoint-formats.md §2.9).
 
-    Accepted shapes are the upstream ones of §1.5 (``head_z [Lyr,1,H,1,1]``, ``intermediate_z
+    Accepted shapes are the upstream ones of docs/checkpoint-formats.md §1.5 (``head_z [Lyr,1,H,1,1]``, ``intermediate_z
     [Lyr,1,1,F]``, ``hidden_z [d]``, ``head_layer_z``/``mlp_z [Lyr]``) or any shape equal to them up to
     size-1 axes. Raises CheckpointError naming the mask, its shape and the expected shape.
     """
@@ -356,7 +358,7 @@ def _build_attention(raw, i, d, dh, dtype, masks: _Masks | None, zh) -> _Attenti
     sd, path = raw.state_dict, raw.path
     p = f"bert.encoder.layer.{i}.attention."
     if p + "output.dense.weight" not in sd:
-        return None  # removed attention sublayer (compressed families, §1.4)
+        return None  # removed attention sublayer (compressed families, docs/checkpoint-formats.md §1.4)
     g = lambda k: _tensor(sd, p + k, dtype, path)  # noqa: E731
     wq, bq, wk, bk = g("self.query.weight"), g("self.query.bias"), g("self.key.weight"), g("self.key.bias")
     wv, bv, wo, bo = g("self.value.weight"), g("self.value.bias"), g("output.dense.weight"), g("output.dense.bias")
@@ -383,7 +385,7 @@ def _build_attention(raw, i, d, dh, dtype, masks: _Masks | None, zh) -> _Attenti
         if not bool(kept.any()):
             return None  # every head removed: static sublayer removal (F3 in docs/field-faults.md, Q11/Q12 in docs/checkpoint-formats.md)
         hz_rows = torch.repeat_interleave(hz, dh)
-        # update_params (§2.9): head_z into rows of Wv and bv; head_layer_z into Wo and bo;
+        # update_params (docs/checkpoint-formats.md §2.9): head_z into rows of Wv and bv; head_layer_z into Wo and bo;
         # hidden_z into input columns of Wq, Wk, Wv and into rows of Wo AND bo.
         wq = wq * zh
         wk = wk * zh
@@ -399,7 +401,7 @@ def _build_ffn(raw, i, d, dtype, masks: _Masks | None, zh) -> _Ffn | None:
     sd, path = raw.state_dict, raw.path
     p = f"bert.encoder.layer.{i}."
     if p + "output.dense.weight" not in sd:
-        return None  # removed FFN sublayer (compressed families, §1.4)
+        return None  # removed FFN sublayer (compressed families, docs/checkpoint-formats.md §1.4)
     g = lambda k: _tensor(sd, p + k, dtype, path)  # noqa: E731
     w1, b1 = g("intermediate.dense.weight"), g("intermediate.dense.bias")
     w2, b2 = g("output.dense.weight"), g("output.dense.bias")
@@ -419,7 +421,7 @@ def _build_ffn(raw, i, d, dtype, masks: _Masks | None, zh) -> _Ffn | None:
         kept = iz * mz != 0
         if not bool(kept.any()):
             return None  # every FFN dim removed: static sublayer removal (F3 in docs/field-faults.md, Q11/Q12 in docs/checkpoint-formats.md)
-        # update_params (§2.9): intermediate_z into columns of W2; mlp_z into W2 and b2;
+        # update_params (docs/checkpoint-formats.md §2.9): intermediate_z into columns of W2; mlp_z into W2 and b2;
         # hidden_z into input columns of W1 and rows of W2 but NOT into b2 (upstream asymmetry, Q9 in docs/checkpoint-formats.md).
         w1 = w1 * zh
         w2 = w2 * iz * mz * zh[:, None]
@@ -508,10 +510,10 @@ def _pad_batch(ids: torch.Tensor, n: int, padding: str, seed: int) -> torch.Tens
 
 
 # --------------------------------------------------------------------------------------------------
-# Multiplexed families (A, B, C): §2.1-2.7
+# Multiplexed families (A, B, C): docs/checkpoint-formats.md §2.1-2.7
 # --------------------------------------------------------------------------------------------------
 def _mux(raw: RawCheckpoint, e1: torch.Tensor, t: _Trunk, n: int, dtype) -> torch.Tensor:
-    """Multiplexer (§2.3): ``E1 [G*N, L, d] -> M [G, L, d]``."""
+    """Multiplexer (docs/checkpoint-formats.md §2.3): ``E1 [G*N, L, d] -> M [G, L, d]``."""
     v = _tensor(raw.state_dict, "instance_embedding", dtype, raw.path)
     g = e1.shape[0] // n
     e1 = e1.view(g, n, e1.shape[1], e1.shape[2])
@@ -527,19 +529,20 @@ def _mux(raw: RawCheckpoint, e1: torch.Tensor, t: _Trunk, n: int, dtype) -> torc
         return m
     _expect_shape("instance_embedding", v, (n, d), raw.path)
     if t.hidden_z is not None:
-        v = v * t.hidden_z  # update_params: hidden_z into instance_embedding (§2.9)
+        v = v * t.hidden_z  # update_params: hidden_z into instance_embedding (docs/checkpoint-formats.md §2.9)
     return (e1 * v[None, :, None, :]).mean(dim=1)  # hadamard: mean, not sum
 
 
 def _demux(raw: RawCheckpoint, x: torch.Tensor, t: _Trunk, n: int, dtype) -> torch.Tensor:
-    """Demultiplexer (§2.6): encoder output ``[G, L', d] -> [G*N, D]`` (row g*N + n = instance n)."""
+    """Demultiplexer (docs/checkpoint-formats.md §2.6): encoder output ``[G, L', d] -> [G*N, D]`` (row g*N + n =
+    instance n)."""
     sd, path, eps = raw.state_dict, raw.path, t.eps
     g_ = lambda k: _tensor(sd, k, dtype, path)  # noqa: E731
     g, d = x.shape[0], t.d
     zh = t.hidden_z
     variant = raw.demuxing_variant
     if variant == "index_pos":
-        e = g_("demux_module.demux_instance_embedding")  # NOT scaled by hidden_z (§2.9)
+        e = g_("demux_module.demux_instance_embedding")  # NOT scaled by hidden_z (docs/checkpoint-formats.md §2.9)
         w1, b1 = g_("demux_module.dense_1.weight"), g_("demux_module.dense_1.bias")
         _expect_shape("demux_module.demux_instance_embedding", e, (n, d), path)
         if w1.dim() != 2 or w1.shape[1] != 2 * d:
@@ -644,7 +647,7 @@ def _forward_muxed(raw, t: _Trunk, ids: torch.Tensor, seq_len: int, padding: str
     # Pass 1 (§2.2): per instance row; type 0 everywhere (token_type_ids ignored, Q3 in docs/checkpoint-formats.md).
     e1 = _layer_norm(t.word[ids] + type0 + pos, t.emb_ln_w, t.emb_ln_b, t.eps, t.keep)
     m = _mux(raw, e1, t, n, dtype)
-    # Pass 2 (§2.4): the SAME position/type tables and LayerNorm again.
+    # Pass 2 (docs/checkpoint-formats.md §2.4): the SAME position/type tables and LayerNorm again.
     x = _layer_norm(m + type0 + pos, t.emb_ln_w, t.emb_ln_b, t.eps, t.keep)
     x = _encoder(x, t, None)  # no attention mask: PAD tokens are attended (Q2 in docs/checkpoint-formats.md)
     z = _demux(raw, x, t, n, dtype)
@@ -658,7 +661,7 @@ def _forward_muxed(raw, t: _Trunk, ids: torch.Tensor, seq_len: int, padding: str
 
 
 # --------------------------------------------------------------------------------------------------
-# N = 1 families (D, E, F): §2.8
+# N = 1 families (D, E, F): docs/checkpoint-formats.md §2.8
 # --------------------------------------------------------------------------------------------------
 def _forward_single(raw, t: _Trunk, ids, attention_mask, token_type_ids, dtype):
     b, s = ids.shape
@@ -687,7 +690,7 @@ def _forward_single(raw, t: _Trunk, ids, attention_mask, token_type_ids, dtype):
             f"{path}: tensor bert.pooler.dense.weight has shape {list(wp.shape)}, expected [D, {t.d}]"
         )
     if t.hidden_z is not None:
-        wp = wp * t.hidden_z  # update_params: hidden_z into pooler input columns (§2.9)
+        wp = wp * t.hidden_z  # update_params: hidden_z into pooler input columns (docs/checkpoint-formats.md §2.9)
     pooled = torch.tanh(F.linear(x[:, 0], wp, _tensor(sd, "bert.pooler.dense.bias", dtype, path)))
     wc = _tensor(sd, "classifier.weight", dtype, path)
     if wc.shape[1] != pooled.shape[1]:
@@ -706,7 +709,8 @@ def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=N
     """Upstream inference logits of a checkpoint (``docs/checkpoint-formats.md`` §2.1–§2.9).
 
     Args:
-        raw: a checkpoint read by :func:`prumux_compile.checkpoint.read_raw`; any family of §1.1.
+        raw: a checkpoint read by :func:`prumux_compile.checkpoint.read_raw`; any family of
+        docs/checkpoint-formats.md §1.1.
         input_ids: integer token ids ``[B, S]`` (torch tensor or numpy array; cast to int64). Never
             modified: upstream's in-place write of [CLS] into column 0 (Q18 in docs/checkpoint-formats.md) happens on a copy.
         attention_mask: ``[B, S]`` 0/1, or ``None`` (all ones). Used by the N = 1 families only.
@@ -728,17 +732,21 @@ def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=N
           the encoder sees no attention mask and attends PAD tokens (Q2 in docs/checkpoint-formats.md), so the logits depend on
           ``seq_len``; ``attention_mask`` and ``token_type_ids`` are ignored (Q3 in docs/checkpoint-formats.md). index_pos / mlp demux
           write [CLS] (101) into column 0; index demux prepends the ``N + 1`` token prefix (L' =
-          seq_len + N + 1). Double embedding pass (§2.4), mux (§2.3), post-LN encoder (§2.5), demux
-          (§2.6: index_pos with ``num_hidden_demux_layers`` (default 2) and ``legacy_demuxing``, mlp,
-          index), classifier (§2.7).
+          seq_len + N + 1). Double embedding pass (docs/checkpoint-formats.md §2.4), mux (§2.3), post-LN encoder
+          (§2.5), demux
+          (docs/checkpoint-formats.md §2.6: index_pos with ``num_hidden_demux_layers`` (default 2) and
+          ``legacy_demuxing``, mlp,
+          index), classifier (docs/checkpoint-formats.md §2.7).
         * N = 1 families (``cofi_compressed``, ``cofi_masked``, ``bert``): standard BERT at the given
           length S with attention mask (additive ``(1 - mask) * -10000``) and token types, pooler tanh
-          and classifier (§2.8).
+          and classifier (docs/checkpoint-formats.md §2.8).
         * Masked families (``prumux_masked``, ``cofi_masked``): masks multiplied into full-width weights
-          as upstream ``update_params`` (§2.9), LayerNorm statistics over the kept hidden dims only,
+          as upstream ``update_params`` (docs/checkpoint-formats.md §2.9), LayerNorm statistics over the kept hidden
+          dims only,
           pruned hidden dims held at 0, sublayer removal decided statically from the masks (module
           docstring: field fault F3 in docs/field-faults.md).
-        * Compressed families: every width from the weight shapes (§1.4); head size ``raw.head_size``.
+        * Compressed families: every width from the weight shapes (docs/checkpoint-formats.md §1.4); head size
+        ``raw.head_size``.
         * LayerNorm eps = config ``layer_norm_eps`` (default 1e-12) in every LayerNorm, the demultiplexer's
           included; the FFN activation is ``config.hidden_act`` (default the exact erf GELU; each implemented
           name is written from its formula), the demultiplexer always uses the erf GELU and the pooler tanh.

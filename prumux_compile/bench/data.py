@@ -307,7 +307,8 @@ def task_for_labels(label2id: dict | None) -> str:
 
 def find_tokenizer_dir(checkpoint_dir: str | Path) -> Path:
     """Directory holding the tokenizer: ``checkpoint_dir`` itself, else its parent (docs/checkpoint-formats.md
-    §1.2), else — when ``checkpoint_dir`` is a symbolic link — the parent of the folder it points to.
+    docs/checkpoint-formats.md §1.2), else — when ``checkpoint_dir`` is a symbolic link — the parent of the folder it
+    points to.
 
     Raises:
         CheckpointError: neither directory holds any of :data:`TOKENIZER_FILES`.

@@ -1,6 +1,6 @@
 """Helpers shared by the CLI commands: error reporting, signals and terminal detection.
 
-Every failure reaches the user as ONE line on stderr and an exit code (DESIGN.md):
+Every failure reaches the user as ONE line on stderr and an exit code (README "Commands"):
 
 - :class:`~prumux_compile.errors.PrumuxError`: ``error: <message>``, its ``exit_code`` (2..6);
 - :class:`OSError` (read-only location, no permission, disk full, ...): ``error: <path>: <OS reason>``, exit 2;

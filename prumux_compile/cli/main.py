@@ -3,7 +3,7 @@
 Each sub-command lives in its own module under ``prumux_compile.cli`` and only wires library calls
 together. Commands are imported lazily so that ``prumux-compile --help`` does not import torch.
 
-Exit codes (DESIGN.md): 0 ok, 2 usage / bad input (file-system errors included), 3 validation failed, 4 engine
+Exit codes (README "Commands"): 0 ok, 2 usage / bad input (file-system errors included), 3 validation failed, 4 engine
 build failed, 5 no candidate meets the budget, 6 Triton config invalid, 7 candidates lost to cluster faults
 (``build --executor ray``); 1 an unexpected error (one line; the
 traceback with ``prumux-compile --debug``), 130 Ctrl-C, 143 SIGTERM (see :mod:`prumux_compile.cli.common`).

@@ -19,7 +19,8 @@ sentences of :mod:`prumux_compile.demo.data`) and writes, for every (N, target s
 Kept structures come from :func:`importance` / :func:`choose_structure` on the trained unpruned model of the
 same N. The test split is written as ``eval.tsv`` for ``build --eval-data``; ``grid.json`` records the recipe,
 the structures, the training metrics (validation accuracy only: nothing is tuned or reported on test here) and
-where the time went. The retrieval head's [V, d] MLM decoder is not written (training-only, 47 MB, §1.4).
+where the time went. The retrieval head's [V, d] MLM decoder is not written (training-only, 47 MB,
+docs/checkpoint-formats.md §1.4).
 """
 from __future__ import annotations
 
@@ -256,7 +257,8 @@ def tower_trunk(cfg: dict, teacher: dict[str, torch.Tensor], n: int) -> tuple[di
     instance the narrowed teacher's embedding in every chunk and the mux keeps instance t's copy in chunk t. Until
     training changes them, instance t's tokens reach only chunk t: what couples the towers is the LayerNorms (mean
     and variance over all d dims) and the shared attention-free second embedding pass (docs/checkpoint-formats.md
-    §2.4). Unused slots (H or F not a multiple of N) and the extra dims of the last chunk are zero.
+    docs/checkpoint-formats.md §2.4). Unused slots (H or F not a multiple of N) and the extra dims of the last chunk
+    are zero.
 
     Args:
         cfg: MiniLM's config (L, d, H, F).

@@ -6,10 +6,10 @@ with a hadamard mux (gaussian or binary instance vectors) and index_pos demux fo
 forward pass in eval mode computes exactly what :func:`prumux_compile.reference.forward` computes for that checkpoint (the equality is a
 test, fp64, |Δlogit| <= 1e-9), so the weights are trained for the function that is compiled and validated:
 
-* N = 1 (§2.8): ``LN(word[ids] + type[tt] + pos)``, post-LN BERT layers with the additive mask
-  ``(1 - attention_mask) * -10000``, pooler ``tanh(W_p x[:, 0] + b_p)``, classifier.
-* N > 1 (§2.1–§2.7): ids right-padded with [PAD] (0) to exactly ``seq_len``, [CLS] (101) written into column 0,
-  batch padded to a multiple of N with copies of its last row (the reference's ``"repeat-last"``); first
+* N = 1 (docs/checkpoint-formats.md §2.8): ``LN(word[ids] + type[tt] + pos)``, post-LN BERT layers with the
+  additive mask ``(1 - attention_mask) * -10000``, pooler ``tanh(W_p x[:, 0] + b_p)``, classifier.
+* N > 1 (docs/checkpoint-formats.md §2.1–§2.7): ids right-padded with [PAD] (0) to exactly ``seq_len``, [CLS]
+  (101) written into column 0, batch padded to a multiple of N with copies of its last row (the reference's ``"repeat-last"``); first
   embedding pass ``E1 = LN(word[ids] + type[0] + pos)``; hadamard mux ``M_g = mean_n E1_{gN+n} ⊙ v_n``;
   second pass ``LN(M + type[0] + pos)`` with the same tables and LayerNorm; encoder WITHOUT attention mask;
   index_pos demux on the encoder state at position 0: ``y = gelu(dense_1([e_n ; h_0]))``, then
@@ -17,7 +17,7 @@ test, fp64, |Δlogit| <= 1e-9), so the weights are trained for the function that
 
 Only what the classifier path reads is a parameter (``bert.embeddings.*``, the encoder, the pooler for N = 1,
 ``instance_embedding``, ``demux_module.*`` used, ``demultiplexer.pre_decoder*``, ``classifier.*``); the
-retrieval warm-up head of DataMUX (Murahari et al., 2022, §3.3) is an optional extra used only in training.
+retrieval warm-up head of DataMUX (Murahari et al., 2022, section 3.3) is an optional extra used only in training.
 
 Training-only behaviour (``model.train()``): dropout with probability ``dropout`` after the embedding
 LayerNorm (the second one for N > 1), on each sublayer output before the residual add, and on the classifier
@@ -249,7 +249,7 @@ class DemoModel(nn.Module):
 
     def retrieval_loss(self, input_ids: torch.Tensor, states: torch.Tensor, positions: int,
                        generator: torch.Generator) -> tuple[torch.Tensor, float]:
-        """DataMUX's retrieval objective (Murahari et al., 2022, §3.3) on sampled positions.
+        """DataMUX's retrieval objective (Murahari et al., 2022, section 3.3) on sampled positions.
 
         For ``positions`` positions l per mux group, drawn uniformly (with ``generator``) from 1 .. the longest
         row of the group - 1, every instance n predicts its own token ``ids[gN+n, l]`` from the demultiplexed

@@ -1,9 +1,9 @@
 """Synthetic upstream-format checkpoints with seeded random weights (test fixtures and oracles).
 
-:func:`write_checkpoint` writes a checkpoint directory of any family of ``docs/checkpoint-formats.md``
-§1.1 exactly as upstream lays it out (§1.3 config fields, §1.4 key names and shapes with their quirks,
-§1.5 ``zs.pt``): compressed families (A ``prumux_compressed``, D ``cofi_compressed``) get weights at the
-sliced shapes, masked families (B ``prumux_masked``, E ``cofi_masked``) get full weights plus masks,
+:func:`write_checkpoint` writes a checkpoint directory of any family of docs/checkpoint-formats.md §1.1
+exactly as upstream lays it out (docs/checkpoint-formats.md §1.3 config fields, §1.4 key names and shapes with
+their quirks, §1.5 ``zs.pt``): compressed families (A ``prumux_compressed``, D ``cofi_compressed``) get weights
+at the sliced shapes, masked families (B ``prumux_masked``, E ``cofi_masked``) get full weights plus masks,
 ``muxplm`` (C) and ``bert`` (F) get full shapes.
 
 Every tensor is drawn from its own ``torch.Generator`` seeded from ``(spec.seed, tensor name)``, so two
@@ -64,7 +64,8 @@ class SynthSpec:
         num_layers, hidden, heads, ffn, vocab, max_pos: original sizes (head size = hidden / heads).
         num_labels: classifier width C.
         num_instances: N; forced to 1 for ``cofi_*`` / ``bert``.
-        muxing_variant, demuxing_variant, num_hidden_demux_layers, legacy_demuxing: §1.3 config fields
+        muxing_variant, demuxing_variant, num_hidden_demux_layers, legacy_demuxing: docs/checkpoint-formats.md §1.3
+        config fields
             (``num_hidden_demux_layers=None`` omits the field, upstream then uses 2).
         heads_kept: per layer, ORIGINAL head ids kept (None = all; ``[]`` = attention removed).
         ffn_kept: per layer, original FFN dims kept (``[]`` = FFN removed).
@@ -78,7 +79,8 @@ class SynthSpec:
         safetensors_tied_name: which name keeps the tied word embeddings in a safetensors file of the
             B/C families: ``"word_embeddings"`` or ``"decoder"`` (``retrieval_head.decoder.weight``).
         legacy_ln_names: LayerNorm parameters named ``gamma``/``beta``.
-        demux_alias: ``"all"`` (the three aliases of §1.4, as upstream) or one of :data:`DEMUX_ALIASES`.
+        demux_alias: ``"all"`` (the three aliases of docs/checkpoint-formats.md §1.4, as upstream) or one of
+        :data:`DEMUX_ALIASES`.
         seed: seed of every random draw.
         hidden_act: ``config.hidden_act`` (field fault F22 in docs/field-faults.md); the weights do not depend on it.
         layer_norm_eps: ``config.layer_norm_eps``.
@@ -870,8 +872,8 @@ def write_checkpoint(out_dir: str | Path, spec: SynthSpec) -> SynthInfo:
 
 def compress_like_upstream(masked_dir: str | Path, out_dir: str | Path) -> SynthInfo:
     """Turn a full + zs checkpoint (B ``prumux_masked`` / E ``cofi_masked``) into its compressed family
-    (A / D) the way upstream evaluation does: ``update_params`` then ``prune_model_with_z`` (docs/checkpoint-formats.md §1.6,
-    §2.9; PruMUX ``utils/cofi_utils.py``).
+    (A / D) the way upstream evaluation does: ``update_params`` then ``prune_model_with_z``
+    (docs/checkpoint-formats.md §1.6, §2.9; PruMUX ``utils/cofi_utils.py``).
 
     Folding (soft z allowed): head_z (x dh) into rows of Wv and bv; head_layer_z into Wo and bo;
     intermediate_z into columns of W2; mlp_z into W2 and b2; hidden_z into the dims of the word, position

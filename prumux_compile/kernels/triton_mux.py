@@ -5,7 +5,7 @@ position l (``x̂ = LN_noaffine``, ``c_l = Pos[l] + Type[0]``)::
 
     y_n   = word[ids[gN + n, l]] + c_l                       n = 0..N-1       (pass-1 embeddings, E2)
     M     = sum_n x̂(y_n) ⊙ scale_n + shift                    scale [N, d'], shift [d']   (E3)
-    x0    = LN(M + c_l; gamma, beta)                                          (pass-2 embeddings, §2.4)
+    x0    = LN(M + c_l; gamma, beta)                                          (pass-2 embeddings, docs/checkpoint-formats.md §2.4)
 
 :func:`mux_embed_torch` computes exactly that with PyTorch ops (the same arithmetic as
 :class:`prumux_compile.kernels.mux.MuxEmbedding` in its fused form). :func:`mux_embed_triton` does it in one

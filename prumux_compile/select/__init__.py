@@ -1,4 +1,4 @@
-"""Auto-PruMUX (PruMUX, Su et al. 2023, §5): choose the best measured candidate for an accuracy budget and
+"""Auto-PruMUX (PruMUX, Su et al. 2023, section 5): choose the best measured candidate for an accuracy budget and
 predict the (N, s) configuration to train next. Pure Python + numpy.
 
 - :func:`select`, :func:`raise_if_none`, :func:`pareto_front` — measured candidates (:mod:`.auto_prumux`).

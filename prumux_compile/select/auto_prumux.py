@@ -1,8 +1,8 @@
 """Auto-PruMUX selection: pick the fastest measured candidate that meets an accuracy budget.
 
-PruMUX (Su et al., Findings of ACL 2023, arXiv 2305.14706, §5 "Auto-PruMUX") chooses a multiplexing width N
+PruMUX (Su et al., Findings of ACL 2023, arXiv 2305.14706, section 5 "Auto-PruMUX") chooses a multiplexing width N
 and a sparsity s for an *accuracy-loss budget* relative to the unpruned, un-multiplexed model. This module does
-the measured half of that (DESIGN.md, "Auto-PruMUX", *Selection*): among measured candidates, the one with the
+the measured half of that (docs/report.md, `selection`): among measured candidates, the one with the
 highest throughput whose accuracy is within the budget, with deterministic tie-breaks. The predictive half (the
 paper's meta-model) lives in :mod:`prumux_compile.select.meta_model`.
 
@@ -294,7 +294,8 @@ def select(
     min_accuracy: float | None = None,
     baseline_id: str | None = None,
 ) -> Selection:
-    """Choose the highest-throughput candidate whose accuracy meets the budget (PruMUX §5; DESIGN.md).
+    """Choose the highest-throughput candidate whose accuracy meets the budget (PruMUX section 5; docs/report.md,
+    `selection`).
 
     Baseline: the candidate ``baseline_id`` if given; otherwise the candidate with N == 1 and the lowest
     sparsity (ties: highest accuracy, then id). Without any N == 1 candidate, ``min_accuracy`` falls back to the

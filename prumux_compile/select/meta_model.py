@@ -1,9 +1,9 @@
 """Auto-PruMUX prediction: the paper's meta-model of accuracy and throughput over (N, s).
 
-PruMUX (Su et al., Findings of ACL 2023, arXiv 2305.14706, §5 "Auto-PruMUX") fits performance models of
+PruMUX (Su et al., Findings of ACL 2023, arXiv 2305.14706, section 5 "Auto-PruMUX") fits performance models of
 accuracy and throughput as smooth functions of the multiplexing width N and the sparsity s on a few trained
 configurations, then predicts the best (N, s) for an accuracy budget. We use a small, fixed family of models
-fitted by ordinary least squares (DESIGN.md, "Auto-PruMUX", *Prediction*):
+fitted by ordinary least squares (docs/report.md, `prediction`):
 
 * accuracy (fraction in [0, 1])::
 
@@ -66,7 +66,7 @@ THROUGHPUT_EPS = 0.01
 
 _RANK_RTOL = 1e-9
 
-ACCURACY_FORMULA = "A(N,s) = a0 + a1*log N + a2*s + a3*s^2 + a4*s*log N (PruMUX §5 meta-model family)"
+ACCURACY_FORMULA = "A(N,s) = a0 + a1*log N + a2*s + a3*s^2 + a4*s*log N (PruMUX section 5 meta-model family)"
 #: The same terms on a logit scale above chance c = 1/C (C classes): a model that has learned nothing sits at c, so
 #: accuracy is bounded below by c and saturates there, which the plain quadratic cannot follow. Used instead of
 #: :data:`ACCURACY_FORMULA` when its leave-one-out error is lower (``params["family_choice"]`` says which won).
@@ -77,7 +77,7 @@ ACCURACY_FLOOR_FORMULA = (
 #: Clip of the fraction above chance before the logit (a measured accuracy at or below chance).
 FLOOR_EPS = 0.01
 THROUGHPUT_FORMULA = (
-    f"log T(N,s) = b0 + b1*log N + b2*L + b3*L*log N, L = log(1 - s + {THROUGHPUT_EPS}) (PruMUX §5 meta-model family)"
+    f"log T(N,s) = b0 + b1*log N + b2*L + b3*L*log N, L = log(1 - s + {THROUGHPUT_EPS}) (PruMUX section 5 meta-model family)"
 )
 
 
@@ -285,7 +285,7 @@ def predict(
     sparsities: Sequence[float] | np.ndarray = tuple(np.linspace(0.0, 0.95, 20)),
     chance: float | None = None,
 ) -> Prediction:
-    """Fit the accuracy and throughput models (PruMUX §5) and recommend the (N, s) to train next.
+    """Fit the accuracy and throughput models (PruMUX section 5) and recommend the (N, s) to train next.
 
     The accuracy model uses the candidates with known accuracy; the throughput model uses all of them. The
     candidates must share one backend and precision (throughput is not comparable across engines: filter first).

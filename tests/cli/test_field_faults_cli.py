@@ -35,21 +35,27 @@ def _mlm_head(path):
 
 # (id, SynthSpec fields, edit after writing, text expected in the one error line); F-numbers: docs/field-faults.md
 BAD = [
-    ("F28-lfs-pointer", dict(family="bert", broken_file="lfs-pointer"), None, "a Git LFS pointer"),
-    ("F28-empty-zs", dict(family="cofi_masked", broken_file="empty", broken_target="zs"), None, "empty (0 bytes)"),
-    ("F28-text", dict(family="bert", broken_file="text"), None, "a text file"),
-    ("F28-random-shard", dict(family="bert", shards=2, broken_file="random"), None, "not a PyTorch file"),
-    ("F25-missing-shard", dict(family="muxplm", shards=3, safetensors=True),
+    ("F28-lfs-pointer",  # docs/field-faults.md
+     dict(family="bert", broken_file="lfs-pointer"), None, "a Git LFS pointer"),
+    ("F28-empty-zs",  # docs/field-faults.md
+     dict(family="cofi_masked", broken_file="empty", broken_target="zs"), None, "empty (0 bytes)"),
+    ("F28-text", dict(family="bert", broken_file="text"), None, "a text file"),  # docs/field-faults.md
+    ("F28-random-shard",  # docs/field-faults.md
+     dict(family="bert", shards=2, broken_file="random"), None, "not a PyTorch file"),
+    ("F25-missing-shard", dict(family="muxplm", shards=3, safetensors=True),  # docs/field-faults.md
      lambda p: (p / "model-00003-of-00003.safetensors").unlink(), "model-00003-of-00003.safetensors"),
-    ("F21-bare-encoder-module", dict(family="bert", key_prefix="module."), _bare, "no classifier head"),
-    ("F25-single-beside-index", dict(family="bert", shards=2),
+    ("F21-bare-encoder-module",  # docs/field-faults.md
+     dict(family="bert", key_prefix="module."), _bare, "no classifier head"),
+    ("F25-single-beside-index", dict(family="bert", shards=2),  # docs/field-faults.md
      lambda p: torch.save({}, p / "pytorch_model.bin"),
      "both a single weights file (pytorch_model.bin) and a sharded checkpoint's index (pytorch_model.bin.index.json)"),
-    ("F22-hidden-act", dict(family="prumux_compressed", num_instances=2, config_overrides={"hidden_act": "laplace"}),
+    ("F22-hidden-act",  # docs/field-faults.md
+     dict(family="prumux_compressed", num_instances=2, config_overrides={"hidden_act": "laplace"}),
      None, "config.json hidden_act='laplace'"),
-    ("F22-relative-positions", dict(family="bert", config_overrides={"position_embedding_type": "relative_key"}),
+    ("F22-relative-positions",  # docs/field-faults.md
+     dict(family="bert", config_overrides={"position_embedding_type": "relative_key"}),
      None, "config.json position_embedding_type='relative_key'"),
-    ("F22-unread-mlm-head", dict(family="cofi_compressed", heads_kept=[[0], [1]]), _mlm_head,
+    ("F22-unread-mlm-head", dict(family="cofi_compressed", heads_kept=[[0], [1]]), _mlm_head,  # docs/field-faults.md
      "1 tensor(s) that nothing reads: cls.predictions.bias"),
 ]
 
@@ -66,9 +72,11 @@ def test_bad_kind_exits_2_with_one_line(tmp_path, fields, edit, expected):
 
 
 GOOD = [
-    ("F25-sharded-bin", dict(family="prumux_compressed", num_instances=2, shards=3, heads_kept=[[0], [0, 1]])),
-    ("F21-module-prefix", dict(family="cofi_compressed", key_prefix="module.", ffn_kept=[[1, 2], []])),
-    ("F22-relu-sharded", dict(family="muxplm", num_instances=2, hidden_act="relu", shards=2)),
+    ("F25-sharded-bin",  # docs/field-faults.md
+     dict(family="prumux_compressed", num_instances=2, shards=3, heads_kept=[[0], [0, 1]])),
+    ("F21-module-prefix",  # docs/field-faults.md
+     dict(family="cofi_compressed", key_prefix="module.", ffn_kept=[[1, 2], []])),
+    ("F22-relu-sharded", dict(family="muxplm", num_instances=2, hidden_act="relu", shards=2)),  # docs/field-faults.md
 ]
 
 

@@ -20,9 +20,9 @@ BASE = dict(vocab=V, max_pos=64, num_layers=3, hidden=32, heads=4, ffn=48)
 # name the field faults of docs/field-faults.md.
 CASES = [
     ("bert", dict(family="bert")),
-    ("cofi-compressed-F1", dict(family="cofi_compressed", heads_kept=[[0, 2], [], [1, 2, 3]],
+    ("cofi-compressed-F1", dict(family="cofi_compressed", heads_kept=[[0, 2], [], [1, 2, 3]],  # docs/field-faults.md
                                 ffn_kept=[list(range(0, 48, 2)), list(range(10)), list(range(48))])),
-    ("cofi-compressed-F2-whole-layer", dict(family="cofi_compressed", heads_kept=[[0], [], [3]],
+    ("cofi-compressed-F2-whole-layer", dict(family="cofi_compressed", heads_kept=[[0], [], [3]],  # docs/field-faults.md
                                             ffn_kept=[list(range(5)), [], list(range(7))])),
     ("cofi-masked-binary-hidden", dict(family="cofi_masked", heads_kept=[[1, 3], [0, 1, 2, 3], []],
                                        ffn_kept=[list(range(20)), [], list(range(30))],
@@ -30,18 +30,21 @@ CASES = [
     ("cofi-masked-soft", dict(family="cofi_masked", soft_masks=True, heads_kept=[[0, 1], [2], [1, 2, 3]],
                               ffn_kept=[list(range(40)), list(range(3)), list(range(48))],
                               hidden_kept=list(range(28)))),
-    ("cofi-masked-F3", dict(family="cofi_masked", heads_kept=[[0, 1], [], [3]], layer_z_only=[("head", 1)])),
+    ("cofi-masked-F3",  # docs/field-faults.md
+     dict(family="cofi_masked", heads_kept=[[0, 1], [], [3]], layer_z_only=[("head", 1)])),
     ("prumux-compressed-n2", dict(family="prumux_compressed", num_instances=2, heads_kept=[[0, 3], [1], []],
                                   ffn_kept=[list(range(30)), [], list(range(12))])),
-    ("prumux-compressed-n3-F4-hidden", dict(family="prumux_compressed", num_instances=3,
+    ("prumux-compressed-n3-F4-hidden", dict(family="prumux_compressed", num_instances=3,  # docs/field-faults.md
                                             hidden_kept=list(range(4, 32)), heads_kept=[[0, 1, 2, 3], [2], [0, 1]])),
     ("prumux-masked-soft-n2", dict(family="prumux_masked", num_instances=2, soft_masks=True,
                                    heads_kept=[[0, 2], [1, 2, 3], [3]], ffn_kept=[list(range(24)), list(range(48)), [1, 5]],
                                    hidden_kept=list(range(1, 32)))),
-    ("prumux-masked-binary-F1-F2", dict(family="prumux_masked", num_instances=2, heads_kept=[[], [0], []],
+    ("prumux-masked-binary-F1-F2",  # docs/field-faults.md
+     dict(family="prumux_masked", num_instances=2, heads_kept=[[], [0], []],
                                         ffn_kept=[list(range(9)), list(range(48)), []],
                                         hidden_kept=[i for i in range(32) if i % 5])),
-    ("prumux-masked-F3-ffn", dict(family="prumux_masked", num_instances=2, ffn_kept=[[], list(range(48)), [0]],
+    ("prumux-masked-F3-ffn",  # docs/field-faults.md
+     dict(family="prumux_masked", num_instances=2, ffn_kept=[[], list(range(48)), [0]],
                                   layer_z_only=[("mlp", 0)])),
     ("muxplm-index-pos-n5", dict(family="muxplm", num_instances=5)),
     ("muxplm-index-n2", dict(family="muxplm", num_instances=2, demuxing_variant="index")),
@@ -58,11 +61,13 @@ CASES = [
     ("safetensors-gamma-beta-alias", dict(family="prumux_masked", num_instances=2, safetensors=True,
                                           legacy_ln_names=True, demux_alias="retrieval_head.demux_module",
                                           heads_kept=[[1], [0, 2], [3]])),
-    ("F5-4-layer-512-hidden", dict(family="prumux_compressed", num_instances=2, num_layers=4, hidden=512, heads=8,
+    ("F5-4-layer-512-hidden",  # docs/field-faults.md
+     dict(family="prumux_compressed", num_instances=2, num_layers=4, hidden=512, heads=8,
                                    ffn=1024, heads_kept=[[0, 1, 2, 3, 4, 5, 6, 7], [1, 6], [], [2, 3, 4]],
                                    ffn_kept=[list(range(1000)), list(range(0, 1024, 3)), list(range(50)), []],
                                    hidden_kept=list(range(500)))),
-    ("F7-config-heads-stale", dict(family="cofi_compressed", heads_kept=[[0, 1, 2], [0, 1, 2], [0, 1, 2]])),
+    ("F7-config-heads-stale",  # docs/field-faults.md
+     dict(family="cofi_compressed", heads_kept=[[0, 1, 2], [0, 1, 2], [0, 1, 2]])),
 ]
 
 

@@ -268,8 +268,8 @@ def test_cuda_session_that_falls_back_to_the_cpu_is_refused(plain, monkeypatch):
 
 @pytest.mark.parametrize("free, error", [(0, InputError), (1 << 40, EngineBuildError)])
 def test_saving_the_optimised_graph_on_a_full_disk_names_the_path(plain, tmp_path, monkeypatch, free, error):
-    """ONNX Runtime reports a full disk while saving the optimised graph as a bare protobuf error (field fault F27,
-    docs/field-faults.md): with too little space where the graph goes it is an ENOSPC input error naming the path
+    """ONNX Runtime reports a full disk while saving the optimised graph as a bare protobuf error
+    (docs/field-faults.md F27): with too little space where the graph goes it is an ENOSPC input error naming the path
     (exit 2); with space enough, the engine error it was."""
     import collections
     import shutil

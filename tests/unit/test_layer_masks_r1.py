@@ -70,7 +70,8 @@ def test_layer_masks_alone_give_the_unpruned_model_as_transformers_computes_it(t
     sd = torch.load(ckpt / "pytorch_model.bin", weights_only=True)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     assert [k for k in missing if not k.endswith("position_ids")] == []
-    assert all(k.startswith("layer_transformation.") or k.endswith("position_ids") for k in unexpected)  # §1.4
+    # docs/checkpoint-formats.md §1.4
+    assert all(k.startswith("layer_transformation.") or k.endswith("position_ids") for k in unexpected)
     ids, mask, types = _inputs(3)
     with torch.no_grad():
         want = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.double()

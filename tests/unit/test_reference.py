@@ -4,7 +4,7 @@ Every checkpoint is built here from seeded random tensors (config.json + pytorch
 written to tmp_path and read back with ``read_raw``). Values are checked against independent
 computations: transformers' BertForSequenceClassification, a per-group numpy float64 implementation
 of the multiplexed forward written below, and compressed checkpoints built in this file by applying
-upstream ``update_params`` (§2.9) and slicing.
+upstream ``update_params`` (docs/checkpoint-formats.md §2.9) and slicing.
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def _ids(g, b, s):
 
 
 # --------------------------------------------------------------------------------------------------
-# Independent numpy float64 implementation of the multiplexed forward (no masks), §2.1-2.7
+# Independent numpy float64 implementation of the multiplexed forward (no masks), docs/checkpoint-formats.md §2.1-2.7
 # --------------------------------------------------------------------------------------------------
 _erf = np.vectorize(math.erf)
 
@@ -222,7 +222,8 @@ def _naive_muxed(sd, cfg, ids, seq_len):
 
 
 # --------------------------------------------------------------------------------------------------
-# update_params + slicing (§2.9), written independently of the reference, to build family A / D
+# update_params + slicing (docs/checkpoint-formats.md §2.9), written independently of the reference, to build family
+# A / D
 # --------------------------------------------------------------------------------------------------
 def _compress(sd, zs, *, d, heads, dh, layers, demux=None, mux=None):
     zh = zs["hidden_z"].reshape(d)
@@ -301,7 +302,7 @@ def _masks(g, *, d, heads, ffn, soft):
     inter[2] = 1.0
     inter[3] = 0.0
     mlp = torch.tensor([1.0, 0.0, 1.0, 1.0])
-    if soft:  # kept entries in (0.2, 1.0), pruned entries exactly 0 (§1.5)
+    if soft:  # kept entries in (0.2, 1.0), pruned entries exactly 0 (docs/checkpoint-formats.md §1.5)
         s = lambda t: t * (0.2 + 0.8 * torch.rand(t.shape, generator=g))  # noqa: E731
         hidden, head, head_layer, inter, mlp = s(hidden), s(head), s(head_layer), s(inter), s(mlp)
     return {
@@ -395,7 +396,7 @@ def test_muxed_ignores_mask_and_types_and_pads_to_seq_len(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Masks: all-ones zs == no zs; binary and soft zs == compressed-by-slicing (§2.9)
+# Masks: all-ones zs == no zs; binary and soft zs == compressed-by-slicing (docs/checkpoint-formats.md §2.9)
 # --------------------------------------------------------------------------------------------------
 FAMILY_CASES = [
     # (N or None for CoFi/BERT, mux, demux)

@@ -120,7 +120,7 @@ def test_compressed_shapes_follow_spec(tmp_path):
     assert cfg["legacy_demuxing"] is False
     assert cfg["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
     assert info.structure.head_counts == [2, 0] and info.structure.ffn_counts == [32, 0]
-    # §6: prunable = 2*(4*32^2+4*32) + 2*(2*32*64+5*32) = 8448 + 8512 = 16960;
+    # docs/checkpoint-formats.md §6: prunable = 2*(4*32^2+4*32) + 2*(2*32*64+5*32) = 8448 + 8512 = 16960;
     # remaining = 4*8*2*17 + 2*32*17 = 2176
     assert info.sparsity == pytest.approx(1 - 2176 / 16960)
 
@@ -296,7 +296,8 @@ def test_compress_binary_equals_direct_slicing(tmp_path, masked, compressed, kw)
 
 
 def test_compress_soft_masks_folds_like_update_params(tmp_path):
-    """§2.9 asymmetries, value by value: b2 not scaled by hidden_z, bo is; LayerNorms and the demux
+    """docs/checkpoint-formats.md §2.9 asymmetries, value by value: b2 not scaled by hidden_z, bo is; LayerNorms and
+    the demux
     instance embedding are not scaled; the word table is scaled then sliced; Wv rows get head_z."""
     info = write_checkpoint(tmp_path / "b", spec_for("prumux_masked", soft_masks=True,
                                                      ffn_kept=[list(range(0, 64, 2)), [1, 2]]))
@@ -374,7 +375,8 @@ def test_refuses_non_empty_dir(tmp_path):
 
 
 def test_cofi_sparsity_formula_bert_base():
-    """§6: BERT-base prunable size is 85,017,600; keeping 6 heads x 12 layers and half the FFN at d' = 768
+    """docs/checkpoint-formats.md §6: BERT-base prunable size is 85,017,600; keeping 6 heads x 12 layers and half the
+    FFN at d' = 768
     leaves 256*72*768 + 2*(12*1536)*768 parameters."""
     from prumux_compile.demo.synthetic import KeptStructure, cofi_sparsity
 

@@ -414,7 +414,8 @@ def test_plan_repository(tmp_path):
 
 
 PLAN_FAULTS = [
-    ("F14 split profiles", [_profile(1, 4, 8), _profile(9, 16, 32)], {}, "min batch 9; every profile must start at batch 1"),
+    ("F14 split profiles",  # docs/field-faults.md
+     [_profile(1, 4, 8), _profile(9, 16, 32)], {}, "min batch 9; every profile must start at batch 1"),
     ("profiles disagree on max", [_profile(1, 4, 8), _profile(1, 16, 32)], {"max_batch_size": 32}, "disagree on the max batch [8, 32]"),
     ("max batch differs from profile", [_profile(1, 16, 32)], {"max_batch_size": 16}, "max_batch_size=16 differs from the plan profiles' max batch 32"),
     ("profile max not multiple of N", [_profile(1, 4, 7)], {"max_batch_size": 7}, "is not a multiple of num_instances=2"),

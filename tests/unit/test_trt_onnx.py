@@ -97,7 +97,7 @@ def _tiny_model(domain: str, op: str) -> onnx.ModelProto:
 
 def test_refuses_com_microsoft_ops(tmp_path):
     onnx.save(_tiny_model("com.microsoft", "FastGelu"), tmp_path / "model.ort.onnx")
-    with pytest.raises(EngineBuildError, match=r"com\.microsoft::FastGelu x1.*F17"):
+    with pytest.raises(EngineBuildError, match=r"com\.microsoft::FastGelu x1.*F17"):  # docs/field-faults.md
         write_trt_onnx(tmp_path / "model.ort.onnx", tmp_path / "model.trt.onnx")
     assert not (tmp_path / "model.trt.onnx").exists()
     assert check_standard_ops(_tiny_model("", "Relu")) == {"Relu": 1}
