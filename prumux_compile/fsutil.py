@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def disk_full_error(where: str | Path, need_bytes: int, exc: BaseException) -> O
     system holding ``where`` has less than ``need_bytes`` free; None otherwise."""
     text = str(exc)
     try:
-        free = __import__("shutil").disk_usage(nearest_existing(where)).free
+        free = shutil.disk_usage(nearest_existing(where)).free
     except OSError:
         free = None
     if "No space left" in text or (free is not None and free < need_bytes):

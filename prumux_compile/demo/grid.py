@@ -495,7 +495,7 @@ def write_demo_grid(out_dir: str | Path, nums=(1, 2, 5), sparsities=(0.0, 0.5, 0
     out = Path(out_dir)
     if out.exists():
         raise InputError(f"{out}: already exists; demo-checkpoints writes a new folder (remove it or pick another)")
-    # before minutes of training: OUT's folder must be writable (field fault F27 in docs/field-faults.md in docs/field-faults.md)
+    # before minutes of training: OUT's folder must be writable (field fault F27 in docs/field-faults.md)
     require_writable_dir(out.parent, what=f"output folder {out}")
     src = minilm_dir()
     splits = data.load_splits()
