@@ -733,9 +733,8 @@ def forward(raw: RawCheckpoint, input_ids, attention_mask=None, token_type_ids=N
           ``seq_len``; ``attention_mask`` and ``token_type_ids`` are ignored (Q3 in docs/checkpoint-formats.md). index_pos / mlp demux
           write [CLS] (101) into column 0; index demux prepends the ``N + 1`` token prefix (L' =
           seq_len + N + 1). Double embedding pass (docs/checkpoint-formats.md §2.4), mux (§2.3), post-LN encoder
-          (§2.5), demux
-          (docs/checkpoint-formats.md §2.6: index_pos with ``num_hidden_demux_layers`` (default 2) and
-          ``legacy_demuxing``, mlp,
+          (docs/checkpoint-formats.md §2.5), demux (docs/checkpoint-formats.md §2.6: index_pos with
+          ``num_hidden_demux_layers`` (default 2) and ``legacy_demuxing``, mlp,
           index), classifier (docs/checkpoint-formats.md §2.7).
         * N = 1 families (``cofi_compressed``, ``cofi_masked``, ``bert``): standard BERT at the given
           length S with attention mask (additive ``(1 - mask) * -10000``) and token types, pooler tanh

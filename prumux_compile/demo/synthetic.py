@@ -2,7 +2,7 @@
 
 :func:`write_checkpoint` writes a checkpoint directory of any family of docs/checkpoint-formats.md §1.1
 exactly as upstream lays it out (docs/checkpoint-formats.md §1.3 config fields, §1.4 key names and shapes with
-their quirks, §1.5 ``zs.pt``): compressed families (A ``prumux_compressed``, D ``cofi_compressed``) get weights
+their quirks, docs/checkpoint-formats.md §1.5 ``zs.pt``): compressed families (A ``prumux_compressed``, D ``cofi_compressed``) get weights
 at the sliced shapes, masked families (B ``prumux_masked``, E ``cofi_masked``) get full weights plus masks,
 ``muxplm`` (C) and ``bert`` (F) get full shapes.
 
