@@ -98,6 +98,12 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:  # the reader closed stdout (`... | head`): nothing more to say, no error
+            try:  # Python would flush into the closed pipe again at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # stdout is not a file descriptor (e.g. captured by a test runner)
+                pass
+            sys.exit(0)
         except (PrumuxError, OSError) as err:
             sys.exit(report_exception(err))
 

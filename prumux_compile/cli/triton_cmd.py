@@ -134,7 +134,8 @@ def triton_cmd(
     ensemble: bool,
     tokenizer: Path | None,
 ) -> None:
-    """Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx, validated first.
+    """Write REPO/NAME/config.pbtxt and the model file (REPO/NAME/1/model.onnx; model.xml + model.bin for an
+    OpenVINO artifact), validated first.
 
     SOURCE is an exported model.onnx, a candidate folder, an export folder, or a build's OUT/report.json (its
     chosen candidate, or every candidate with --all-candidates). A build's or an export's candidate (its

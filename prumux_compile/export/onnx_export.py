@@ -132,6 +132,13 @@ def export_onnx(module: torch.nn.Module, spec: ExportSpec, path: str | Path, *, 
                                       dynamic_axes=spec.dynamic_axes, input_names=list(spec.input_names),
                                       output_names=list(spec.output_names), opset_version=int(opset),
                                       do_constant_folding=True)
+        except OSError as exc:  # disk full, read-only or unwritable temp/output location: the user's to fix (exit 2)
+            from prumux_compile.errors import InputError
+            from prumux_compile.fsutil import describe_os_error
+
+            if exc.filename is None:
+                exc.filename = str(raw_path)
+            raise InputError(f"ONNX export could not write: {describe_os_error(exc)}") from None
         except Exception as exc:  # the exporter raises many unrelated types
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise EngineBuildError(f"ONNX export failed ({type(exc).__name__}: {first})") from exc

@@ -111,3 +111,23 @@ def test_real_debug_traceback_in_a_process(tmp_path):
 def test_usage_errors_keep_click_exit_2():
     res = CliRunner().invoke(cli, ["build", "x", "-o", "y", "--threads", "many"])
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_a_reader_that_closes_stdout_ends_the_command_quietly():
+    """`prumux-compile predict ... | head -1`: the closed pipe is no error (exit 0, nothing on stderr)."""
+    import subprocess
+    import sys
+
+    code = ("import click\n"
+            "from prumux_compile.cli.common import handle_errors\n"
+            "@click.command()\n"
+            "@handle_errors\n"
+            "def many():\n"
+            "    for i in range(200000):\n"
+            "        click.echo(f'line {i}')\n"
+            "many()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (0, b"")

@@ -7,6 +7,7 @@ that did not produce it.
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 
 import numpy as np
@@ -249,3 +250,30 @@ def test_validation_cases(n, seq_len, max_seq, bench, expected):
     spec = make_spec(family=family, num_instances=n, num_labels=2, id2label={}, seq_len=seq_len,
                      max_seq_len=max_seq, vocab_size=200, head_size=8, layer_heads=[])
     assert validation_cases(spec, bench) == expected
+
+
+def test_a_full_disk_during_the_export_is_the_users_location_not_an_engine_failure(tmp_path, monkeypatch):
+    """docs/field-faults.md F27: an exporter that cannot write (ENOSPC in TMPDIR) is an input error (exit 2) naming
+    the path and the OS reason; any other exporter failure stays an engine error."""
+    import errno
+
+    import torch
+
+    from prumux_compile.checkpoint import load
+    from prumux_compile.errors import EngineBuildError
+    from prumux_compile.export.onnx_export import export_onnx
+    from prumux_compile.kernels import build_module
+    from prumux_compile.passes import compile_ir
+
+    write_checkpoint(tmp_path / "ckpt", SynthSpec(**{**BASE, "family": "bert"}))
+    ir, _ = compile_ir(load(tmp_path / "ckpt", seq_len=SEQ))
+    spec = make_spec(family="bert", num_instances=1, num_labels=3, id2label={}, seq_len=SEQ, max_seq_len=64,
+                     vocab_size=128, head_size=8, layer_heads=[])
+    for raised, error, text in ((OSError(errno.ENOSPC, "No space left on device"), InputError,
+                                 "No space left on device [ENOSPC]"),
+                                (RuntimeError("unsupported op"), EngineBuildError, "RuntimeError: unsupported op")):
+        def _fail(*a, raised=raised, **k):
+            raise raised
+        monkeypatch.setattr(torch.onnx, "export", _fail)
+        with pytest.raises(error, match=re.escape(text)):
+            export_onnx(build_module(ir), spec, tmp_path / "model.onnx")
